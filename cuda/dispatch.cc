@@ -1,0 +1,217 @@
+// Public entry points: argument checks shared by every backend, then CPU or CUDA.
+// The frontends validate in Python first; these checks repeat the ones that protect memory.
+#include <string>
+
+#include "internal.h"
+
+namespace lt8 {
+
+#ifdef LT8_WITH_CUDA
+bool cuda_built() { return true; }
+const char* cuda_archs() { return LT8_CUDA_ARCHS; }
+#else
+bool cuda_built() { return false; }
+const char* cuda_archs() { return ""; }
+#endif
+
+size_t dtype_size(DType t) {
+  switch (t) {
+    case DType::kF32: case DType::kI32: return 4;
+    case DType::kF16: case DType::kBF16: return 2;
+    case DType::kI8: case DType::kU8: return 1;
+  }
+  return 0;
+}
+
+const char* dtype_name(DType t) {
+  switch (t) {
+    case DType::kF32: return "float32";
+    case DType::kF16: return "float16";
+    case DType::kBF16: return "bfloat16";
+    case DType::kI8: return "int8";
+    case DType::kI32: return "int32";
+    case DType::kU8: return "uint8";
+  }
+  return "unknown";
+}
+
+namespace {
+
+constexpr size_t kAlign = 256;
+size_t align_up(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
+
+bool is_float(DType t) { return t == DType::kF32 || t == DType::kF16 || t == DType::kBF16; }
+
+Status check_float(DType t, const char* what) {
+  if (is_float(t)) return Status::Ok();
+  return Status::Invalid(std::string(what) + " must be float32, float16 or bfloat16, got " +
+                         dtype_name(t));
+}
+
+Status check_dims(std::initializer_list<std::pair<const char*, int64_t>> dims) {
+  for (auto& [name, v] : dims) {
+    if (v < 0) return Status::Invalid(std::string(name) + " must be >= 0, got " + std::to_string(v));
+    // Kernels index with int64 but grid sizes and row lengths fit in int32.
+    if (v > (int64_t{1} << 31) - 1)
+      return Status::Invalid(std::string(name) + " is too large: " + std::to_string(v));
+  }
+  return Status::Ok();
+}
+
+Status check_ptrs(std::initializer_list<std::pair<const char*, const void*>> ptrs, bool nonempty) {
+  if (!nonempty) return Status::Ok();
+  for (auto& [name, p] : ptrs)
+    if (p == nullptr) return Status::Invalid(std::string(name) + " must not be null");
+  return Status::Ok();
+}
+
+Status no_cuda() {
+  return Status::Unsupported(
+      "this lt8 build has no CUDA kernels; rebuild with a CUDA toolkit (LT8_CUDA=ON) to use GPU "
+      "tensors");
+}
+
+#define LT8_TRY(expr)            \
+  do {                           \
+    Status _s = (expr);          \
+    if (!_s.ok()) return _s;     \
+  } while (0)
+
+#ifdef LT8_WITH_CUDA
+#define LT8_ROUTE(cpu_call, gpu_call) \
+  return ex.device == Device::kCUDA ? (gpu_call) : (cpu_call)
+#else
+#define LT8_ROUTE(cpu_call, gpu_call) \
+  return ex.device == Device::kCUDA ? no_cuda() : (cpu_call)
+#endif
+
+}  // namespace
+
+size_t carve_linear_scratch(void* base, int64_t M, int64_t N, int64_t K, LinearScratch* s) {
+  (void)N;
+  size_t off = 0;
+  auto take = [&](size_t bytes) {
+    size_t at = off;
+    off += align_up(bytes);
+    return at;
+  };
+  size_t q = take(static_cast<size_t>(M) * K);
+  size_t rs = take(sizeof(float) * M);
+  size_t mask = take(K);
+  size_t idx = take(sizeof(int32_t) * K);
+  size_t cnt = take(sizeof(int32_t));
+  if (base != nullptr && s != nullptr) {
+    char* b = static_cast<char*>(base);
+    s->q = reinterpret_cast<int8_t*>(b + q);
+    s->row_scale = reinterpret_cast<float*>(b + rs);
+    s->mask = reinterpret_cast<uint8_t*>(b + mask);
+    s->outlier_idx = reinterpret_cast<int32_t*>(b + idx);
+    s->outlier_count = reinterpret_cast<int32_t*>(b + cnt);
+  }
+  return off;
+}
+
+size_t int8_linear_workspace_size(int64_t M, int64_t N, int64_t K) {
+  if (M < 0 || N < 0 || K < 0) return 0;
+  return carve_linear_scratch(nullptr, M, N, K, nullptr);
+}
+
+Status quantize_rows(const Exec& ex, DType x_dtype, const void* x, int64_t M, int64_t K,
+                     float threshold, int8_t* q, float* row_scale, uint8_t* outlier_mask) {
+  LT8_TRY(check_float(x_dtype, "x"));
+  LT8_TRY(check_dims({{"M", M}, {"K", K}}));
+  if (!(threshold >= 0.0f)) return Status::Invalid("threshold must be >= 0 and not NaN");
+  LT8_TRY(check_ptrs({{"x", x}, {"q", q}}, M * K > 0));
+  LT8_TRY(check_ptrs({{"row_scale", row_scale}}, M > 0));
+  LT8_TRY(check_ptrs({{"outlier_mask", outlier_mask}}, K > 0));
+  LT8_ROUTE(cpu::quantize_rows(x_dtype, x, M, K, threshold, q, row_scale, outlier_mask),
+            gpu::quantize_rows(ex, x_dtype, x, M, K, threshold, q, row_scale, outlier_mask));
+}
+
+Status dequantize_rows(const Exec& ex, const int8_t* q, const float* row_scale, int64_t M,
+                       int64_t K, DType out_dtype, void* out) {
+  LT8_TRY(check_float(out_dtype, "out"));
+  LT8_TRY(check_dims({{"M", M}, {"K", K}}));
+  LT8_TRY(check_ptrs({{"q", q}, {"out", out}}, M * K > 0));
+  LT8_TRY(check_ptrs({{"row_scale", row_scale}}, M * K > 0));
+  LT8_ROUTE(cpu::dequantize_rows(q, row_scale, M, K, out_dtype, out),
+            gpu::dequantize_rows(ex, q, row_scale, M, K, out_dtype, out));
+}
+
+Status int8_gemm(const Exec& ex, const int8_t* A, const int8_t* B, int64_t M, int64_t N, int64_t K,
+                 int32_t* C) {
+  LT8_TRY(check_dims({{"M", M}, {"N", N}, {"K", K}}));
+  LT8_TRY(check_ptrs({{"A", A}, {"B", B}}, M * N * K > 0));
+  LT8_TRY(check_ptrs({{"C", C}}, M * N > 0));
+  LT8_ROUTE(cpu::int8_gemm(A, B, M, N, K, C), gpu::int8_gemm(ex, A, B, M, N, K, C));
+}
+
+Status dequant_epilogue(const Exec& ex, const int32_t* C, const float* row_scale,
+                        const float* col_scale, DType bias_dtype, const void* bias, int64_t M,
+                        int64_t N, DType out_dtype, void* out) {
+  LT8_TRY(check_float(out_dtype, "out"));
+  if (bias != nullptr) LT8_TRY(check_float(bias_dtype, "bias"));
+  LT8_TRY(check_dims({{"M", M}, {"N", N}}));
+  LT8_TRY(check_ptrs({{"C", C}, {"row_scale", row_scale}, {"col_scale", col_scale}, {"out", out}},
+                     M * N > 0));
+  LT8_ROUTE(
+      cpu::dequant_epilogue(C, row_scale, col_scale, bias_dtype, bias, M, N, out_dtype, out),
+      gpu::dequant_epilogue(ex, C, row_scale, col_scale, bias_dtype, bias, M, N, out_dtype, out));
+}
+
+Status transform_layout(const Exec& ex, const int8_t* in, int8_t* out, int64_t rows, int64_t cols,
+                        Layout from, Layout to) {
+  LT8_TRY(check_dims({{"rows", rows}, {"cols", cols}}));
+  auto valid = [](Layout l) { return static_cast<int32_t>(l) >= 0 && static_cast<int32_t>(l) <= 3; };
+  if (!valid(from) || !valid(to)) return Status::Invalid("unknown layout code");
+  if (from != Layout::kRow && to != Layout::kRow)
+    return Status::Invalid("one side of a layout transform must be row-major");
+  LT8_TRY(check_ptrs({{"in", in}, {"out", out}}, rows * cols > 0));
+  LT8_ROUTE(cpu::transform_layout(in, out, rows, cols, from, to),
+            gpu::transform_layout(ex, in, out, rows, cols, from, to));
+}
+
+Status int8_linear(const Exec& ex, DType x_dtype, const void* x, const int8_t* CB, const float* SCB,
+                   DType bias_dtype, const void* bias, int64_t M, int64_t N, int64_t K,
+                   float threshold, void* out, void* workspace, size_t workspace_bytes) {
+  LT8_TRY(check_float(x_dtype, "x"));
+  if (bias != nullptr) LT8_TRY(check_float(bias_dtype, "bias"));
+  LT8_TRY(check_dims({{"M", M}, {"N", N}, {"K", K}}));
+  if (!(threshold >= 0.0f)) return Status::Invalid("threshold must be >= 0 and not NaN");
+  LT8_TRY(check_ptrs({{"out", out}}, M * N > 0));
+  LT8_TRY(check_ptrs({{"x", x}, {"CB", CB}, {"SCB", SCB}}, M * N * K > 0));
+  size_t need = int8_linear_workspace_size(M, N, K);
+  if (workspace_bytes < need || (need > 0 && workspace == nullptr))
+    return Status::Invalid("workspace too small: need " + std::to_string(need) + " bytes, got " +
+                           std::to_string(workspace_bytes));
+  LinearScratch s;
+  carve_linear_scratch(workspace, M, N, K, &s);
+  LT8_ROUTE(cpu::int8_linear(x_dtype, x, CB, SCB, bias_dtype, bias, M, N, K, threshold, out, s),
+            gpu::int8_linear(ex, x_dtype, x, CB, SCB, bias_dtype, bias, M, N, K, threshold, out,
+                             s));
+}
+
+Status int8_weight_linear(const Exec& ex, DType x_dtype, const void* x, const int8_t* CB,
+                          const float* SCB, DType bias_dtype, const void* bias, int64_t M,
+                          int64_t N, int64_t K, void* out) {
+  LT8_TRY(check_float(x_dtype, "x"));
+  if (bias != nullptr) LT8_TRY(check_float(bias_dtype, "bias"));
+  LT8_TRY(check_dims({{"M", M}, {"N", N}, {"K", K}}));
+  LT8_TRY(check_ptrs({{"out", out}}, M * N > 0));
+  LT8_TRY(check_ptrs({{"x", x}, {"CB", CB}, {"SCB", SCB}}, M * N * K > 0));
+  LT8_ROUTE(cpu::int8_weight_linear(x_dtype, x, CB, SCB, bias_dtype, bias, M, N, K, out),
+            gpu::int8_weight_linear(ex, x_dtype, x, CB, SCB, bias_dtype, bias, M, N, K, out));
+}
+
+Status int8_linear_grad_input(const Exec& ex, DType g_dtype, const void* grad_out,
+                              const int8_t* CB, const float* SCB, int64_t M, int64_t N, int64_t K,
+                              void* grad_x) {
+  LT8_TRY(check_float(g_dtype, "grad_out"));
+  LT8_TRY(check_dims({{"M", M}, {"N", N}, {"K", K}}));
+  LT8_TRY(check_ptrs({{"grad_x", grad_x}}, M * K > 0));
+  LT8_TRY(check_ptrs({{"grad_out", grad_out}, {"CB", CB}, {"SCB", SCB}}, M * N * K > 0));
+  LT8_ROUTE(cpu::int8_linear_grad_input(g_dtype, grad_out, CB, SCB, M, N, K, grad_x),
+            gpu::int8_linear_grad_input(ex, g_dtype, grad_out, CB, SCB, M, N, K, grad_x));
+}
+
+}  // namespace lt8

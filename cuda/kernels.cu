@@ -1,0 +1,981 @@
+// CUDA versions of the int8 kernels (everything in lt8::gpu except transform_layout, which lives
+// in layout.cu). Same contracts and arithmetic as kernels_cpu.cc; see lt8.h.
+//
+// Rules followed throughout: every launch goes on ex.stream, no host synchronisation, no
+// allocation (graph-capture safe), sizes may be 0, tails of any length are handled, products
+// that can exceed 2^31 are computed in int64, and M never lands in gridDim.y/z unguarded.
+//
+// Float rounding: the float epilogues and the input-gradient GEMM use explicit __fmul_rn /
+// __fadd_rn (no FMA contraction), in the same order as the CPU reference, so that the results
+// match an x86 build of kernels_cpu.cc bit for bit (see kExactCpuRounding).
+#include <algorithm>
+#include <cstdint>
+#include <type_traits>
+
+#include "cuda_common.cuh"
+#include "internal.h"
+#include "numerics.h"
+
+namespace lt8 {
+namespace gpu {
+namespace {
+
+// true: a += b * c as separate IEEE mul and add (matches the CPU reference exactly).
+// false: fused multiply-add (faster input-gradient GEMM, differs by rounding only).
+constexpr bool kExactCpuRounding = true;
+
+__device__ __forceinline__ float mul_add(float acc, float a, float b) {
+  if constexpr (kExactCpuRounding) {
+    return __fadd_rn(acc, __fmul_rn(a, b));
+  } else {
+    return fmaf(a, b, acc);
+  }
+}
+
+constexpr int kThreads = 256;
+constexpr int64_t kMaxGridX = (int64_t{1} << 31) - 1;
+constexpr int64_t kMaxGridYZ = 65535;
+// Cap for the grid of grid-stride elementwise kernels.
+constexpr int64_t kMaxElementwiseBlocks = int64_t{1} << 20;
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+inline bool is_aligned(const void* p, size_t a) {
+  return reinterpret_cast<uintptr_t>(p) % a == 0;
+}
+inline unsigned elementwise_blocks(int64_t items) {
+  return static_cast<unsigned>(std::min(ceil_div(items, kThreads), kMaxElementwiseBlocks));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Four consecutive elements of T <-> float[4]. The pointer must be 4 * sizeof(T) aligned.
+
+template <typename T>
+__device__ __forceinline__ T from_bits16(unsigned short b);
+template <>
+__device__ __forceinline__ __half from_bits16<__half>(unsigned short b) {
+  return __ushort_as_half(b);
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_bits16<__nv_bfloat16>(unsigned short b) {
+  return __ushort_as_bfloat16(b);
+}
+__device__ __forceinline__ unsigned short to_bits16(__half h) { return __half_as_ushort(h); }
+__device__ __forceinline__ unsigned short to_bits16(__nv_bfloat16 h) {
+  return __bfloat16_as_ushort(h);
+}
+
+template <typename T>
+__device__ __forceinline__ void load4(const T* p, float (&f)[4]) {
+  if constexpr (std::is_same_v<T, float>) {
+    float4 v = *reinterpret_cast<const float4*>(p);
+    f[0] = v.x; f[1] = v.y; f[2] = v.z; f[3] = v.w;
+  } else {
+    uint2 u = *reinterpret_cast<const uint2*>(p);
+    f[0] = to_float(from_bits16<T>(static_cast<unsigned short>(u.x & 0xffffu)));
+    f[1] = to_float(from_bits16<T>(static_cast<unsigned short>(u.x >> 16)));
+    f[2] = to_float(from_bits16<T>(static_cast<unsigned short>(u.y & 0xffffu)));
+    f[3] = to_float(from_bits16<T>(static_cast<unsigned short>(u.y >> 16)));
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ void store4(T* p, const float (&f)[4]) {
+  if constexpr (std::is_same_v<T, float>) {
+    *reinterpret_cast<float4*>(p) = make_float4(f[0], f[1], f[2], f[3]);
+  } else {
+    uint2 u;
+    u.x = static_cast<uint32_t>(to_bits16(from_float<T>(f[0]))) |
+          (static_cast<uint32_t>(to_bits16(from_float<T>(f[1]))) << 16);
+    u.y = static_cast<uint32_t>(to_bits16(from_float<T>(f[2]))) |
+          (static_cast<uint32_t>(to_bits16(from_float<T>(f[3]))) << 16);
+    *reinterpret_cast<uint2*>(p) = u;
+  }
+}
+
+__device__ __forceinline__ int8_t byte_of(uint32_t w, int i) {
+  return static_cast<int8_t>(static_cast<uint8_t>(w >> (8 * i)));
+}
+
+// =============================================================================================
+// 1. quantize_rows
+// =============================================================================================
+
+constexpr int kMaskRowsPerChunk = 32;
+
+// mask[k] = 1 when any |x[m, k]| >= threshold. mask was zeroed before. Thread = column,
+// blockIdx.y (grid-stride) = chunk of kMaskRowsPerChunk rows. Same-value races are benign.
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    outlier_mask_kernel(const T* __restrict__ x, int64_t M, int64_t K, float threshold,
+                        uint8_t* __restrict__ mask) {
+  const int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (k >= K) return;
+  const int64_t chunks = (M + kMaskRowsPerChunk - 1) / kMaskRowsPerChunk;
+  for (int64_t c = blockIdx.y; c < chunks; c += gridDim.y) {
+    const int64_t m0 = c * kMaskRowsPerChunk;
+    const int64_t m1 = m0 + kMaskRowsPerChunk < M ? m0 + kMaskRowsPerChunk : M;
+    for (int64_t m = m0; m < m1; m += 8) {
+      float v[8];
+#pragma unroll
+      for (int i = 0; i < 8; ++i) v[i] = m + i < m1 ? to_float(x[(m + i) * K + k]) : 0.0f;
+      bool hit = false;
+#pragma unroll
+      for (int i = 0; i < 8; ++i) hit |= is_outlier(v[i], threshold);
+      if (hit) {
+        mask[k] = 1;
+        return;
+      }
+    }
+  }
+}
+
+// NaN-winning absmax of two partial results (both >= 0 or NaN).
+__device__ __forceinline__ float absmax_combine(float a, float b) { return absmax_step(a, b); }
+
+// One group of TPR threads per row (TPR = 32: a warp per row, TPR = 256: a block per row),
+// grid-stride over rows. VEC: K % 4 == 0 and x / q / mask aligned for 4-element accesses.
+template <typename T, int TPR, bool VEC>
+__global__ void __launch_bounds__(kThreads)
+    quantize_rows_kernel(const T* __restrict__ x, int64_t M, int64_t K,
+                         const uint8_t* __restrict__ mask, int8_t* __restrict__ q,
+                         float* __restrict__ row_scale) {
+  static_assert(TPR == 32 || TPR == kThreads, "TPR must be a warp or the block");
+  constexpr int kRowsPerBlock = kThreads / TPR;
+  __shared__ float warp_amax[kThreads / 32];
+  const int lane = threadIdx.x % TPR;
+  const int64_t K4 = K / 4;
+
+  for (int64_t base = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock; base < M;
+       base += static_cast<int64_t>(gridDim.x) * kRowsPerBlock) {
+    const int64_t m = base + threadIdx.x / TPR;
+    const bool valid = m < M;  // uniform over each TPR group
+    const T* row = x + (valid ? m : 0) * K;
+    int8_t* qrow = q + (valid ? m : 0) * K;
+
+    // Pass 1: absmax over the non-outlier columns.
+    float amax = 0.0f;
+    if (valid) {
+      if constexpr (VEC) {
+        for (int64_t j = lane; j < K4; j += TPR) {
+          float f[4];
+          load4(row + 4 * j, f);
+          const uint32_t mk = *reinterpret_cast<const uint32_t*>(mask + 4 * j);
+#pragma unroll
+          for (int e = 0; e < 4; ++e)
+            if (!((mk >> (8 * e)) & 0xffu)) amax = absmax_step(amax, f[e]);
+        }
+      } else {
+        for (int64_t k = lane; k < K; k += TPR)
+          if (!mask[k]) amax = absmax_step(amax, to_float(row[k]));
+      }
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1)
+      amax = absmax_combine(amax, __shfl_xor_sync(0xffffffffu, amax, off));
+    if constexpr (TPR == kThreads) {
+      if (threadIdx.x % 32 == 0) warp_amax[threadIdx.x / 32] = amax;
+      __syncthreads();
+      amax = warp_amax[0];
+#pragma unroll
+      for (int w = 1; w < kThreads / 32; ++w) amax = absmax_combine(amax, warp_amax[w]);
+      __syncthreads();  // warp_amax is reused by the next row
+    }
+
+    // Pass 2: quantize (the row is re-read, mostly from L1/L2).
+    if (valid) {
+      if (lane == 0) row_scale[m] = amax;
+      const float f = quant_factor(amax);
+      if constexpr (VEC) {
+        for (int64_t j = lane; j < K4; j += TPR) {
+          float v[4];
+          load4(row + 4 * j, v);
+          const uint32_t mk = *reinterpret_cast<const uint32_t*>(mask + 4 * j);
+          uint32_t packed = 0;
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int8_t qe = ((mk >> (8 * e)) & 0xffu) ? int8_t{0} : quantize_value(v[e], f);
+            packed |= static_cast<uint32_t>(static_cast<uint8_t>(qe)) << (8 * e);
+          }
+          *reinterpret_cast<uint32_t*>(qrow + 4 * j) = packed;
+        }
+      } else {
+        for (int64_t k = lane; k < K; k += TPR)
+          qrow[k] = mask[k] ? int8_t{0} : quantize_value(to_float(row[k]), f);
+      }
+    }
+  }
+}
+
+template <typename T>
+Status launch_quantize(cudaStream_t st, const T* x, int64_t M, int64_t K, float threshold,
+                       int8_t* q, float* row_scale, uint8_t* mask) {
+  if (K > 0) {
+    LT8_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(mask, 0, static_cast<size_t>(K), st),
+                             "cudaMemsetAsync(outlier_mask)");
+    if (threshold > 0.0f && M > 0) {
+      const int64_t chunks = ceil_div(M, kMaskRowsPerChunk);
+      dim3 grid(static_cast<unsigned>(ceil_div(K, kThreads)),
+                static_cast<unsigned>(std::min(chunks, kMaxGridYZ)));
+      outlier_mask_kernel<T><<<grid, kThreads, 0, st>>>(x, M, K, threshold, mask);
+      LT8_CHECK_LAUNCH("outlier_mask_kernel");
+    }
+  }
+  if (M == 0) return Status::Ok();
+  const bool vec = K % 4 == 0 && is_aligned(x, 4 * sizeof(T)) && is_aligned(q, 4) &&
+                   is_aligned(mask, 4);
+  const bool warp_per_row = K <= 1024;
+  const int64_t rows_per_block = warp_per_row ? kThreads / 32 : 1;
+  const unsigned blocks =
+      static_cast<unsigned>(std::min(ceil_div(M, rows_per_block), int64_t{1} << 24));
+  if (warp_per_row) {
+    if (vec)
+      quantize_rows_kernel<T, 32, true><<<blocks, kThreads, 0, st>>>(x, M, K, mask, q, row_scale);
+    else
+      quantize_rows_kernel<T, 32, false><<<blocks, kThreads, 0, st>>>(x, M, K, mask, q, row_scale);
+  } else {
+    if (vec)
+      quantize_rows_kernel<T, kThreads, true>
+          <<<blocks, kThreads, 0, st>>>(x, M, K, mask, q, row_scale);
+    else
+      quantize_rows_kernel<T, kThreads, false>
+          <<<blocks, kThreads, 0, st>>>(x, M, K, mask, q, row_scale);
+  }
+  LT8_CHECK_LAUNCH("quantize_rows_kernel");
+  return Status::Ok();
+}
+
+// =============================================================================================
+// 2. dequantize_rows / dequant_epilogue (elementwise, grid-stride, 4 elements per step when
+//    the row length is a multiple of 4 and the pointers are aligned)
+// =============================================================================================
+
+template <typename T, bool VEC>
+__global__ void __launch_bounds__(kThreads)
+    dequantize_rows_kernel(const int8_t* __restrict__ q, const float* __restrict__ row_scale,
+                           int64_t M, int64_t K, T* __restrict__ out) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  const int64_t start = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if constexpr (VEC) {
+    const int64_t groups = M * K / 4;
+    for (int64_t g = start; g < groups; g += stride) {
+      const int64_t i = 4 * g;
+      const int64_t m = i / K;
+      const float s = row_scale[m] * kInv127;
+      const uint32_t w = *reinterpret_cast<const uint32_t*>(q + i);
+      float f[4];
+#pragma unroll
+      for (int e = 0; e < 4; ++e) f[e] = static_cast<float>(byte_of(w, e)) * s;
+      store4(out + i, f);
+    }
+  } else {
+    const int64_t total = M * K;
+    for (int64_t i = start; i < total; i += stride) {
+      const int64_t m = i / K;
+      const float s = row_scale[m] * kInv127;
+      out[i] = from_float<T>(static_cast<float>(q[i]) * s);
+    }
+  }
+}
+
+template <typename T, bool VEC>
+__global__ void __launch_bounds__(kThreads)
+    dequant_epilogue_kernel(const int32_t* __restrict__ C, const float* __restrict__ row_scale,
+                            const float* __restrict__ col_scale, DType bias_dtype,
+                            const void* __restrict__ bias, int64_t M, int64_t N,
+                            T* __restrict__ out) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  const int64_t start = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if constexpr (VEC) {
+    const int64_t groups = M * N / 4;
+    for (int64_t g = start; g < groups; g += stride) {
+      const int64_t i = 4 * g;
+      const int64_t m = i / N;
+      const int64_t n = i - m * N;
+      const int4 c = *reinterpret_cast<const int4*>(C + i);
+      const int32_t cv[4] = {c.x, c.y, c.z, c.w};
+      const float rs = row_scale[m];
+      float f[4];
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        float v = dequant(cv[e], rs, col_scale[n + e]);
+        if (bias != nullptr) v = __fadd_rn(v, load_float_any(bias_dtype, bias, n + e));
+        f[e] = v;
+      }
+      store4(out + i, f);
+    }
+  } else {
+    const int64_t total = M * N;
+    for (int64_t i = start; i < total; i += stride) {
+      const int64_t m = i / N;
+      const int64_t n = i - m * N;
+      float v = dequant(C[i], row_scale[m], col_scale[n]);
+      if (bias != nullptr) v = __fadd_rn(v, load_float_any(bias_dtype, bias, n));
+      out[i] = from_float<T>(v);
+    }
+  }
+}
+
+// out[m, n] = 0 (+ bias[n]): the fused linear op with K == 0.
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    bias_fill_kernel(DType bias_dtype, const void* __restrict__ bias, int64_t M, int64_t N,
+                     T* __restrict__ out) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  const int64_t total = M * N;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+       i += stride) {
+    float v = 0.0f;
+    if (bias != nullptr) v = __fadd_rn(v, load_float_any(bias_dtype, bias, i % N));
+    out[i] = from_float<T>(v);
+  }
+}
+
+// =============================================================================================
+// 3. Outlier column compaction: idx[0..count) = ascending k with mask[k] != 0. One block.
+// =============================================================================================
+
+constexpr int kCompactThreads = 1024;
+constexpr int kCompactPerThread = 16;
+
+__global__ void __launch_bounds__(kCompactThreads)
+    compact_outliers_kernel(const uint8_t* __restrict__ mask, int64_t K,
+                            int32_t* __restrict__ idx, int32_t* __restrict__ count) {
+  __shared__ int warp_total[kCompactThreads / 32];
+  const int lane = threadIdx.x % 32;
+  const int warp = threadIdx.x / 32;
+  const bool mask_vec_ok = (reinterpret_cast<uintptr_t>(mask) % 16) == 0;
+  int64_t carry = 0;
+  for (int64_t base = 0; base < K; base += int64_t{kCompactThreads} * kCompactPerThread) {
+    const int64_t k0 = base + static_cast<int64_t>(threadIdx.x) * kCompactPerThread;
+    uint32_t flags = 0;  // bit p: mask[k0 + p] set
+    if (mask_vec_ok && k0 + kCompactPerThread <= K) {
+      const uint4 v = *reinterpret_cast<const uint4*>(mask + k0);
+      const uint32_t words[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+      for (int p = 0; p < kCompactPerThread; ++p)
+        if ((words[p / 4] >> (8 * (p % 4))) & 0xffu) flags |= 1u << p;
+    } else {
+#pragma unroll
+      for (int p = 0; p < kCompactPerThread; ++p)
+        if (k0 + p < K && mask[k0 + p]) flags |= 1u << p;
+    }
+    const int mine = __popc(flags);
+    // Inclusive warp scan.
+    int incl = mine;
+#pragma unroll
+    for (int off = 1; off < 32; off <<= 1) {
+      const int y = __shfl_up_sync(0xffffffffu, incl, off);
+      if (lane >= off) incl += y;
+    }
+    if (lane == 31) warp_total[warp] = incl;
+    __syncthreads();
+    int warp_offset = 0, block_total = 0;
+    for (int w = 0; w < kCompactThreads / 32; ++w) {
+      const int t = warp_total[w];
+      if (w < warp) warp_offset += t;
+      block_total += t;
+    }
+    int64_t pos = carry + warp_offset + (incl - mine);
+    while (flags) {
+      const int p = __ffs(flags) - 1;
+      flags &= flags - 1;
+      idx[pos++] = static_cast<int32_t>(k0 + p);
+    }
+    carry += block_total;
+    __syncthreads();  // warp_total is rewritten next iteration
+  }
+  if (threadIdx.x == 0) *count = static_cast<int32_t>(carry);
+}
+
+// =============================================================================================
+// 4. int8 GEMM: C (M, N) = A (M, K) . B (N, K)^T, int32 accumulate with __dp4a.
+//    Block tile 128 x 128, K step 64, 256 threads each owning an 8 x 8 sub-tile (rows
+//    ty*4 + {0..3} and 64 + ty*4 + {0..3}, same for columns with tx). Shared memory holds the
+//    tiles transposed as int8x4 words, [k4][row], double buffered, with register prefetch of
+//    the next K step. Tails in M, N and K are zero-padded. The epilogue is a template
+//    parameter: plain int32 store, or the fused LLM.int8() epilogue.
+// =============================================================================================
+
+constexpr int kBM = 128;
+constexpr int kBN = 128;
+constexpr int kBK = 64;
+constexpr int kBK4 = kBK / 4;
+constexpr int kGemmThreads = 256;
+constexpr int kGemmSmemBytes = 2 /*buffers*/ * (kBM + kBN) * kBK4 * 4;  // 32 KiB
+constexpr int64_t kGroupM = 8;  // tile rasterisation: groups of 8 M-tiles share B in L2
+
+static_assert(kBM == kBN, "loaders assume square tiles");
+static_assert(kBM * kBK == kGemmThreads * 32, "each thread loads 32 bytes of A and of B");
+
+__device__ __forceinline__ int tile_row(int i, int ty) { return (i < 4 ? 0 : 64) + ty * 4 + (i & 3); }
+
+// 32 consecutive bytes p[0 .. 32) into 8 little-endian words; byte b is read only when
+// b < lim (lim <= 0: all zero). VEC = 16: p 16-byte aligned and lim % 16 == 0; VEC = 4: p
+// 4-byte aligned and lim % 4 == 0; VEC = 1: anything.
+template <int VEC>
+__device__ __forceinline__ void gemm_load(const int8_t* __restrict__ p, int lim, uint32_t (&w)[8]) {
+#pragma unroll
+  for (int i = 0; i < 8; ++i) w[i] = 0;
+  if constexpr (VEC == 16) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      if (16 * h < lim) {
+        const uint4 v = __ldg(reinterpret_cast<const uint4*>(p + 16 * h));
+        w[4 * h + 0] = v.x; w[4 * h + 1] = v.y; w[4 * h + 2] = v.z; w[4 * h + 3] = v.w;
+      }
+    }
+  } else if constexpr (VEC == 4) {
+#pragma unroll
+    for (int i = 0; i < 8; ++i)
+      if (4 * i < lim) w[i] = __ldg(reinterpret_cast<const unsigned int*>(p + 4 * i));
+  } else {
+#pragma unroll
+    for (int b = 0; b < 32; ++b)
+      if (b < lim)
+        w[b / 4] |= static_cast<uint32_t>(static_cast<uint8_t>(__ldg(p + b))) << (8 * (b % 4));
+  }
+}
+
+// Maps a linear tile index onto (tile_m, tile_n), grouping kGroupM M-tiles for L2 reuse.
+__device__ __forceinline__ void tile_coords(int64_t t, int64_t tiles_m, int64_t tiles_n,
+                                            int64_t* tm, int64_t* tn) {
+  const int64_t in_group = kGroupM * tiles_n;
+  const int64_t group = t / in_group;
+  const int64_t first_m = group * kGroupM;
+  const int64_t group_size = tiles_m - first_m < kGroupM ? tiles_m - first_m : kGroupM;
+  const int64_t r = t - group * in_group;
+  *tm = first_m + r % group_size;
+  *tn = r / group_size;
+}
+
+template <int VEC, typename Epi>
+__global__ void __launch_bounds__(kGemmThreads, 2)
+    int8_gemm_kernel(const int8_t* __restrict__ A, const int8_t* __restrict__ B, int64_t M,
+                     int64_t N, int64_t K, int64_t tiles_m, int64_t tiles_n, Epi epi) {
+  constexpr int kSmem = kGemmSmemBytes > Epi::kSmemBytes ? kGemmSmemBytes : Epi::kSmemBytes;
+  __shared__ __align__(16) unsigned char smem[kSmem];
+  uint32_t* As = reinterpret_cast<uint32_t*>(smem);  // [2][kBK4][kBM]
+  uint32_t* Bs = As + 2 * kBK4 * kBM;                // [2][kBK4][kBN]
+
+  const int tid = threadIdx.x;
+  const int ty = tid / 16, tx = tid % 16;    // compute mapping
+  const int lr = tid % kBM, lc = tid / kBM;  // load mapping: row lr, bytes lc*32 .. +32
+  const int64_t tiles = tiles_m * tiles_n;
+  const int num_k = static_cast<int>((K + kBK - 1) / kBK);  // K < 2^31
+
+  for (int64_t t = blockIdx.x; t < tiles; t += gridDim.x) {
+    int64_t tm, tn;
+    tile_coords(t, tiles_m, tiles_n, &tm, &tn);
+    const int64_t m0 = tm * kBM, n0 = tn * kBN;
+
+    int32_t acc[8][8];
+#pragma unroll
+    for (int i = 0; i < 8; ++i)
+#pragma unroll
+      for (int j = 0; j < 8; ++j) acc[i][j] = 0;
+
+    if (num_k > 0) {
+      // Loader state: this thread's 32-byte slice of row lr of each tile, and how many of
+      // its bytes lie inside the matrix (<= 0: none; rows past the end read nothing).
+      const bool a_row_ok = m0 + lr < M, b_row_ok = n0 + lr < N;
+      const int8_t* pa = A + (a_row_ok ? (m0 + lr) * K + lc * 32 : 0);
+      const int8_t* pb = B + (b_row_ok ? (n0 + lr) * K + lc * 32 : 0);
+      int lim_a = a_row_ok ? static_cast<int>(K) - lc * 32 : 0;
+      int lim_b = b_row_ok ? static_cast<int>(K) - lc * 32 : 0;
+
+      uint32_t ra[8], rb[8];
+      gemm_load<VEC>(pa, lim_a, ra);
+      gemm_load<VEC>(pb, lim_b, rb);
+#pragma unroll
+      for (int w = 0; w < 8; ++w) {
+        As[(lc * 8 + w) * kBM + lr] = ra[w];
+        Bs[(lc * 8 + w) * kBN + lr] = rb[w];
+      }
+      __syncthreads();
+
+      for (int kt = 0; kt < num_k; ++kt) {
+        const int buf = kt & 1;
+        const bool has_next = kt + 1 < num_k;
+        if (has_next) {
+          pa += kBK; lim_a -= kBK;
+          pb += kBK; lim_b -= kBK;
+          gemm_load<VEC>(pa, lim_a, ra);
+          gemm_load<VEC>(pb, lim_b, rb);
+        }
+        const uint32_t* as = As + buf * kBK4 * kBM;
+        const uint32_t* bs = Bs + buf * kBK4 * kBN;
+#pragma unroll
+        for (int k4 = 0; k4 < kBK4; ++k4) {
+          const uint4 a0 = *reinterpret_cast<const uint4*>(as + k4 * kBM + ty * 4);
+          const uint4 a1 = *reinterpret_cast<const uint4*>(as + k4 * kBM + 64 + ty * 4);
+          const uint4 b0 = *reinterpret_cast<const uint4*>(bs + k4 * kBN + tx * 4);
+          const uint4 b1 = *reinterpret_cast<const uint4*>(bs + k4 * kBN + 64 + tx * 4);
+          const int a[8] = {static_cast<int>(a0.x), static_cast<int>(a0.y),
+                            static_cast<int>(a0.z), static_cast<int>(a0.w),
+                            static_cast<int>(a1.x), static_cast<int>(a1.y),
+                            static_cast<int>(a1.z), static_cast<int>(a1.w)};
+          const int b[8] = {static_cast<int>(b0.x), static_cast<int>(b0.y),
+                            static_cast<int>(b0.z), static_cast<int>(b0.w),
+                            static_cast<int>(b1.x), static_cast<int>(b1.y),
+                            static_cast<int>(b1.z), static_cast<int>(b1.w)};
+#pragma unroll
+          for (int i = 0; i < 8; ++i)
+#pragma unroll
+            for (int j = 0; j < 8; ++j) acc[i][j] = __dp4a(a[i], b[j], acc[i][j]);
+        }
+        if (has_next) {
+          uint32_t* as_next = As + (buf ^ 1) * kBK4 * kBM;
+          uint32_t* bs_next = Bs + (buf ^ 1) * kBK4 * kBN;
+#pragma unroll
+          for (int w = 0; w < 8; ++w) {
+            as_next[(lc * 8 + w) * kBM + lr] = ra[w];
+            bs_next[(lc * 8 + w) * kBN + lr] = rb[w];
+          }
+        }
+        __syncthreads();
+      }
+    }
+
+    epi(acc, m0, n0, tid, ty, tx, smem);
+    __syncthreads();  // the epilogue may use shared memory; the next tile reuses it
+  }
+}
+
+// Plain int32 store.
+struct StoreI32Epilogue {
+  static constexpr int kSmemBytes = 0;
+  int32_t* C;
+  int64_t M, N;
+  bool vec;  // N % 4 == 0 and C 16-byte aligned
+
+  __device__ __forceinline__ void operator()(const int32_t (&acc)[8][8], int64_t m0, int64_t n0,
+                                             int /*tid*/, int ty, int tx,
+                                             unsigned char* /*smem*/) const {
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const int64_t m = m0 + tile_row(i, ty);
+      if (m >= M) continue;
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int64_t n = n0 + h * 64 + tx * 4;
+        if (n >= N) continue;
+        int32_t* p = C + m * N + n;
+        if (vec) {
+          *reinterpret_cast<int4*>(p) =
+              make_int4(acc[i][4 * h], acc[i][4 * h + 1], acc[i][4 * h + 2], acc[i][4 * h + 3]);
+        } else {
+#pragma unroll
+          for (int e = 0; e < 4; ++e)
+            if (n + e < N) p[e] = acc[i][4 * h + e];
+        }
+      }
+    }
+  }
+};
+
+// Fused LLM.int8() epilogue, per output (m, n), in the CPU reference's order:
+//   v = dequant(acc, row_scale[m], SCB[n]);
+//   for j in [0, count): k = idx[j]; v += x[m, k] * weight_value(CB[n, k], SCB[n]);
+//   v += bias[n]; out[m, n] = v (x's dtype).
+// The outlier columns are staged through shared memory kOutChunk at a time:
+// xs[j][r] = x[m0 + r, idx[j]] and ws[j][c] = W[n0 + c, idx[j]].
+template <typename T>
+struct LinearEpilogue {
+  static constexpr int kOutChunk = 32;
+  static constexpr int kStride = kBM + 4;  // keeps float4 reads aligned, spreads banks
+  static constexpr int kSmemBytes = 2 * kOutChunk * kStride * 4;
+  const T* x;
+  const int8_t* CB;
+  const float* SCB;
+  const float* row_scale;
+  const int32_t* outlier_idx;
+  const int32_t* outlier_count;
+  DType bias_dtype;
+  const void* bias;
+  T* out;
+  int64_t M, N, K;
+  bool vec;  // N % 4 == 0 and out 4 * sizeof(T) aligned
+
+  __device__ __forceinline__ void operator()(const int32_t (&acc)[8][8], int64_t m0, int64_t n0,
+                                             int tid, int ty, int tx,
+                                             unsigned char* smem) const {
+    float rs[8], cs[8];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const int64_t m = m0 + tile_row(i, ty);
+      rs[i] = m < M ? row_scale[m] : 0.0f;
+    }
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      const int64_t n = n0 + tile_row(j, tx);
+      cs[j] = n < N ? SCB[n] : 0.0f;
+    }
+    float v[8][8];
+#pragma unroll
+    for (int i = 0; i < 8; ++i)
+#pragma unroll
+      for (int j = 0; j < 8; ++j) v[i][j] = dequant(acc[i][j], rs[i], cs[j]);
+
+    const int count = *outlier_count;
+    float* xs = reinterpret_cast<float*>(smem);
+    float* ws = xs + kOutChunk * kStride;
+    for (int base = 0; base < count; base += kOutChunk) {
+      const int len = count - base < kOutChunk ? count - base : kOutChunk;
+      for (int e = tid; e < kOutChunk * kBM; e += kGemmThreads) {
+        const int jj = e % kOutChunk, r = e / kOutChunk;
+        float xv = 0.0f, wv = 0.0f;
+        if (jj < len) {
+          const int64_t k = outlier_idx[base + jj];
+          const int64_t m = m0 + r, n = n0 + r;
+          if (m < M) xv = to_float(x[m * K + k]);
+          if (n < N) wv = weight_value(CB[n * K + k], SCB[n]);
+        }
+        xs[jj * kStride + r] = xv;
+        ws[jj * kStride + r] = wv;
+      }
+      __syncthreads();
+      for (int jj = 0; jj < len; ++jj) {
+        const float4 xa = *reinterpret_cast<const float4*>(xs + jj * kStride + ty * 4);
+        const float4 xb = *reinterpret_cast<const float4*>(xs + jj * kStride + 64 + ty * 4);
+        const float4 wa = *reinterpret_cast<const float4*>(ws + jj * kStride + tx * 4);
+        const float4 wb = *reinterpret_cast<const float4*>(ws + jj * kStride + 64 + tx * 4);
+        const float xr[8] = {xa.x, xa.y, xa.z, xa.w, xb.x, xb.y, xb.z, xb.w};
+        const float wr[8] = {wa.x, wa.y, wa.z, wa.w, wb.x, wb.y, wb.z, wb.w};
+#pragma unroll
+        for (int i = 0; i < 8; ++i)
+#pragma unroll
+          for (int j = 0; j < 8; ++j) v[i][j] = __fadd_rn(v[i][j], __fmul_rn(xr[i], wr[j]));
+      }
+      __syncthreads();
+    }
+
+    if (bias != nullptr) {
+      float bv[8];
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const int64_t n = n0 + tile_row(j, tx);
+        bv[j] = n < N ? load_float_any(bias_dtype, bias, n) : 0.0f;
+      }
+#pragma unroll
+      for (int i = 0; i < 8; ++i)
+#pragma unroll
+        for (int j = 0; j < 8; ++j) v[i][j] = __fadd_rn(v[i][j], bv[j]);
+    }
+
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const int64_t m = m0 + tile_row(i, ty);
+      if (m >= M) continue;
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int64_t n = n0 + h * 64 + tx * 4;
+        if (n >= N) continue;
+        T* p = out + m * N + n;
+        const float f[4] = {v[i][4 * h], v[i][4 * h + 1], v[i][4 * h + 2], v[i][4 * h + 3]};
+        if (vec) {
+          store4(p, f);
+        } else {
+#pragma unroll
+          for (int e = 0; e < 4; ++e)
+            if (n + e < N) p[e] = from_float<T>(f[e]);
+        }
+      }
+    }
+  }
+};
+
+// Launches the tiled GEMM with the widest global load the shapes and pointers allow.
+template <typename Epi>
+Status launch_gemm(cudaStream_t st, const int8_t* A, const int8_t* B, int64_t M, int64_t N,
+                   int64_t K, const Epi& epi, const char* name) {
+  const int64_t tiles_m = ceil_div(M, kBM), tiles_n = ceil_div(N, kBN);
+  const unsigned blocks = static_cast<unsigned>(std::min(tiles_m * tiles_n, kMaxGridX));
+  if (K % 16 == 0 && is_aligned(A, 16) && is_aligned(B, 16)) {
+    int8_gemm_kernel<16, Epi><<<blocks, kGemmThreads, 0, st>>>(A, B, M, N, K, tiles_m, tiles_n, epi);
+  } else if (K % 4 == 0 && is_aligned(A, 4) && is_aligned(B, 4)) {
+    int8_gemm_kernel<4, Epi><<<blocks, kGemmThreads, 0, st>>>(A, B, M, N, K, tiles_m, tiles_n, epi);
+  } else {
+    int8_gemm_kernel<1, Epi><<<blocks, kGemmThreads, 0, st>>>(A, B, M, N, K, tiles_m, tiles_n, epi);
+  }
+  LT8_CHECK_LAUNCH(name);
+  return Status::Ok();
+}
+
+// =============================================================================================
+// 5. Input gradient: grad_x (M, K) = sum_n (g[m, n] * (SCB[n] / 127)) * CB[n, k], fp32.
+//    Block tile 128 (m) x 128 (k), N step 16, 256 threads each owning 8 x 8 outputs (same
+//    mapping as the int8 GEMM). Gs[n][m] holds the scaled gradient, Ws[n][k] the int8 weight
+//    as float; both double buffered with register prefetch. The sum runs over n in ascending
+//    order, like the CPU reference. The dequantized weight never reaches global memory.
+// =============================================================================================
+
+constexpr int kGBM = 128;  // rows of grad_out / grad_x per tile
+constexpr int kGBK = 128;  // columns of grad_x (K) per tile
+constexpr int kGBN = 16;   // reduction step over N
+constexpr int kGStride = kGBM + 4;
+
+template <typename T>
+__global__ void __launch_bounds__(kGemmThreads, 2)
+    grad_input_kernel(const T* __restrict__ g, const int8_t* __restrict__ CB,
+                      const float* __restrict__ SCB, int64_t M, int64_t N, int64_t K,
+                      int64_t tiles_m, int64_t tiles_k, bool vec, T* __restrict__ grad_x) {
+  __shared__ __align__(16) float Gs[2][kGBN][kGStride];
+  __shared__ __align__(16) float Ws[2][kGBN][kGBK];
+
+  const int tid = threadIdx.x;
+  const int ty = tid / 16, tx = tid % 16;
+  // Gradient loads: column gn of the N step, rows gr + 16 * i.
+  const int gn = tid % kGBN, gr = tid / kGBN;
+  // Weight loads: column wk of the K tile, N rows wn + 2 * i.
+  const int wk = tid % kGBK, wn = tid / kGBK;
+  const int64_t tiles = tiles_m * tiles_k;
+  const int64_t num_n = (N + kGBN - 1) / kGBN;
+  const int64_t g_row_step = 16 * N;  // between a thread's gradient rows
+  const int64_t w_row_step = 2 * K;   // between a thread's weight rows
+
+  for (int64_t t = blockIdx.x; t < tiles; t += gridDim.x) {
+    int64_t tm, tk;
+    tile_coords(t, tiles_m, tiles_k, &tm, &tk);
+    const int64_t m0 = tm * kGBM, k0 = tk * kGBK;
+
+    float acc[8][8];
+#pragma unroll
+    for (int i = 0; i < 8; ++i)
+#pragma unroll
+      for (int j = 0; j < 8; ++j) acc[i][j] = 0.0f;
+
+    if (num_n > 0) {
+      // Gradient row i of this thread is valid when 16 * i < g_rows; weight column when k_ok.
+      const int64_t g_rows64 = M - m0 - gr;
+      const int g_rows = g_rows64 > kGBM ? kGBM : static_cast<int>(g_rows64);
+      const bool k_ok = k0 + wk < K;
+      const T* gp = g + (g_rows > 0 ? (m0 + gr) * N + gn : 0);
+      const int8_t* wp = CB + (k_ok ? wn * K + k0 + wk : 0);
+      float rg[8];
+      uint32_t rw[2];  // 8 int8 weights, packed
+
+      // Loads N step nb (gp / wp point at it) into rg / rw.
+#define LT8_GRAD_LOAD(nb)                                                                   \
+  do {                                                                                      \
+    const bool n_ok = (nb) + gn < N;                                                        \
+    const float s = n_ok ? SCB[(nb) + gn] * kInv127 : 0.0f;                                 \
+    _Pragma("unroll") for (int i = 0; i < 8; ++i) rg[i] =                                   \
+        (n_ok && 16 * i < g_rows) ? __fmul_rn(to_float(gp[i * g_row_step]), s) : 0.0f;      \
+    rw[0] = rw[1] = 0;                                                                      \
+    _Pragma("unroll") for (int i = 0; i < 8; ++i) if (k_ok && (nb) + wn + 2 * i < N) rw[i / 4] |= \
+        static_cast<uint32_t>(static_cast<uint8_t>(wp[i * w_row_step])) << (8 * (i % 4));   \
+  } while (0)
+#define LT8_GRAD_STORE(buf)                                                      \
+  do {                                                                           \
+    _Pragma("unroll") for (int i = 0; i < 8; ++i) {                              \
+      Gs[buf][gn][gr + 16 * i] = rg[i];                                          \
+      Ws[buf][wn + 2 * i][wk] = static_cast<float>(byte_of(rw[i / 4], i % 4));   \
+    }                                                                            \
+  } while (0)
+
+      LT8_GRAD_LOAD(int64_t{0});
+      LT8_GRAD_STORE(0);
+      __syncthreads();
+      for (int64_t nt = 0; nt < num_n; ++nt) {
+        const int buf = static_cast<int>(nt & 1);
+        const bool has_next = nt + 1 < num_n;
+        if (has_next) {
+          gp += kGBN;
+          wp += kGBN * K;
+          LT8_GRAD_LOAD((nt + 1) * kGBN);
+        }
+#pragma unroll
+        for (int nn = 0; nn < kGBN; ++nn) {
+          const float4 ga = *reinterpret_cast<const float4*>(&Gs[buf][nn][ty * 4]);
+          const float4 gb = *reinterpret_cast<const float4*>(&Gs[buf][nn][64 + ty * 4]);
+          const float4 wa = *reinterpret_cast<const float4*>(&Ws[buf][nn][tx * 4]);
+          const float4 wb = *reinterpret_cast<const float4*>(&Ws[buf][nn][64 + tx * 4]);
+          const float gv[8] = {ga.x, ga.y, ga.z, ga.w, gb.x, gb.y, gb.z, gb.w};
+          const float wv[8] = {wa.x, wa.y, wa.z, wa.w, wb.x, wb.y, wb.z, wb.w};
+#pragma unroll
+          for (int i = 0; i < 8; ++i)
+#pragma unroll
+            for (int j = 0; j < 8; ++j) acc[i][j] = mul_add(acc[i][j], gv[i], wv[j]);
+        }
+        if (has_next) LT8_GRAD_STORE(buf ^ 1);
+        __syncthreads();
+      }
+#undef LT8_GRAD_LOAD
+#undef LT8_GRAD_STORE
+    }
+
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const int64_t m = m0 + tile_row(i, ty);
+      if (m >= M) continue;
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int64_t k = k0 + h * 64 + tx * 4;
+        if (k >= K) continue;
+        T* p = grad_x + m * K + k;
+        const float f[4] = {acc[i][4 * h], acc[i][4 * h + 1], acc[i][4 * h + 2],
+                            acc[i][4 * h + 3]};
+        if (vec) {
+          store4(p, f);
+        } else {
+#pragma unroll
+          for (int e = 0; e < 4; ++e)
+            if (k + e < K) p[e] = from_float<T>(f[e]);
+        }
+      }
+    }
+    // No trailing barrier needed: the last loop iteration ended with __syncthreads() and the
+    // store above touches registers and global memory only.
+  }
+}
+
+}  // namespace
+
+// =============================================================================================
+// Entry points (arguments were validated by dispatch.cc).
+// =============================================================================================
+
+Status quantize_rows(const Exec& ex, DType x_dtype, const void* x, int64_t M, int64_t K,
+                     float threshold, int8_t* q, float* row_scale, uint8_t* outlier_mask) {
+  return dispatch_float(x_dtype, [&](auto tag) -> Status {
+    using T = decltype(tag);
+    if (M == 0 && K == 0) return Status::Ok();
+    DeviceGuard guard(ex);
+    if (!guard.ok()) return guard.status();
+    return launch_quantize<T>(stream_of(ex), static_cast<const T*>(x), M, K, threshold, q,
+                              row_scale, outlier_mask);
+  });
+}
+
+Status dequantize_rows(const Exec& ex, const int8_t* q, const float* row_scale, int64_t M,
+                       int64_t K, DType out_dtype, void* out) {
+  return dispatch_float(out_dtype, [&](auto tag) -> Status {
+    using T = decltype(tag);
+    if (M == 0 || K == 0) return Status::Ok();
+    DeviceGuard guard(ex);
+    if (!guard.ok()) return guard.status();
+    cudaStream_t st = stream_of(ex);
+    T* o = static_cast<T*>(out);
+    const bool vec = K % 4 == 0 && is_aligned(q, 4) && is_aligned(o, 4 * sizeof(T));
+    if (vec) {
+      dequantize_rows_kernel<T, true>
+          <<<elementwise_blocks(M * K / 4), kThreads, 0, st>>>(q, row_scale, M, K, o);
+    } else {
+      dequantize_rows_kernel<T, false>
+          <<<elementwise_blocks(M * K), kThreads, 0, st>>>(q, row_scale, M, K, o);
+    }
+    LT8_CHECK_LAUNCH("dequantize_rows_kernel");
+    return Status::Ok();
+  });
+}
+
+Status int8_gemm(const Exec& ex, const int8_t* A, const int8_t* B, int64_t M, int64_t N,
+                 int64_t K, int32_t* C) {
+  if (M == 0 || N == 0) return Status::Ok();
+  DeviceGuard guard(ex);
+  if (!guard.ok()) return guard.status();
+  cudaStream_t st = stream_of(ex);
+  if (K == 0) {
+    LT8_CUDA_RETURN_IF_ERROR(
+        cudaMemsetAsync(C, 0, static_cast<size_t>(M) * static_cast<size_t>(N) * sizeof(int32_t), st),
+        "cudaMemsetAsync(C)");
+    return Status::Ok();
+  }
+  StoreI32Epilogue epi{C, M, N, N % 4 == 0 && is_aligned(C, 16)};
+  return launch_gemm(st, A, B, M, N, K, epi, "int8_gemm_kernel");
+}
+
+Status dequant_epilogue(const Exec& ex, const int32_t* C, const float* row_scale,
+                        const float* col_scale, DType bias_dtype, const void* bias, int64_t M,
+                        int64_t N, DType out_dtype, void* out) {
+  return dispatch_float(out_dtype, [&](auto tag) -> Status {
+    using T = decltype(tag);
+    if (M == 0 || N == 0) return Status::Ok();
+    DeviceGuard guard(ex);
+    if (!guard.ok()) return guard.status();
+    cudaStream_t st = stream_of(ex);
+    T* o = static_cast<T*>(out);
+    const bool vec = N % 4 == 0 && is_aligned(C, 16) && is_aligned(o, 4 * sizeof(T));
+    if (vec) {
+      dequant_epilogue_kernel<T, true><<<elementwise_blocks(M * N / 4), kThreads, 0, st>>>(
+          C, row_scale, col_scale, bias_dtype, bias, M, N, o);
+    } else {
+      dequant_epilogue_kernel<T, false><<<elementwise_blocks(M * N), kThreads, 0, st>>>(
+          C, row_scale, col_scale, bias_dtype, bias, M, N, o);
+    }
+    LT8_CHECK_LAUNCH("dequant_epilogue_kernel");
+    return Status::Ok();
+  });
+}
+
+Status int8_linear(const Exec& ex, DType x_dtype, const void* x, const int8_t* CB,
+                   const float* SCB, DType bias_dtype, const void* bias, int64_t M, int64_t N,
+                   int64_t K, float threshold, void* out, const LinearScratch& s) {
+  return dispatch_float(x_dtype, [&](auto tag) -> Status {
+    using T = decltype(tag);
+    // The scratch is internal: with no output there is nothing observable to compute.
+    if (M == 0 || N == 0) return Status::Ok();
+    DeviceGuard guard(ex);
+    if (!guard.ok()) return guard.status();
+    cudaStream_t st = stream_of(ex);
+    const T* xt = static_cast<const T*>(x);
+    T* o = static_cast<T*>(out);
+
+    if (K == 0) {  // empty reduction: out = 0 (+ bias); CB / SCB / x may be null
+      bias_fill_kernel<T>
+          <<<elementwise_blocks(M * N), kThreads, 0, st>>>(bias_dtype, bias, M, N, o);
+      LT8_CHECK_LAUNCH("bias_fill_kernel");
+      return Status::Ok();
+    }
+
+    // (1) quantize x into the scratch.
+    Status qs = launch_quantize<T>(st, xt, M, K, threshold, s.q, s.row_scale, s.mask);
+    if (!qs.ok()) return qs;
+
+    // (2) compact the outlier columns (count stays on the device).
+    if (threshold > 0.0f) {
+      compact_outliers_kernel<<<1, kCompactThreads, 0, st>>>(s.mask, K, s.outlier_idx,
+                                                             s.outlier_count);
+      LT8_CHECK_LAUNCH("compact_outliers_kernel");
+    } else {
+      LT8_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(s.outlier_count, 0, sizeof(int32_t), st),
+                               "cudaMemsetAsync(outlier_count)");
+    }
+
+    // (3) int8 GEMM with the fused dequant + outlier + bias epilogue.
+    LinearEpilogue<T> epi{xt,     CB,         SCB,  s.row_scale, s.outlier_idx, s.outlier_count,
+                          bias_dtype, bias, o,    M,           N,             K,
+                          N % 4 == 0 && is_aligned(o, 4 * sizeof(T))};
+    return launch_gemm(st, s.q, CB, M, N, K, epi, "int8_gemm_kernel<LinearEpilogue>");
+  });
+}
+
+Status int8_linear_grad_input(const Exec& ex, DType g_dtype, const void* grad_out,
+                              const int8_t* CB, const float* SCB, int64_t M, int64_t N, int64_t K,
+                              void* grad_x) {
+  return dispatch_float(g_dtype, [&](auto tag) -> Status {
+    using T = decltype(tag);
+    if (M == 0 || K == 0) return Status::Ok();
+    DeviceGuard guard(ex);
+    if (!guard.ok()) return guard.status();
+    cudaStream_t st = stream_of(ex);
+    T* gx = static_cast<T*>(grad_x);
+    if (N == 0) {  // empty sum: +0.0 in every float dtype is all-zero bits
+      LT8_CUDA_RETURN_IF_ERROR(
+          cudaMemsetAsync(gx, 0, static_cast<size_t>(M) * static_cast<size_t>(K) * sizeof(T), st),
+          "cudaMemsetAsync(grad_x)");
+      return Status::Ok();
+    }
+    const int64_t tiles_m = ceil_div(M, kGBM), tiles_k = ceil_div(K, kGBK);
+    const unsigned blocks = static_cast<unsigned>(std::min(tiles_m * tiles_k, kMaxGridX));
+    const bool vec = K % 4 == 0 && is_aligned(gx, 4 * sizeof(T));
+    grad_input_kernel<T><<<blocks, kGemmThreads, 0, st>>>(static_cast<const T*>(grad_out), CB,
+                                                          SCB, M, N, K, tiles_m, tiles_k, vec,
+                                                          gx);
+    LT8_CHECK_LAUNCH("grad_input_kernel");
+    return Status::Ok();
+  });
+}
+
+}  // namespace gpu
+}  // namespace lt8

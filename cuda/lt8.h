@@ -1,0 +1,122 @@
+// lt8 launch API: the one kernel source both frontends reach.
+//
+// Everything here takes raw pointers, sizes, dtype codes and a stream. No Python, no torch,
+// no XLA. Every entry point returns a Status (never throws, never exits) so that adapters can
+// map it to ValueError/RuntimeError (torch) or ffi::Error (XLA).
+//
+// Conventions shared by every op:
+//   * matrices are dense and row-major (the frontends make inputs contiguous first);
+//   * int8 quantization is symmetric, per row: q = rint(x * 127 / absmax), |q| <= 127;
+//   * a weight is (N=out, K=in) int8 CB plus float32 SCB (N,), W ~= CB * SCB / 127;
+//   * threshold <= 0 disables outlier decomposition.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <utility>
+
+namespace lt8 {
+
+// Element types. The integer values are part of the binding ABI: keep them stable.
+enum class DType : int32_t { kF32 = 0, kF16 = 1, kBF16 = 2, kI8 = 3, kI32 = 4, kU8 = 5 };
+
+enum class Device : int32_t { kCPU = 0, kCUDA = 1 };
+
+// Tile orders of cuBLASLt. Values are part of the binding ABI.
+enum class Layout : int32_t { kRow = 0, kCol32 = 1, kColTuring = 2, kColAmpere = 3 };
+
+enum class Code : int32_t {
+  kOk = 0,
+  kInvalidArgument = 1,  // caller error: shapes, dtypes, null pointers
+  kInternal = 2,         // CUDA runtime error
+  kUnsupported = 3,      // e.g. a CUDA pointer on a build without CUDA kernels
+};
+
+struct Status {
+  Code code = Code::kOk;
+  std::string message;
+
+  bool ok() const { return code == Code::kOk; }
+  static Status Ok() { return {}; }
+  static Status Invalid(std::string m) { return {Code::kInvalidArgument, std::move(m)}; }
+  static Status Internal(std::string m) { return {Code::kInternal, std::move(m)}; }
+  static Status Unsupported(std::string m) { return {Code::kUnsupported, std::move(m)}; }
+};
+
+// Where an op runs. `stream` is a cudaStream_t (nullptr = legacy default stream) for CUDA and
+// ignored on the CPU. `device_index` >= 0 makes the CUDA launch run on that device (the caller's
+// current device is restored); -1 means "the current device".
+struct Exec {
+  Device device = Device::kCPU;
+  void* stream = nullptr;
+  int device_index = -1;
+};
+
+// True when this build contains CUDA kernels; `cuda_archs` lists them ("75;80;...", "" if none).
+bool cuda_built();
+const char* cuda_archs();
+
+size_t dtype_size(DType t);
+const char* dtype_name(DType t);
+
+// ---------------------------------------------------------------------------------------------
+// 1. Row-wise int8 quantization with outlier columns.
+//    x: (M, K) of f32/f16/bf16. Column k is an outlier column when threshold > 0 and any
+//    |x[m, k]| >= threshold. Outputs (all fully written):
+//      q (M, K) int8        rint(x * 127 / absmax_m), outlier columns set to 0
+//      row_scale (M,) f32   absmax_m over the non-outlier columns (0 for an all-zero row)
+//      outlier_mask (K,) u8 1 for outlier columns, else 0
+Status quantize_rows(const Exec& ex, DType x_dtype, const void* x, int64_t M, int64_t K,
+                     float threshold, int8_t* q, float* row_scale, uint8_t* outlier_mask);
+
+// out (M, K) of out_dtype = q * row_scale / 127.
+Status dequantize_rows(const Exec& ex, const int8_t* q, const float* row_scale, int64_t M,
+                       int64_t K, DType out_dtype, void* out);
+
+// ---------------------------------------------------------------------------------------------
+// 2. C (M, N) int32 = A (M, K) int8 @ B (N, K) int8 ^T ("TN", both row-major), exact.
+Status int8_gemm(const Exec& ex, const int8_t* A, const int8_t* B, int64_t M, int64_t N,
+                 int64_t K, int32_t* C);
+
+// 3. out (M, N) of out_dtype = C * row_scale[m] * col_scale[n] / 127^2 (+ bias[n]).
+//    bias may be null; its dtype is independent of out_dtype.
+Status dequant_epilogue(const Exec& ex, const int32_t* C, const float* row_scale,
+                        const float* col_scale, DType bias_dtype, const void* bias, int64_t M,
+                        int64_t N, DType out_dtype, void* out);
+
+// ---------------------------------------------------------------------------------------------
+// 4. Layout transforms between row-major and cuBLASLt's tiled orders, for int8 matrices.
+//    A tiled matrix of logical shape (rows, cols) occupies padded_rows * padded_cols bytes.
+//    Padding bytes are written as 0. Exactly one of `from`/`to` may be a tiled order, or both kRow.
+void layout_padded_shape(Layout layout, int64_t rows, int64_t cols, int64_t* padded_rows,
+                         int64_t* padded_cols);
+Status transform_layout(const Exec& ex, const int8_t* in, int8_t* out, int64_t rows, int64_t cols,
+                        Layout from, Layout to);
+
+// ---------------------------------------------------------------------------------------------
+// 5. The fused LLM.int8() linear op:
+//      out (M, N) = dequant(int8(x_regular) @ CB^T) + x_outlier @ W_outlier^T + bias
+//    where outlier columns are found on the device (no host sync) and W = CB * SCB / 127.
+//    out has x's dtype. `workspace` is caller-provided scratch (graph/XLA friendly) of at least
+//    int8_linear_workspace_size(M, N, K) bytes; its content on entry does not matter.
+size_t int8_linear_workspace_size(int64_t M, int64_t N, int64_t K);
+Status int8_linear(const Exec& ex, DType x_dtype, const void* x, const int8_t* CB, const float* SCB,
+                   DType bias_dtype, const void* bias, int64_t M, int64_t N, int64_t K,
+                   float threshold, void* out, void* workspace, size_t workspace_bytes);
+
+// Weight-only int8 linear (bitsandbytes' `force_no_igemmlt` path): activations stay in their
+// floating-point dtype and multiply the dequantized weight, accumulating in float32:
+//   out (M, N) = (x @ CB^T) * SCB / 127 + bias, in x's dtype.
+Status int8_weight_linear(const Exec& ex, DType x_dtype, const void* x, const int8_t* CB,
+                          const float* SCB, DType bias_dtype, const void* bias, int64_t M,
+                          int64_t N, int64_t K, void* out);
+
+// Input gradient of the linear op with a frozen int8 weight:
+//   grad_x (M, K) = grad_out (M, N) @ W,  W = CB * SCB / 127, without materialising W.
+//   grad_x has grad_out's dtype; accumulation is float32.
+Status int8_linear_grad_input(const Exec& ex, DType g_dtype, const void* grad_out,
+                              const int8_t* CB, const float* SCB, int64_t M, int64_t N, int64_t K,
+                              void* grad_x);
+
+}  // namespace lt8

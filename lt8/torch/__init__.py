@@ -1,0 +1,11 @@
+"""lt8's PyTorch frontend: ops under ``torch.ops.lt8``, ``Linear8bitLt``, ``replace_linear``.
+
+The bitsandbytes-compatible spellings are ``lt8.nn``, ``lt8.functional`` and ``lt8.autograd``.
+"""
+
+from lt8.torch import _kernels, _ops  # noqa: F401  (define and register the ops)
+from lt8.torch import functional
+from lt8.torch.autograd import MatmulLtState, matmul
+from lt8.torch.nn import Int8Params, Linear8bitLt, replace_linear
+
+__all__ = ["Int8Params", "Linear8bitLt", "MatmulLtState", "functional", "matmul", "replace_linear"]

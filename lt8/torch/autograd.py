@@ -1,0 +1,107 @@
+"""Autograd-level API with bitsandbytes' names: ``MatmulLtState`` and ``matmul``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+import lt8.torch._kernels  # noqa: F401  (registers the kernels)
+from lt8.core.layouts import get_inverse_transform_indices, undo_layout  # noqa: F401
+
+__all__ = ["MatmulLtState", "matmul", "get_inverse_transform_indices", "undo_layout"]
+
+
+@dataclass
+class MatmulLtState:
+    """Per-layer LLM.int8() state, field for field as bitsandbytes' ``MatmulLtState``.
+
+    Invariants once a layer is quantized: ``CB`` is the (out, in) int8 weight in row-major order,
+    ``SCB`` its (out,) float32 row absmax. lt8's GEMM reads row-major weights on every GPU, so it
+    never keeps a tiled copy: ``CxB`` and ``SB`` stay ``None`` and ``formatB`` is ``"row"``.
+    ``force_no_igemmlt=True`` selects bitsandbytes' weight-only path: activations are not
+    quantized, they multiply the dequantized int8 weight (more accurate, no outlier split).
+    """
+
+    CB: Optional[torch.Tensor] = None
+    CxB: Optional[torch.Tensor] = None
+    SB: Optional[tuple] = None
+    SCB: Optional[torch.Tensor] = None
+    CxBt: Optional[torch.Tensor] = None
+    SBt: Optional[tuple] = None
+    CBt: Optional[torch.Tensor] = None
+    subB: Optional[torch.Tensor] = None
+    outlier_pool: Optional[object] = None
+    has_accumulated_gradients: bool = False
+    threshold: float = 0.0
+    idx: Optional[torch.Tensor] = None
+    is_training: bool = True
+    has_fp16_weights: bool = True
+    memory_efficient_backward: bool = False
+    use_pool: bool = False
+    formatB: str = "row"
+    force_no_igemmlt: bool = False
+
+    def reset_grads(self) -> None:
+        self.CB = self.CxB = self.SB = self.SCB = None
+        self.CxBt = self.SBt = self.CBt = None
+
+
+class _MatMulFp16Weight(torch.autograd.Function):
+    """LLM.int8() forward with a floating-point master weight (``has_fp16_weights=True``): the
+    weight is quantized in every forward; gradients are the ordinary ones of ``x @ W.T + b``."""
+
+    @staticmethod
+    def forward(ctx, x, W, bias, threshold, weight_only=False):
+        CB, SCB, _ = torch.ops.lt8.quantize_rows(W, 0.0)
+        if weight_only:
+            out = torch.ops.lt8.int8_weight_linear(x, CB, SCB, bias)
+        else:
+            out = torch.ops.lt8.int8_linear(x, CB, SCB, bias, threshold)
+        ctx.save_for_backward(x, W)
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, W = ctx.saved_tensors
+        grad_x = grad_W = grad_bias = None
+        g2 = grad.reshape(-1, grad.shape[-1])
+        if ctx.needs_input_grad[0]:
+            grad_x = (g2 @ W.to(grad.dtype)).reshape(*grad.shape[:-1], W.shape[1])
+        if ctx.needs_input_grad[1]:
+            x2 = x.reshape(-1, x.shape[-1])
+            grad_W = (g2.t().to(W.dtype) @ x2.to(W.dtype))
+        if ctx.needs_input_grad[2]:
+            grad_bias = g2.sum(0, dtype=torch.float32).to(ctx.bias_dtype)
+        return grad_x, grad_W, grad_bias, None, None
+
+
+def matmul(A: torch.Tensor, B: torch.Tensor, out: torch.Tensor | None = None,
+           state: MatmulLtState | None = None, threshold: float = 0.0,
+           bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``A @ B.T + bias`` through LLM.int8(), as ``bitsandbytes.matmul``.
+
+    With ``state.has_fp16_weights`` (the default) ``B`` is a floating-point (out, in) weight that
+    is quantized on the fly and receives an ordinary gradient. Otherwise the int8 weight is
+    ``state.CB`` (or ``B`` itself when it is int8) with scales ``state.SCB``; then only ``A`` and
+    ``bias`` get gradients.
+    """
+    state = state or MatmulLtState()
+    if threshold > 0.0:
+        state.threshold = threshold
+    if state.has_fp16_weights and B.dtype != torch.int8:
+        result = _MatMulFp16Weight.apply(A, B, bias, float(state.threshold), state.force_no_igemmlt)
+    else:
+        CB = state.CB if state.CB is not None else B
+        SCB = state.SCB if state.SCB is not None else getattr(B, "SCB", None)
+        if SCB is None:
+            raise ValueError("an int8 weight needs its scales: set state.SCB (or pass an Int8Params with SCB)")
+        if state.force_no_igemmlt:
+            result = torch.ops.lt8.int8_weight_linear(A, CB, SCB, bias)
+        else:
+            result = torch.ops.lt8.int8_linear(A, CB, SCB, bias, float(state.threshold))
+    if out is not None:
+        return out.copy_(result)
+    return result

@@ -1,0 +1,304 @@
+"""torch modules: ``Int8Params``, ``Linear8bitLt`` (a drop-in for bitsandbytes') and
+``replace_linear`` to convert whole models."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torch import nn
+
+import lt8.torch._kernels  # noqa: F401  (registers the kernels)
+from lt8.core.checkpoint import WEIGHT_FORMATS, format_name
+from lt8.torch._ops import padded_shape
+from lt8.torch.autograd import MatmulLtState, _MatMulFp16Weight
+
+__all__ = ["Int8Params", "Linear8bitLt", "replace_linear"]
+
+
+def _rebuild_int8_params(data, requires_grad, has_fp16_weights, SCB):
+    return Int8Params(data, requires_grad=requires_grad, has_fp16_weights=has_fp16_weights, SCB=SCB)
+
+
+class Int8Params(nn.Parameter):
+    """A weight that quantizes itself to int8 when it is moved to a device.
+
+    With ``has_fp16_weights=False``, the first move (``.cuda()``, ``.to(device)``, and on the CPU
+    ``.to("cpu")`` / ``.cpu()``) replaces the floating-point data by its row-wise int8
+    quantization: afterwards ``data`` is the int8 (out, in) matrix ``CB`` and ``SCB`` holds the
+    float32 absmax of each row. ``.to(dtype)`` alone never quantizes. With
+    ``has_fp16_weights=True`` the parameter stays a floating-point master weight.
+    """
+
+    def __new__(cls, data: torch.Tensor | None = None, requires_grad: bool = True,
+                has_fp16_weights: bool = False, CB: torch.Tensor | None = None,
+                SCB: torch.Tensor | None = None):
+        if data is None:
+            data = torch.empty(0)
+        if data.dtype == torch.int8:
+            requires_grad = False  # integer tensors cannot require gradients
+        obj = torch.Tensor._make_subclass(cls, data, requires_grad)
+        obj.has_fp16_weights = has_fp16_weights
+        obj.SCB = SCB
+        if CB is not None and CB is not data:
+            raise ValueError("CB must be the parameter's own data (lt8 keeps one int8 copy)")
+        return obj
+
+    @property
+    def CB(self) -> torch.Tensor | None:
+        """The int8 weight (the parameter's data itself) once quantized, else None."""
+        return self.data if self.data.dtype == torch.int8 and self.SCB is not None else None
+
+    @CB.setter
+    def CB(self, value):  # bitsandbytes code assigns CB; lt8 derives it from data
+        if value is not None and value is not self.data:
+            self.data = value
+
+    def _quantize(self, device: torch.device) -> "Int8Params":
+        W = self.data.to(device=device).contiguous()
+        CB, SCB, _ = torch.ops.lt8.quantize_rows(W, 0.0)
+        self.requires_grad_(False)
+        self.data = CB
+        self.SCB = SCB
+        return self
+
+    def to(self, *args, **kwargs):
+        device, dtype, non_blocking, _ = torch._C._nn._parse_to(*args, **kwargs)
+        if (device is not None and device.type != "meta" and not self.has_fp16_weights
+                and self.data.dtype != torch.int8):
+            return self._quantize(device)
+        if self.data.dtype == torch.int8:
+            dtype = None  # .to(dtype) never dequantizes an int8 weight
+        moved = super().to(device=device, dtype=dtype, non_blocking=non_blocking)
+        SCB = self.SCB if self.SCB is None or device is None else self.SCB.to(device, non_blocking=non_blocking)
+        return Int8Params(moved, requires_grad=self.requires_grad,
+                          has_fp16_weights=self.has_fp16_weights, SCB=SCB)
+
+    def cuda(self, device=None, non_blocking: bool = False):
+        return self.to(device="cuda" if device is None else device, non_blocking=non_blocking)
+
+    def cpu(self):
+        return self.to(device="cpu")
+
+    def __reduce_ex__(self, proto):
+        return (_rebuild_int8_params, (self.data, self.requires_grad, self.has_fp16_weights, self.SCB))
+
+    def __deepcopy__(self, memo):
+        if id(self) in memo:
+            return memo[id(self)]
+        SCB = None if self.SCB is None else self.SCB.clone()
+        result = Int8Params(self.data.clone(), requires_grad=self.requires_grad,
+                            has_fp16_weights=self.has_fp16_weights, SCB=SCB)
+        memo[id(self)] = result
+        return result
+
+    def __repr__(self) -> str:
+        kind = "int8" if self.CB is not None else str(self.data.dtype)
+        return f"Int8Params({kind}, shape={tuple(self.shape)}, has_fp16_weights={self.has_fp16_weights})"
+
+
+class Linear8bitLt(nn.Linear):
+    """LLM.int8() linear layer with bitsandbytes' constructor, state and checkpoint keys.
+
+    Args:
+        input_features, output_features, bias: as ``nn.Linear``.
+        has_fp16_weights: keep a floating-point master weight (training); when False the weight
+            is quantized to int8 on its first move to a device and stays int8 (inference and
+            adapter fine-tuning, about half of fp16's memory).
+        memory_efficient_backward: accepted for compatibility (lt8's backward never stores a
+            dequantized weight).
+        threshold: activation magnitude at or above which a column is an outlier handled in
+            higher precision; 0 disables the decomposition (6.0 is the paper's choice).
+        index, device: as bitsandbytes.
+
+    Example::
+
+        >>> import torch, lt8
+        >>> fp = torch.nn.Linear(64, 32)
+        >>> q = lt8.nn.Linear8bitLt(64, 32, has_fp16_weights=False, threshold=6.0)
+        >>> q.weight = lt8.nn.Int8Params(fp.weight.data.clone(), requires_grad=False)
+        >>> q.bias = fp.bias
+        >>> q = q.to("cpu")  # quantizes; use .cuda() on a GPU
+        >>> x = torch.randn(4, 64)
+        >>> bool(((q(x) - fp(x)).abs().max() < 0.05))
+        True
+    """
+
+    def __init__(self, input_features: int, output_features: int, bias: bool = True,
+                 has_fp16_weights: bool = True, memory_efficient_backward: bool = False,
+                 threshold: float = 0.0, index=None, device=None):
+        super().__init__(input_features, output_features, bias, device=device)
+        if not threshold >= 0.0:
+            raise ValueError(f"threshold must be a number >= 0, got {threshold}")
+        self.state = MatmulLtState(threshold=float(threshold), has_fp16_weights=has_fp16_weights,
+                                   memory_efficient_backward=memory_efficient_backward)
+        self.index = index
+        self.weight = Int8Params(self.weight.data, has_fp16_weights=has_fp16_weights,
+                                 requires_grad=has_fp16_weights)
+
+    # -- state bookkeeping: MatmulLtState mirrors the weight, it never owns tensors -----------
+
+    def _sync_state(self) -> None:
+        w = self.__dict__.get("_parameters", {}).get("weight")
+        if w is None or not hasattr(self, "state"):
+            return
+        self.state.CB = getattr(w, "CB", None)
+        self.state.SCB = getattr(w, "SCB", None)
+
+    def __setattr__(self, name, value):
+        super().__setattr__(name, value)
+        if name == "weight":
+            self._sync_state()
+
+    def _apply(self, fn, recurse=True):
+        result = super()._apply(fn, recurse)
+        self._sync_state()
+        return result
+
+    def train(self, mode: bool = True):
+        self.state.is_training = mode
+        return super().train(mode)
+
+    # -- forward ----------------------------------------------------------------------------
+
+    def _int8_weight(self) -> tuple[torch.Tensor, torch.Tensor]:
+        w = self.weight
+        if w.dtype == torch.int8:
+            if w.SCB is None:
+                raise RuntimeError("Linear8bitLt has an int8 weight without scales (SCB); load a checkpoint with SCB")
+            return w, w.SCB
+        # Not quantized yet (never moved to a device): quantize for this call only.
+        CB, SCB, _ = torch.ops.lt8.quantize_rows(w.detach(), 0.0)
+        return CB, SCB
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        st = self.state
+        if st.has_fp16_weights:
+            return _MatMulFp16Weight.apply(x, self.weight, self.bias, st.threshold, st.force_no_igemmlt)
+        CB, SCB = self._int8_weight()
+        if st.force_no_igemmlt:
+            # bitsandbytes' int8-weight-only path: x stays in its dtype, W is dequantized on the fly.
+            return torch.ops.lt8.int8_weight_linear(x, CB, SCB, self.bias)
+        return torch.ops.lt8.int8_linear(x, CB, SCB, self.bias, st.threshold)
+
+    # -- checkpoints (bitsandbytes' keys: weight row-major int8, SCB, weight_format) ----------
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        SCB = self.weight.SCB
+        if not self.state.has_fp16_weights and SCB is not None:
+            destination[prefix + "SCB"] = SCB if keep_vars else SCB.detach()
+            destination[prefix + "weight_format"] = torch.tensor(WEIGHT_FORMATS["row"], dtype=torch.uint8)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        w_key, scb_key, fmt_key = prefix + "weight", prefix + "SCB", prefix + "weight_format"
+        incoming = dict(state_dict) if (scb_key in state_dict or fmt_key in state_dict) else state_dict
+        if scb_key in state_dict:
+            self._check_int8_checkpoint(state_dict, w_key, scb_key, fmt_key)
+            CB = state_dict[w_key]
+            fmt = int(state_dict[fmt_key]) if fmt_key in state_dict else WEIGHT_FORMATS["row"]
+            if fmt != WEIGHT_FORMATS["row"]:
+                out_f, in_f = self.weight.shape
+                CB = torch.ops.lt8.transform_layout(CB.to(self.weight.device), out_f, in_f, format_name(fmt), "row")
+            incoming[w_key] = CB
+        elif w_key in state_dict and self.weight.dtype == torch.int8 and state_dict[w_key].is_floating_point():
+            # A floating-point checkpoint loaded into a quantized layer: quantize it on the way in.
+            W = state_dict[w_key]
+            if tuple(W.shape) != tuple(self.weight.shape):
+                raise RuntimeError(f"{w_key}: expected shape {tuple(self.weight.shape)}, got {tuple(W.shape)}")
+            CB, SCB, _ = torch.ops.lt8.quantize_rows(W.to(self.weight.device).contiguous(), 0.0)
+            incoming = dict(state_dict)
+            incoming[w_key], incoming[scb_key] = CB, SCB
+        n_errors = len(error_msgs)
+        super()._load_from_state_dict(incoming, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+        for key in (scb_key, fmt_key):
+            if key in unexpected_keys:
+                unexpected_keys.remove(key)
+        if scb_key in incoming and len(error_msgs) == n_errors:
+            with torch.no_grad():
+                self.weight.SCB.copy_(incoming[scb_key])
+        self._sync_state()
+
+    def _check_int8_checkpoint(self, sd, w_key, scb_key, fmt_key) -> None:
+        """Validates an 8-bit checkpoint before anything is copied, so a bad one changes nothing."""
+        if self.weight.dtype != torch.int8 or self.weight.SCB is None:
+            raise RuntimeError(
+                "Loading a quantized (int8) checkpoint into a Linear8bitLt that has not been "
+                "quantized yet is not supported: move the module to its device first "
+                "(module.cuda(), module.to(device) or, on the CPU, module.to('cpu')), then call "
+                "load_state_dict."
+            )
+        out_f, in_f = self.weight.shape
+        if w_key not in sd:
+            raise RuntimeError(f"checkpoint has {scb_key} but no {w_key}")
+        CB, SCB = sd[w_key], sd[scb_key]
+        if CB.dtype != torch.int8:
+            raise RuntimeError(f"{w_key}: expected an int8 tensor next to {scb_key}, got {CB.dtype}")
+        if not SCB.is_floating_point() or tuple(SCB.shape) != (out_f,):
+            raise RuntimeError(f"{scb_key}: expected a float tensor of shape ({out_f},), got {SCB.dtype} {tuple(SCB.shape)}")
+        fmt = WEIGHT_FORMATS["row"]
+        if fmt_key in sd:
+            f = sd[fmt_key]
+            if not isinstance(f, torch.Tensor) or f.numel() != 1 or int(f) not in WEIGHT_FORMATS.values():
+                raise RuntimeError(f"{fmt_key}: expected one of {sorted(WEIGHT_FORMATS.values())} ({list(WEIGHT_FORMATS)}), got {f!r}")
+            fmt = int(f)
+        if fmt == WEIGHT_FORMATS["row"]:
+            if tuple(CB.shape) != (out_f, in_f):
+                raise RuntimeError(f"{w_key}: expected shape {(out_f, in_f)}, got {tuple(CB.shape)}")
+        else:
+            pr, pc = padded_shape(format_name(fmt), out_f, in_f)
+            if CB.numel() != pr * pc:
+                raise RuntimeError(f"{w_key}: a {format_name(fmt)} weight of ({out_f}, {in_f}) needs {pr * pc} elements, got {CB.numel()}")
+        bias_key = w_key[: -len("weight")] + "bias"
+        if self.bias is not None and bias_key in sd and tuple(sd[bias_key].shape) != (out_f,):
+            raise RuntimeError(f"{bias_key}: expected shape ({out_f},), got {tuple(sd[bias_key].shape)}")
+
+    def extra_repr(self) -> str:
+        return (f"{super().extra_repr()}, threshold={self.state.threshold}, "
+                f"has_fp16_weights={self.state.has_fp16_weights}")
+
+
+def replace_linear(model: nn.Module, threshold: float = 6.0,
+                   skip_modules: Iterable[str] = ("lm_head",), has_fp16_weights: bool = False,
+                   progress: bool | None = None) -> nn.Module:
+    """Swaps every ``nn.Linear`` of ``model`` (in place) for a ``Linear8bitLt``.
+
+    Modules whose name, or any dotted component of it, is in ``skip_modules`` are left as they
+    are (by default the language-model head). Weights are quantized on the device they are on,
+    so converting a model on the GPU never materialises an fp32 copy on the host. A progress
+    bar is shown for models with many layers (``progress=None``) when tqdm is installed.
+    Returns the model.
+    """
+    skip = set(skip_modules)
+    targets = [
+        (name, mod) for name, mod in model.named_modules()
+        if isinstance(mod, nn.Linear) and not isinstance(mod, Linear8bitLt)
+        and name not in skip and not (skip & set(name.split(".")))
+    ]
+    if progress is None:
+        progress = len(targets) >= 64
+    iterator = targets
+    if progress:
+        try:
+            from tqdm.auto import tqdm
+
+            iterator = tqdm(targets, desc="lt8: quantizing Linear layers", unit="layer")
+        except ImportError:
+            pass
+    for name, mod in iterator:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        new = Linear8bitLt(mod.in_features, mod.out_features, mod.bias is not None,
+                           has_fp16_weights=has_fp16_weights, threshold=threshold, device="meta")
+        weight = Int8Params(mod.weight.data, requires_grad=has_fp16_weights,
+                            has_fp16_weights=has_fp16_weights)
+        if not has_fp16_weights:
+            weight = weight._quantize(mod.weight.device)
+        new.weight = weight
+        if mod.bias is not None:
+            new.bias = nn.Parameter(mod.bias.data, requires_grad=mod.bias.requires_grad)
+        new.train(mod.training)
+        setattr(parent, child, new)
+    return model
