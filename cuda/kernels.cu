@@ -184,7 +184,6 @@ __global__ void __launch_bounds__(kThreads)
     // Pass 2: quantize (the row is re-read, mostly from L1/L2).
     if (valid) {
       if (lane == 0) row_scale[m] = amax;
-      const float f = quant_factor(amax);
       if constexpr (VEC) {
         for (int64_t j = lane; j < K4; j += TPR) {
           float v[4];
@@ -193,14 +192,14 @@ __global__ void __launch_bounds__(kThreads)
           uint32_t packed = 0;
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
-            const int8_t qe = ((mk >> (8 * e)) & 0xffu) ? int8_t{0} : quantize_value(v[e], f);
+            const int8_t qe = ((mk >> (8 * e)) & 0xffu) ? int8_t{0} : quantize_value(v[e], amax);
             packed |= static_cast<uint32_t>(static_cast<uint8_t>(qe)) << (8 * e);
           }
           *reinterpret_cast<uint32_t*>(qrow + 4 * j) = packed;
         }
       } else {
         for (int64_t k = lane; k < K; k += TPR)
-          qrow[k] = mask[k] ? int8_t{0} : quantize_value(to_float(row[k]), f);
+          qrow[k] = mask[k] ? int8_t{0} : quantize_value(to_float(row[k]), amax);
       }
     }
   }

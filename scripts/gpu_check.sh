@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Run on the GPU machine from the repo root: build with CUDA, run the whole test suite on the
+# GPU (CUDA tests may not skip: LT8_REQUIRE_CUDA=1), optionally the memory checkers and the
+# benchmark, and print a summary last. Logs go to $OUT when it is set.
+#   STAGES="build tests sanitizer bench" (default: build tests)   PYTEST_ARGS="-k linear"
+set -uo pipefail
+export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false LT8_REQUIRE_CUDA=1
+OUT=${OUT:-/tmp/lt8-gpu-check}; mkdir -p "$OUT"
+STAGES=${STAGES:-"build tests"}
+PY=${PY:-python3}
+summary=()
+note() { summary+=("$1"); echo "== $1"; }
+
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+fi
+
+if [[ " $STAGES " == *" build "* ]]; then
+  start=$SECONDS
+  if LT8_CUDA=ON LT8_CUDA_ARCHS=${LT8_CUDA_ARCHS:-90} $PY -m pip install -q --no-build-isolation --no-deps -e . >"$OUT/build.log" 2>&1; then
+    note "build: ok ($((SECONDS - start)) s)"
+  else
+    tail -40 "$OUT/build.log"; note "build: FAILED"; printf '%s\n' "${summary[@]}"; exit 1
+  fi
+  $PY -m lt8 info | tee "$OUT/info.txt"
+fi
+
+if [[ " $STAGES " == *" tests "* ]]; then
+  $PY -m pytest -q -p no:cacheprovider -rfE ${PYTEST_ARGS:-} tests 2>&1 | tee "$OUT/pytest.log"
+  note "tests: $(grep -E '(passed|failed|error)' "$OUT/pytest.log" | tail -1)"
+fi
+
+if [[ " $STAGES " == *" sanitizer "* ]]; then
+  for tool in memcheck racecheck; do
+    compute-sanitizer --tool $tool --error-exitcode 99 --target-processes all \
+      $PY -m pytest -q -p no:cacheprovider -x -k "cuda" ${SANITIZER_TESTS:-tests/test_torch_ops.py} \
+      >"$OUT/sanitizer-$tool.log" 2>&1
+    rc=$?
+    note "compute-sanitizer $tool: rc=$rc, $(grep -E 'ERROR SUMMARY' "$OUT/sanitizer-$tool.log" | tail -1) $(grep -E '(passed|failed)' "$OUT/sanitizer-$tool.log" | tail -1)"
+  done
+fi
+
+if [[ " $STAGES " == *" bench "* ]]; then
+  $PY benchmarks/bench_linear.py ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log"
+  note "bench: see bench.log"
+fi
+
+echo; echo "===== summary ($(cat "$OUT/gpu.txt"))"; printf '%s\n' "${summary[@]}"
