@@ -76,23 +76,31 @@ struct TiledPos {
   I row, col;
 };
 
+// Position of byte `o` of one 32-column group (o < 32 * padded_rows): row, and column within
+// the group.
 template <class I>
-LT8_HD constexpr TiledPos<I> tiled_position(Layout l, I offset, I padded_rows) {
-  const I ld = padded_rows * 32;  // bytes per 32-column group
-  const I g = offset / ld;
-  const I o = offset - g * ld;
-  const I c0 = g * 32;
+LT8_HD constexpr TiledPos<I> tiled_position_in_group(Layout l, I o) {
   if (l == Layout::kColTuring) {
     const int32_t p = static_cast<int32_t>(o & 255);
     const I r = static_cast<I>(((p >> 2) & 3) * 2 + (p >> 7));
-    return {(o >> 8) * 8 + r, c0 + static_cast<I>(((p >> 4) & 7) * 4 + (p & 3))};
+    return {(o >> 8) * 8 + r, static_cast<I>(((p >> 4) & 7) * 4 + (p & 3))};
   }
   if (l == Layout::kColAmpere) {
     const int32_t s = static_cast<int32_t>((o & 1023) >> 5);  // row slot in the 32x32 tile
     const I r = static_cast<I>((s >> 3) * 2 + ((s >> 1) & 3) * 8 + (s & 1));
-    return {(o >> 10) * 32 + r, c0 + (o & 31)};
+    return {(o >> 10) * 32 + r, o & 31};
   }
-  return {o >> 5, c0 + (o & 31)};  // kCol32
+  return {o >> 5, o & 31};  // kCol32
+}
+
+// Position of byte `offset` of a whole tiled buffer with `padded_rows` rows.
+template <class I>
+LT8_HD constexpr TiledPos<I> tiled_position(Layout l, I offset, I padded_rows) {
+  const I ld = padded_rows * 32;  // bytes per 32-column group
+  const I g = offset / ld;
+  TiledPos<I> p = tiled_position_in_group(l, offset - g * ld);
+  p.col += g * 32;
+  return p;
 }
 
 // Moves the 4-byte unit at tiled byte offset `o` (a multiple of 4), one byte at a time with all

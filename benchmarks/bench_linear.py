@@ -1,0 +1,283 @@
+"""Linear-layer benchmark on one GPU: fp16 nn.Linear vs lt8 (torch eager, CUDA graph, JAX jit)
+vs XLA's fp16 dense and int8 dot_general vs bitsandbytes' Linear8bitLt (when installed).
+
+    python benchmarks/bench_linear.py                 # full grid (issue 7)
+    python benchmarks/bench_linear.py --quick         # 8192x8192 only, M in {1, 16, 4096}
+
+Inputs are fp16 N(0, 1) with ~0.2% of the columns carrying outliers above the threshold, and
+are rotated over several buffers so that the L2 cache does not flatter anyone. Times are the
+median of CUDA-event timings (torch) or of host timings around a blocked jitted call of 16
+layers divided by 16 (JAX: one call alone costs ~39 us of dispatch). Writes
+benchmarks/results/bench_linear-<device>.csv (+ .png when matplotlib is there) and prints a
+table of times and ratios to fp16.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+SHAPES = [(4096, 4096), (8192, 8192), (4096, 16384), (16384, 4096)]  # (in, out)
+MS = [1, 16, 128, 512, 4096]
+THRESHOLD = 6.0
+ROTATE = 4
+
+
+def realistic_inputs(M: int, K: int, n: int, seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    out = []
+    n_out = max(1, round(0.002 * K))
+    for _ in range(n):
+        x = torch.randn(M, K, device="cuda", generator=g, dtype=torch.float16)
+        cols = torch.randperm(K, device="cuda", generator=g)[:n_out]
+        x[:, cols] = x[:, cols] * 4 + torch.sign(x[:, cols]) * 7  # |x| > 6 in those columns
+        out.append(x)
+    return out
+
+
+def cuda_time(fn, inputs, warmup=5, iters=30) -> float:
+    """Median seconds per call over CUDA-event timings, rotating inputs."""
+    for i in range(warmup):
+        fn(inputs[i % len(inputs)])
+    times = []
+    for i in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn(inputs[i % len(inputs)])
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e-3)
+    return statistics.median(times)
+
+
+def graph_time(fn, inputs, iters=30) -> float:
+    """Median seconds per replay of a CUDA graph that runs fn once per rotated input."""
+    static = [x.clone() for x in inputs]
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for x in static:
+            fn(x)
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for x in static:
+            fn(x)
+    g.replay()
+    times = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        g.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e-3 / len(static))
+    return statistics.median(times)
+
+
+def torch_rows(K: int, N: int, M: int, bnb) -> dict[str, float]:
+    import lt8
+
+    fp = torch.nn.Linear(K, N, device="cuda", dtype=torch.float16)
+    q = lt8.nn.Linear8bitLt(K, N, has_fp16_weights=False, threshold=THRESHOLD)
+    q.weight = lt8.nn.Int8Params(fp.weight.data.float().cpu(), requires_grad=False)
+    q.bias = torch.nn.Parameter(fp.bias.data.clone())
+    q = q.cuda()
+    xs = realistic_inputs(M, K, ROTATE)
+    row = {}
+    with torch.no_grad():
+        row["fp16_linear"] = cuda_time(fp, xs)
+        row["lt8_torch_eager"] = cuda_time(q, xs)
+        row["lt8_torch_graph"] = graph_time(q, xs)
+        if bnb is not None:
+            b = bnb.nn.Linear8bitLt(K, N, has_fp16_weights=False, threshold=THRESHOLD)
+            b.weight = bnb.nn.Int8Params(fp.weight.data.float().cpu(), requires_grad=False, has_fp16_weights=False)
+            b.bias = torch.nn.Parameter(fp.bias.data.clone())
+            b = b.cuda()
+            row["bnb_eager"] = cuda_time(b, xs)
+    return row
+
+
+def jax_rows(K: int, N: int, M: int) -> dict[str, float]:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from lt8.jax import ops as jops
+
+    layers = 16
+    key = jax.random.PRNGKey(0)
+    w = jax.random.normal(key, (N, K), jnp.float32) * 0.02
+    CB, SCB = jops.quantize_weight(w)
+    bias = jnp.zeros((N,), jnp.float16)
+    w16 = w.T.astype(jnp.float16)
+    w8 = CB.T
+    xs = [jnp.asarray(x.cpu().numpy()) for x in realistic_inputs(M, K, ROTATE)]
+    if K != N:
+        # Chain layers of a non-square shape by summing back to K features (cheap next to the GEMM).
+        def back(y):
+            return y[:, :K] if N >= K else jnp.pad(y, ((0, 0), (0, K - N)))
+    else:
+        def back(y):
+            return y
+
+    def lt8_net(x):
+        for _ in range(layers):
+            x = back(jops.linear(x, CB, SCB, bias, threshold=THRESHOLD))
+        return x
+
+    def fp16_net(x):
+        for _ in range(layers):
+            x = back(x @ w16 + bias)
+        return x
+
+    def int8_net(x):
+        for _ in range(layers):
+            xq = jnp.clip(jnp.round(x * 16.0), -127, 127).astype(jnp.int8)
+            acc = jax.lax.dot_general(xq, w8, (((1,), (0,)), ((), ())), preferred_element_type=jnp.int32)
+            x = back((acc.astype(jnp.float32) * (1.0 / 2048)).astype(jnp.float16))
+        return x
+
+    out = {}
+    for name, fn in (("lt8_jax_jit", lt8_net), ("xla_fp16_dense", fp16_net), ("xla_int8_dot", int8_net)):
+        f = jax.jit(fn)
+        for x in xs:
+            f(x).block_until_ready()
+        times = []
+        for i in range(20):
+            t0 = time.perf_counter()
+            f(xs[i % len(xs)]).block_until_ready()
+            times.append((time.perf_counter() - t0) / layers)
+        out[name] = statistics.median(times)
+        del f
+    np.asarray(0)
+    return out
+
+
+def memory_rows(K: int, N: int, bnb) -> dict[str, float]:
+    """Peak and resident GPU bytes of one layer's forward at M=16."""
+    import lt8
+
+    res = {}
+    x = realistic_inputs(16, K, 1)[0]
+    W = torch.randn(N, K) * 0.02
+    makers = {
+        "fp16": lambda: torch.nn.Linear(K, N, device="cuda", dtype=torch.float16),
+        "lt8": lambda: _q(lt8.nn, W),
+    }
+    if bnb is not None:
+        makers["bnb"] = lambda: _q(bnb.nn, W)
+    for name, make in makers.items():
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        base = torch.cuda.memory_allocated()
+        layer = make()
+        torch.cuda.synchronize()
+        resident = torch.cuda.memory_allocated() - base
+        torch.cuda.reset_peak_memory_stats()
+        with torch.no_grad():
+            layer(x)
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() - base
+        res[f"{name}_resident_MiB"] = resident / 2**20
+        res[f"{name}_peak_MiB"] = peak / 2**20
+        del layer
+    return res
+
+
+def _q(nn_mod, W):
+    N, K = W.shape
+    layer = nn_mod.Linear8bitLt(K, N, has_fp16_weights=False, threshold=THRESHOLD)
+    layer.weight = nn_mod.Int8Params(W.clone(), requires_grad=False, has_fp16_weights=False)
+    return layer.cuda()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="8192x8192 only, M in {1, 16, 4096}")
+    ap.add_argument("--no-jax", action="store_true")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    args = ap.parse_args()
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    try:
+        import bitsandbytes as bnb
+    except Exception:  # noqa: BLE001
+        bnb = None
+    shapes = [(8192, 8192)] if args.quick else SHAPES
+    ms = [1, 16, 4096] if args.quick else MS
+    device = torch.cuda.get_device_name()
+    rows = []
+    for K, N in shapes:
+        for M in ms:
+            row = {"in": K, "out": N, "M": M}
+            row.update(torch_rows(K, N, M, bnb))
+            if not args.no_jax:
+                try:
+                    row.update(jax_rows(K, N, M))
+                except Exception as err:  # noqa: BLE001 - report, keep the torch numbers
+                    print(f"JAX timing failed for {K}x{N} M={M}: {type(err).__name__}: {err}")
+            rows.append(row)
+            print(_fmt(row), flush=True)
+    mem = memory_rows(8192, 8192, bnb)
+    print("memory, 8192x8192 layer, M=16 forward: " + ", ".join(f"{k}={v:.1f}" for k, v in mem.items()))
+
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tag = device.replace(" ", "_")
+    cols = sorted({k for r in rows for k in r}, key=lambda k: (k not in ("in", "out", "M"), k))
+    csv_path = out_dir / f"bench_linear-{tag}.csv"
+    with open(csv_path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        w.writerows(rows)
+    with open(out_dir / f"bench_memory-{tag}.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(mem))
+        w.writeheader()
+        w.writerow(mem)
+    print(f"\n{device}; median us per layer; ratio = time / fp16 nn.Linear (torch) or XLA fp16 dense (JAX)")
+    for r in rows:
+        print(_fmt(r))
+    print(f"wrote {csv_path}")
+    _plot(rows, out_dir / f"bench_linear-{tag}.png")
+
+
+def _fmt(r: dict) -> str:
+    base = r.get("fp16_linear")
+    jbase = r.get("xla_fp16_dense")
+    parts = [f"{r['in']:>5}x{r['out']:<5} M={r['M']:<5}"]
+    for k in ("fp16_linear", "lt8_torch_eager", "lt8_torch_graph", "bnb_eager", "xla_fp16_dense", "xla_int8_dot", "lt8_jax_jit"):
+        if k in r:
+            ref = jbase if k.startswith(("lt8_jax", "xla")) else base
+            parts.append(f"{k} {r[k] * 1e6:8.1f} ({r[k] / ref:4.2f}x)")
+    return " | ".join(parts)
+
+
+def _plot(rows, path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    shapes = sorted({(r["in"], r["out"]) for r in rows})
+    fig, axes = plt.subplots(1, len(shapes), figsize=(5 * len(shapes), 4), squeeze=False)
+    for ax, (K, N) in zip(axes[0], shapes):
+        sub = [r for r in rows if (r["in"], r["out"]) == (K, N)]
+        for key in ("fp16_linear", "lt8_torch_eager", "lt8_torch_graph", "bnb_eager", "lt8_jax_jit", "xla_fp16_dense"):
+            if key in sub[0]:
+                ax.plot([r["M"] for r in sub], [r[key] * 1e6 for r in sub], marker="o", label=key)
+        ax.set(xscale="log", yscale="log", xlabel="M (rows)", ylabel="us", title=f"{K}x{N}")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()
