@@ -51,7 +51,7 @@ NB_MODULE(_C, m) {
 
   m.def("has_cuda", &lt8::cuda_built, "True when this build contains CUDA kernels.");
   m.def("cuda_archs", [] { return std::string(lt8::cuda_archs()); },
-        "CUDA architectures compiled in, e.g. '75;80;86;89;90' ('' without CUDA).");
+        "CUDA architectures compiled in, e.g. '75,80,86,89,90' ('' without CUDA).");
   m.def("has_ffi", [] {
 #ifdef LT8_WITH_FFI
     return true;

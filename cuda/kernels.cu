@@ -10,6 +10,7 @@
 // match an x86 build of kernels_cpu.cc bit for bit (see kExactCpuRounding).
 #include <algorithm>
 #include <cstdint>
+#include <string>
 #include <type_traits>
 
 #include "cuda_common.cuh"
@@ -406,7 +407,10 @@ constexpr int64_t kGroupM = 8;  // tile rasterisation: groups of 8 M-tiles share
 static_assert(kBM == kBN, "loaders assume square tiles");
 static_assert(kBM * kBK == kGemmThreads * 32, "each thread loads 32 bytes of A and of B");
 
-__device__ __forceinline__ int tile_row(int i, int ty) { return (i < 4 ? 0 : 64) + ty * 4 + (i & 3); }
+// Row (or column) of a thread's i-th output inside the tile: two groups of 4, 64 apart.
+__device__ __forceinline__ int tile_row(int i, int ty) {
+  return (i < 4 ? 0 : 64) + ty * 4 + (i & 3);
+}
 
 // 32 consecutive bytes p[0 .. 32) into 8 little-endian words; byte b is read only when
 // b < lim (lim <= 0: all zero). VEC = 16: p 16-byte aligned and lim % 16 == 0; VEC = 4: p
@@ -459,12 +463,11 @@ __global__ void __launch_bounds__(kGemmThreads, 2)
   const int tid = threadIdx.x;
   const int ty = tid / 16, tx = tid % 16;    // compute mapping
   const int lr = tid % kBM, lc = tid / kBM;  // load mapping: row lr, bytes lc*32 .. +32
-  const int64_t tiles = tiles_m * tiles_n;
   const int num_k = static_cast<int>((K + kBK - 1) / kBK);  // K < 2^31
 
-  for (int64_t t = blockIdx.x; t < tiles; t += gridDim.x) {
+  {  // one output tile per block (the host guarantees tiles <= max gridDim.x)
     int64_t tm, tn;
-    tile_coords(t, tiles_m, tiles_n, &tm, &tn);
+    tile_coords(blockIdx.x, tiles_m, tiles_n, &tm, &tn);
     const int64_t m0 = tm * kBM, n0 = tn * kBN;
 
     int32_t acc[8][8];
@@ -536,7 +539,6 @@ __global__ void __launch_bounds__(kGemmThreads, 2)
     }
 
     epi(acc, m0, n0, tid, ty, tx, smem);
-    __syncthreads();  // the epilogue may use shared memory; the next tile reuses it
   }
 }
 
@@ -598,22 +600,20 @@ struct LinearEpilogue {
   __device__ __forceinline__ void operator()(const int32_t (&acc)[8][8], int64_t m0, int64_t n0,
                                              int tid, int ty, int tx,
                                              unsigned char* smem) const {
-    float rs[8], cs[8];
+    float rs[8];
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
       const int64_t m = m0 + tile_row(i, ty);
       rs[i] = m < M ? row_scale[m] : 0.0f;
     }
+    float v[8][8];
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
       const int64_t n = n0 + tile_row(j, tx);
-      cs[j] = n < N ? SCB[n] : 0.0f;
+      const float cs = n < N ? SCB[n] : 0.0f;
+#pragma unroll
+      for (int i = 0; i < 8; ++i) v[i][j] = dequant(acc[i][j], rs[i], cs);
     }
-    float v[8][8];
-#pragma unroll
-    for (int i = 0; i < 8; ++i)
-#pragma unroll
-      for (int j = 0; j < 8; ++j) v[i][j] = dequant(acc[i][j], rs[i], cs[j]);
 
     const int count = *outlier_count;
     float* xs = reinterpret_cast<float*>(smem);
@@ -688,13 +688,18 @@ template <typename Epi>
 Status launch_gemm(cudaStream_t st, const int8_t* A, const int8_t* B, int64_t M, int64_t N,
                    int64_t K, const Epi& epi, const char* name) {
   const int64_t tiles_m = ceil_div(M, kBM), tiles_n = ceil_div(N, kBN);
-  const unsigned blocks = static_cast<unsigned>(std::min(tiles_m * tiles_n, kMaxGridX));
+  if (tiles_m * tiles_n > kMaxGridX)
+    return Status::Invalid(std::string(name) + ": output too large for one launch");
+  const unsigned blocks = static_cast<unsigned>(tiles_m * tiles_n);
   if (K % 16 == 0 && is_aligned(A, 16) && is_aligned(B, 16)) {
-    int8_gemm_kernel<16, Epi><<<blocks, kGemmThreads, 0, st>>>(A, B, M, N, K, tiles_m, tiles_n, epi);
+    int8_gemm_kernel<16, Epi>
+        <<<blocks, kGemmThreads, 0, st>>>(A, B, M, N, K, tiles_m, tiles_n, epi);
   } else if (K % 4 == 0 && is_aligned(A, 4) && is_aligned(B, 4)) {
-    int8_gemm_kernel<4, Epi><<<blocks, kGemmThreads, 0, st>>>(A, B, M, N, K, tiles_m, tiles_n, epi);
+    int8_gemm_kernel<4, Epi>
+        <<<blocks, kGemmThreads, 0, st>>>(A, B, M, N, K, tiles_m, tiles_n, epi);
   } else {
-    int8_gemm_kernel<1, Epi><<<blocks, kGemmThreads, 0, st>>>(A, B, M, N, K, tiles_m, tiles_n, epi);
+    int8_gemm_kernel<1, Epi>
+        <<<blocks, kGemmThreads, 0, st>>>(A, B, M, N, K, tiles_m, tiles_n, epi);
   }
   LT8_CHECK_LAUNCH(name);
   return Status::Ok();
@@ -727,14 +732,13 @@ __global__ void __launch_bounds__(kGemmThreads, 2)
   const int gn = tid % kGBN, gr = tid / kGBN;
   // Weight loads: column wk of the K tile, N rows wn + 2 * i.
   const int wk = tid % kGBK, wn = tid / kGBK;
-  const int64_t tiles = tiles_m * tiles_k;
   const int64_t num_n = (N + kGBN - 1) / kGBN;
   const int64_t g_row_step = 16 * N;  // between a thread's gradient rows
   const int64_t w_row_step = 2 * K;   // between a thread's weight rows
 
-  for (int64_t t = blockIdx.x; t < tiles; t += gridDim.x) {
+  {  // one output tile per block (the host guarantees tiles <= max gridDim.x)
     int64_t tm, tk;
-    tile_coords(t, tiles_m, tiles_k, &tm, &tk);
+    tile_coords(blockIdx.x, tiles_m, tiles_k, &tm, &tk);
     const int64_t m0 = tm * kGBM, k0 = tk * kGBK;
 
     float acc[8][8];
@@ -754,26 +758,29 @@ __global__ void __launch_bounds__(kGemmThreads, 2)
       uint32_t rw[2];  // 8 int8 weights, packed
 
       // Loads N step nb (gp / wp point at it) into rg / rw.
-#define LT8_GRAD_LOAD(nb)                                                                   \
-  do {                                                                                      \
-    const bool n_ok = (nb) + gn < N;                                                        \
-    const float s = n_ok ? SCB[(nb) + gn] * kInv127 : 0.0f;                                 \
-    _Pragma("unroll") for (int i = 0; i < 8; ++i) rg[i] =                                   \
-        (n_ok && 16 * i < g_rows) ? __fmul_rn(to_float(gp[i * g_row_step]), s) : 0.0f;      \
-    rw[0] = rw[1] = 0;                                                                      \
-    _Pragma("unroll") for (int i = 0; i < 8; ++i) if (k_ok && (nb) + wn + 2 * i < N) rw[i / 4] |= \
-        static_cast<uint32_t>(static_cast<uint8_t>(wp[i * w_row_step])) << (8 * (i % 4));   \
-  } while (0)
-#define LT8_GRAD_STORE(buf)                                                      \
-  do {                                                                           \
-    _Pragma("unroll") for (int i = 0; i < 8; ++i) {                              \
-      Gs[buf][gn][gr + 16 * i] = rg[i];                                          \
-      Ws[buf][wn + 2 * i][wk] = static_cast<float>(byte_of(rw[i / 4], i % 4));   \
-    }                                                                            \
-  } while (0)
+      auto load = [&](int64_t nb) {
+        const bool n_ok = nb + gn < N;
+        const float s = n_ok ? SCB[nb + gn] * kInv127 : 0.0f;
+#pragma unroll
+        for (int i = 0; i < 8; ++i)
+          rg[i] = (n_ok && 16 * i < g_rows) ? __fmul_rn(to_float(gp[i * g_row_step]), s) : 0.0f;
+        rw[0] = rw[1] = 0;
+#pragma unroll
+        for (int i = 0; i < 8; ++i)
+          if (k_ok && nb + wn + 2 * i < N)
+            rw[i / 4] |= static_cast<uint32_t>(static_cast<uint8_t>(wp[i * w_row_step]))
+                         << (8 * (i % 4));
+      };
+      auto store = [&](int buf) {
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+          Gs[buf][gn][gr + 16 * i] = rg[i];
+          Ws[buf][wn + 2 * i][wk] = static_cast<float>(byte_of(rw[i / 4], i % 4));
+        }
+      };
 
-      LT8_GRAD_LOAD(int64_t{0});
-      LT8_GRAD_STORE(0);
+      load(0);
+      store(0);
       __syncthreads();
       for (int64_t nt = 0; nt < num_n; ++nt) {
         const int buf = static_cast<int>(nt & 1);
@@ -781,7 +788,7 @@ __global__ void __launch_bounds__(kGemmThreads, 2)
         if (has_next) {
           gp += kGBN;
           wp += kGBN * K;
-          LT8_GRAD_LOAD((nt + 1) * kGBN);
+          load((nt + 1) * kGBN);
         }
 #pragma unroll
         for (int nn = 0; nn < kGBN; ++nn) {
@@ -796,11 +803,9 @@ __global__ void __launch_bounds__(kGemmThreads, 2)
 #pragma unroll
             for (int j = 0; j < 8; ++j) acc[i][j] = mul_add(acc[i][j], gv[i], wv[j]);
         }
-        if (has_next) LT8_GRAD_STORE(buf ^ 1);
+        if (has_next) store(buf ^ 1);
         __syncthreads();
       }
-#undef LT8_GRAD_LOAD
-#undef LT8_GRAD_STORE
     }
 
 #pragma unroll
@@ -823,8 +828,6 @@ __global__ void __launch_bounds__(kGemmThreads, 2)
         }
       }
     }
-    // No trailing barrier needed: the last loop iteration ended with __syncthreads() and the
-    // store above touches registers and global memory only.
   }
 }
 
@@ -875,9 +878,8 @@ Status int8_gemm(const Exec& ex, const int8_t* A, const int8_t* B, int64_t M, in
   if (!guard.ok()) return guard.status();
   cudaStream_t st = stream_of(ex);
   if (K == 0) {
-    LT8_CUDA_RETURN_IF_ERROR(
-        cudaMemsetAsync(C, 0, static_cast<size_t>(M) * static_cast<size_t>(N) * sizeof(int32_t), st),
-        "cudaMemsetAsync(C)");
+    const size_t bytes = static_cast<size_t>(M) * static_cast<size_t>(N) * sizeof(int32_t);
+    LT8_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(C, 0, bytes, st), "cudaMemsetAsync(C)");
     return Status::Ok();
   }
   StoreI32Epilogue epi{C, M, N, N % 4 == 0 && is_aligned(C, 16)};
@@ -960,13 +962,14 @@ Status int8_linear_grad_input(const Exec& ex, DType g_dtype, const void* grad_ou
     cudaStream_t st = stream_of(ex);
     T* gx = static_cast<T*>(grad_x);
     if (N == 0) {  // empty sum: +0.0 in every float dtype is all-zero bits
-      LT8_CUDA_RETURN_IF_ERROR(
-          cudaMemsetAsync(gx, 0, static_cast<size_t>(M) * static_cast<size_t>(K) * sizeof(T), st),
-          "cudaMemsetAsync(grad_x)");
+      const size_t bytes = static_cast<size_t>(M) * static_cast<size_t>(K) * sizeof(T);
+      LT8_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(gx, 0, bytes, st), "cudaMemsetAsync(grad_x)");
       return Status::Ok();
     }
     const int64_t tiles_m = ceil_div(M, kGBM), tiles_k = ceil_div(K, kGBK);
-    const unsigned blocks = static_cast<unsigned>(std::min(tiles_m * tiles_k, kMaxGridX));
+    if (tiles_m * tiles_k > kMaxGridX)
+      return Status::Invalid("int8_linear_grad_input: grad_x too large for one launch");
+    const unsigned blocks = static_cast<unsigned>(tiles_m * tiles_k);
     const bool vec = K % 4 == 0 && is_aligned(gx, 4 * sizeof(T));
     grad_input_kernel<T><<<blocks, kGemmThreads, 0, st>>>(static_cast<const T*>(grad_out), CB,
                                                           SCB, M, N, K, tiles_m, tiles_k, vec,

@@ -25,7 +25,7 @@ def has_cuda() -> bool:
 def cuda_archs() -> list[str]:
     """CUDA architectures compiled into this build, e.g. ``['75', '80', '86', '89', '90']``."""
     archs = C.cuda_archs()
-    return [a for a in archs.split(";") if a] if archs else []
+    return [a for a in archs.replace(";", ",").split(",") if a] if archs else []
 
 
 def has_ffi() -> bool:
