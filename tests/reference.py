@@ -22,8 +22,9 @@ def quantize_rows_ref(x: np.ndarray, threshold: float = 0.0):
         mask = np.zeros(K, dtype=bool)
     regular = np.where(mask[None, :], 0.0, flat)
     absmax = np.abs(regular).max(axis=1, initial=0.0)
-    factor = np.divide(127.0, absmax, out=np.zeros_like(absmax), where=absmax > 0)
-    q = np.clip(np.rint(regular * factor[:, None]), -127, 127).astype(np.int8)
+    # x * 127 / absmax with one rounding (x * 127 is exact): exact ties stay ties for rint.
+    scaled = np.divide(regular * 127.0, absmax[:, None], out=np.zeros_like(regular), where=absmax[:, None] > 0)
+    q = np.clip(np.rint(scaled), -127, 127).astype(np.int8)
     return q.reshape(x.shape), absmax.reshape(x.shape[:-1]), mask
 
 

@@ -152,6 +152,12 @@ class Linear8bitLt(nn.Linear):
 
     def _apply(self, fn, recurse=True):
         result = super()._apply(fn, recurse)
+        # nn.Module._apply keeps the Parameter object and swaps its .data, so the scales that
+        # Int8Params.to() moved on its returned copy must follow here. They stay float32 even
+        # under .half(): only their device changes.
+        w = self._parameters.get("weight")
+        if isinstance(w, Int8Params) and w.SCB is not None and w.SCB.device != w.device:
+            w.SCB = w.SCB.to(w.device)
         self._sync_state()
         return result
 
