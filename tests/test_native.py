@@ -1,0 +1,61 @@
+"""The extension module and the package surface: imports, info, build facts."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+import lt8
+from lt8 import _native
+
+
+def run_python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+
+
+def test_import_lt8_imports_no_framework():
+    r = run_python("import sys, lt8; print(lt8.__version__); print('torch' in sys.modules, 'jax' in sys.modules)")
+    assert r.returncode == 0, r.stderr
+    version, flags = r.stdout.split("\n")[:2]
+    assert version == lt8.__version__
+    assert flags == "False False"
+
+
+@pytest.mark.parametrize("first,second", [("lt8._native", "torch"), ("torch", "lt8._native"),
+                                          ("lt8._native", "jax"), ("jax", "lt8._native")])
+def test_import_order_does_not_matter(first, second):
+    # Regression: lt8._C once exported GNU-unique symbols that crashed a later `import torch`.
+    pytest.importorskip(first if first != "lt8._native" else second)
+    r = run_python(f"import {first}; import {second}; print('ok')")
+    assert r.returncode == 0 and r.stdout.strip() == "ok", (r.returncode, r.stderr[-2000:])
+
+
+def test_cli_info_reports_build_and_frontends():
+    r = subprocess.run([sys.executable, "-m", "lt8", "info"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert f"lt8 {lt8.__version__}" in r.stdout
+    expected = "yes, for sm_" if _native.has_cuda() else "no (CPU-only build)"
+    assert f"CUDA kernels built: {expected}" in r.stdout
+    assert "lt8.torch:" in r.stdout and "lt8.jax:" in r.stdout
+
+
+def test_build_facts_are_consistent():
+    archs = lt8.cuda_archs()
+    assert lt8.has_cuda() == bool(archs)
+    assert all(a.isdigit() or a.rstrip("a").isdigit() for a in archs)
+    assert _native.C.linear_workspace_size(4, 8, 16) >= 4 * 16 + 4 * 4 + 16 + 4 * 16 + 4
+
+
+def test_native_errors_are_python_exceptions():
+    C = _native.C
+    with pytest.raises(ValueError, match="device must be"):
+        C.int8_gemm(7, 0, -1, 0, 0, 1, 1, 1, 0)
+    with pytest.raises(ValueError, match="must not be null"):
+        C.int8_gemm(0, 0, -1, 0, 0, 2, 2, 2, 0)
+    with pytest.raises(ValueError, match="unknown dtype"):
+        C.quantize_rows(0, 0, -1, 42, 0, 1, 1, 0.0, 0, 0, 0)
+    if not lt8.has_cuda():
+        with pytest.raises(RuntimeError, match="no CUDA kernels"):
+            C.int8_gemm(1, 0, -1, 1, 1, 1, 1, 1, 1)
