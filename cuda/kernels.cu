@@ -683,6 +683,86 @@ struct LinearEpilogue {
   }
 };
 
+// =============================================================================================
+// 4b. Small-M (decode) path of the fused op: memory-bound, so one warp per output column n
+//     streams CB[n, :] once with 16-byte loads and reuses it for all M <= kGemvMaxRows rows of
+//     the quantized activations (a few KiB, served from L1/L2). Same epilogue arithmetic and
+//     order as LinearEpilogue / the CPU: dequant, then outlier terms in ascending k, then bias.
+// =============================================================================================
+
+constexpr int kGemvMaxRows = 16;
+constexpr int kGemvWarps = 8;  // output columns per block
+
+template <typename T, int ROWS>
+__global__ void __launch_bounds__(kGemvWarps * 32)
+    linear_gemv_kernel(const int8_t* __restrict__ q, const T* __restrict__ x,
+                       const int8_t* __restrict__ CB, const float* __restrict__ SCB,
+                       const float* __restrict__ row_scale, const int32_t* __restrict__ outlier_idx,
+                       const int32_t* __restrict__ outlier_count, DType bias_dtype,
+                       const void* __restrict__ bias, int M, int64_t N, int64_t K,
+                       T* __restrict__ out) {
+  const int lane = threadIdx.x & 31;
+  const int64_t n = static_cast<int64_t>(blockIdx.x) * kGemvWarps + (threadIdx.x >> 5);
+  if (n >= N) return;
+  const int4* w = reinterpret_cast<const int4*>(CB + n * K);
+  const int64_t chunks = K / 16;
+  int32_t acc[ROWS];
+#pragma unroll
+  for (int r = 0; r < ROWS; ++r) acc[r] = 0;
+  for (int64_t c = lane; c < chunks; c += 32) {
+    const int4 wv = __ldg(w + c);
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r) {
+      if (r < M) {
+        const int4 xv = __ldg(reinterpret_cast<const int4*>(q + static_cast<int64_t>(r) * K) + c);
+        acc[r] = __dp4a(xv.x, wv.x, acc[r]);
+        acc[r] = __dp4a(xv.y, wv.y, acc[r]);
+        acc[r] = __dp4a(xv.z, wv.z, acc[r]);
+        acc[r] = __dp4a(xv.w, wv.w, acc[r]);
+      }
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < ROWS; ++r)
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], off);
+
+  // Epilogue: lane r finishes row r (rows beyond 32 never occur: ROWS <= 16).
+  const float cs = SCB[n];
+  const int count = *outlier_count;
+  const float b = bias != nullptr ? load_float_any(bias_dtype, bias, n) : 0.0f;
+#pragma unroll
+  for (int r = 0; r < ROWS; ++r) {
+    if (r < M && lane == r) {
+      float v = dequant(acc[r], row_scale[r], cs);
+      for (int j = 0; j < count; ++j) {
+        const int64_t k = outlier_idx[j];
+        v = __fadd_rn(v, __fmul_rn(to_float(x[static_cast<int64_t>(r) * K + k]),
+                                   weight_value(CB[n * K + k], cs)));
+      }
+      if (bias != nullptr) v = __fadd_rn(v, b);
+      out[static_cast<int64_t>(r) * N + n] = from_float<T>(v);
+    }
+  }
+}
+
+template <typename T>
+Status launch_linear_gemv(cudaStream_t st, const int8_t* q, const T* x, const int8_t* CB,
+                          const float* SCB, const LinearScratch& s, DType bias_dtype,
+                          const void* bias, int64_t M, int64_t N, int64_t K, T* out) {
+  const unsigned blocks = static_cast<unsigned>(ceil_div(N, kGemvWarps));
+  const int m = static_cast<int>(M);
+  if (M <= 4) {
+    linear_gemv_kernel<T, 4><<<blocks, kGemvWarps * 32, 0, st>>>(
+        q, x, CB, SCB, s.row_scale, s.outlier_idx, s.outlier_count, bias_dtype, bias, m, N, K, out);
+  } else {
+    linear_gemv_kernel<T, kGemvMaxRows><<<blocks, kGemvWarps * 32, 0, st>>>(
+        q, x, CB, SCB, s.row_scale, s.outlier_idx, s.outlier_count, bias_dtype, bias, m, N, K, out);
+  }
+  LT8_CHECK_LAUNCH("linear_gemv_kernel");
+  return Status::Ok();
+}
+
 // Launches the tiled GEMM with the widest global load the shapes and pointers allow.
 template <typename Epi>
 Status launch_gemm(cudaStream_t st, const int8_t* A, const int8_t* B, int64_t M, int64_t N,
@@ -942,6 +1022,10 @@ Status int8_linear(const Exec& ex, DType x_dtype, const void* x, const int8_t* C
       LT8_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(s.outlier_count, 0, sizeof(int32_t), st),
                                "cudaMemsetAsync(outlier_count)");
     }
+
+    // (3a) decode sizes: a memory-bound GEMV that reads each weight byte once.
+    if (M <= kGemvMaxRows && K % 16 == 0 && is_aligned(CB, 16) && is_aligned(s.q, 16))
+      return launch_linear_gemv<T>(st, s.q, xt, CB, SCB, s, bias_dtype, bias, M, N, K, o);
 
     // (3) int8 GEMM with the fused dequant + outlier + bias epilogue.
     LinearEpilogue<T> epi{xt,     CB,         SCB,  s.row_scale, s.outlier_idx, s.outlier_count,
