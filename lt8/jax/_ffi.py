@@ -7,7 +7,9 @@ and take arrays already in the layout the handlers expect (``xla_ffi/handlers.h`
 
 * activations are ``(..., K)``: every leading dimension is a batch row of the kernel;
 * weights are 2-D ``(N, K)`` int8 with float32 ``(N,)`` scales;
-* an absent bias is a zero-size ``(0,)`` array.
+* an absent bias (``None``) becomes the zero-size ``(0,)`` operand the handlers expect, created
+  here at the call site. (Passing a zero-size array *into* a custom_vjp/custom_vmap and on to the
+  call made XLA's SPMD partitioner segfault, jax 0.11.2 CPU, inside shard_map with a psum.)
 
 Each call names the ``vmap_method`` that is correct for it on its own: "broadcast_all" where
 every operand shares the leading batch dimensions, "sequential" where a 2-D weight or a per-call
@@ -17,7 +19,10 @@ the sequential ones, which folds an activation-only batch into the kernel's rows
 
 from __future__ import annotations
 
+from typing import Optional
+
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from lt8._native import LAYOUT_CODES, C, has_ffi
@@ -58,6 +63,10 @@ def _sds(shape, dtype) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct(tuple(shape), dtype)
 
 
+def _bias_operand(bias: Optional[jax.Array]) -> jax.Array:
+    return jnp.zeros((0,), jnp.float32) if bias is None else bias
+
+
 def quantize_rows(x: jax.Array, threshold: float):
     """x (..., K) float -> q (..., K) int8, row_scale (...) float32, outlier mask (K,) uint8.
 
@@ -85,11 +94,11 @@ def int8_gemm(a: jax.Array, b: jax.Array) -> jax.Array:
     return call(a, b)
 
 
-def dequant_epilogue(c: jax.Array, row_scale: jax.Array, col_scale: jax.Array, bias: jax.Array,
-                     dtype) -> jax.Array:
-    """C (..., N) int32 * row_scale (...) * col_scale (N,) / 127^2 + bias ((N,) or (0,))."""
+def dequant_epilogue(c: jax.Array, row_scale: jax.Array, col_scale: jax.Array,
+                     bias: Optional[jax.Array], dtype) -> jax.Array:
+    """C (..., N) int32 * row_scale (...) * col_scale (N,) / 127^2 (+ bias (N,))."""
     call = jax.ffi.ffi_call("lt8_dequant_epilogue", _sds(c.shape, dtype), vmap_method="sequential")
-    return call(c, row_scale, col_scale, bias)
+    return call(c, row_scale, col_scale, _bias_operand(bias))
 
 
 def transform_layout(a: jax.Array, rows: int, cols: int, from_order: str, to_order: str,
@@ -114,7 +123,7 @@ def linear_workspace_bytes(M: int, N: int, K: int) -> int:
     return int(C.linear_workspace_size(M, N, K))
 
 
-def int8_linear(x: jax.Array, cb: jax.Array, scb: jax.Array, bias: jax.Array,
+def int8_linear(x: jax.Array, cb: jax.Array, scb: jax.Array, bias: Optional[jax.Array],
                 threshold: float) -> jax.Array:
     """The fused LLM.int8() linear op: x (..., K), CB (N, K), SCB (N,) -> (..., N) in x's dtype.
 
@@ -128,16 +137,17 @@ def int8_linear(x: jax.Array, cb: jax.Array, scb: jax.Array, bias: jax.Array,
         (_sds((*x.shape[:-1], N), x.dtype), _sds((linear_workspace_bytes(M, N, K),), np.uint8)),
         vmap_method="sequential",
     )
-    out, _workspace = call(x, cb, scb, bias, threshold=np.float32(threshold))
+    out, _workspace = call(x, cb, scb, _bias_operand(bias), threshold=np.float32(threshold))
     return out
 
 
-def int8_weight_linear(x: jax.Array, cb: jax.Array, scb: jax.Array, bias: jax.Array) -> jax.Array:
+def int8_weight_linear(x: jax.Array, cb: jax.Array, scb: jax.Array,
+                       bias: Optional[jax.Array]) -> jax.Array:
     """Weight-only int8 linear: (x @ CB^T) * SCB / 127 + bias, in x's dtype."""
     call = jax.ffi.ffi_call(
         "lt8_int8_weight_linear", _sds((*x.shape[:-1], cb.shape[0]), x.dtype), vmap_method="sequential"
     )
-    return call(x, cb, scb, bias)
+    return call(x, cb, scb, _bias_operand(bias))
 
 
 def int8_linear_grad_input(g: jax.Array, cb: jax.Array, scb: jax.Array) -> jax.Array:

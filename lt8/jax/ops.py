@@ -15,7 +15,7 @@ dimensions of one call) is multiplied in higher precision; ``threshold=0`` disab
 from __future__ import annotations
 
 import functools
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -41,7 +41,6 @@ __all__ = [
 ]
 
 FLOAT_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.float16), jnp.dtype(jnp.bfloat16))
-_NO_BIAS = np.zeros((0,), np.float32)
 
 # --- validation -------------------------------------------------------------------------------
 
@@ -105,10 +104,6 @@ def _check_weight(CB: jax.Array, SCB: jax.Array, bias: Optional[jax.Array], K: i
             raise ValueError(f"bias must have shape ({N},), got {bias.shape}")
 
 
-def _bias_or_empty(bias: Optional[jax.Array]) -> jax.Array:
-    return jnp.asarray(_NO_BIAS) if bias is None else bias
-
-
 # --- kernels with their vmap rules (cached per static parameter) -------------------------------
 
 
@@ -119,20 +114,28 @@ def _quantize_rows(threshold: float):
                    folded_out_batched=(True, True, False))
 
 
+def _with_optional_bias(raw: Callable[..., Any], n_rows: int, **kw) -> Callable[..., Any]:
+    """Two vmap-ruled variants of ``raw(*arrays, bias)``: with a bias operand and without one.
+    An absent bias never travels as a (zero-size) operand: ``_ffi`` creates it at the call."""
+    with_bias = rowwise(raw, n_rows=n_rows, **kw)
+    without = rowwise(lambda *a: raw(*a, None), n_rows=n_rows, **kw)
+    return lambda *args, bias: without(*args) if bias is None else with_bias(*args, bias)
+
+
 @functools.lru_cache(maxsize=None)
 def _linear_kernel(threshold: float):
-    return rowwise(lambda x, cb, scb, b: _ffi.int8_linear(x, cb, scb, b, threshold), n_rows=1,
-                   fold=threshold == 0.0)
+    return _with_optional_bias(lambda x, cb, scb, b: _ffi.int8_linear(x, cb, scb, b, threshold),
+                               n_rows=1, fold=threshold == 0.0)
 
 
-_weight_linear_kernel = rowwise(_ffi.int8_weight_linear, n_rows=1)
+_weight_linear_kernel = _with_optional_bias(_ffi.int8_weight_linear, n_rows=1)
 _grad_input_kernel = rowwise(_ffi.int8_linear_grad_input, n_rows=1)
 _gemm_kernel = rowwise(_ffi.int8_gemm, n_rows=1)
 
 
 @functools.lru_cache(maxsize=None)
 def _epilogue_kernel(dtype: jnp.dtype):
-    return rowwise(lambda c, rs, cs, b: _ffi.dequant_epilogue(c, rs, cs, b, dtype), n_rows=2)
+    return _with_optional_bias(lambda c, rs, cs, b: _ffi.dequant_epilogue(c, rs, cs, b, dtype), n_rows=2)
 
 
 # --- quantization -----------------------------------------------------------------------------
@@ -227,7 +230,7 @@ def int8_mm_dequant(C: jax.Array, row_scale: jax.Array, col_scale: jax.Array,
         _check_float(bias, "bias")
         if bias.shape != (N,):
             raise ValueError(f"bias must have shape ({N},), got {bias.shape}")
-    return _epilogue_kernel(_check_out_dtype(dtype))(C, row_scale, col_scale, _bias_or_empty(bias))
+    return _epilogue_kernel(_check_out_dtype(dtype))(C, row_scale, col_scale, bias=bias)
 
 
 # --- the fused linear op (frozen int8 weight) --------------------------------------------------
@@ -239,7 +242,7 @@ def _sum_rows(g: jax.Array, dtype: Any) -> jax.Array:
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
 def _linear(x, CB, SCB, bias, threshold):
-    return _linear_kernel(threshold)(x, CB, SCB, bias)
+    return _linear_kernel(threshold)(x, CB, SCB, bias=bias)
 
 
 def _linear_fwd(x, CB, SCB, bias, threshold):
@@ -249,7 +252,7 @@ def _linear_fwd(x, CB, SCB, bias, threshold):
 def _frozen_weight_bwd(res, g):
     # Straight-through: dx = dy @ W with W = CB * SCB / 127; CB and SCB are constants.
     CB, SCB, bias = res
-    grad_bias = _sum_rows(g, bias.dtype) if bias.shape[0] else jnp.zeros_like(bias)
+    grad_bias = None if bias is None else _sum_rows(g, bias.dtype)
     return _grad_input_kernel(g, CB, SCB), None, None, grad_bias
 
 
@@ -278,12 +281,12 @@ def linear(x: jax.Array, CB: jax.Array, SCB: jax.Array, bias: Optional[jax.Array
     _check_float(x, "x")
     _check_rows(x, "x")
     _check_weight(CB, SCB, bias, x.shape[-1])
-    return _linear(x, CB, SCB, _bias_or_empty(bias), _threshold(threshold))
+    return _linear(x, CB, SCB, bias, _threshold(threshold))
 
 
 @jax.custom_vjp
 def _weight_linear(x, CB, SCB, bias):
-    return _weight_linear_kernel(x, CB, SCB, bias)
+    return _weight_linear_kernel(x, CB, SCB, bias=bias)
 
 
 _weight_linear.defvjp(lambda x, CB, SCB, bias: (_weight_linear(x, CB, SCB, bias), (CB, SCB, bias)),
@@ -300,7 +303,7 @@ def weight_linear(x: jax.Array, CB: jax.Array, SCB: jax.Array,
     _check_float(x, "x")
     _check_rows(x, "x")
     _check_weight(CB, SCB, bias, x.shape[-1])
-    return _weight_linear(x, CB, SCB, _bias_or_empty(bias))
+    return _weight_linear(x, CB, SCB, bias)
 
 
 # --- training variant: float master weight, quantized in every forward -------------------------
@@ -309,7 +312,7 @@ def weight_linear(x: jax.Array, CB: jax.Array, SCB: jax.Array,
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def _linear_fp(x, w, bias, threshold):
     CB, SCB, _ = _quantize_rows(0.0)(w)
-    return _linear_kernel(threshold)(x, CB, SCB, bias)
+    return _linear_kernel(threshold)(x, CB, SCB, bias=bias)
 
 
 def _linear_fp_fwd(x, w, bias, threshold):
@@ -318,12 +321,12 @@ def _linear_fp_fwd(x, w, bias, threshold):
 
 def _linear_fp_bwd(threshold, res, g):
     # The ordinary gradients of x @ w.T + bias (straight through the quantization).
+    # Full float32 products (no TF32 on GPUs), as torch's default matmul precision.
     x, w, bias = res
-    f32 = jnp.float32
-    grad_x = jnp.einsum("...n,nk->...k", g, w, preferred_element_type=f32).astype(x.dtype)
-    g2, x2 = g.reshape(-1, g.shape[-1]), x.reshape(-1, x.shape[-1])
-    grad_w = jnp.einsum("mn,mk->nk", g2, x2, preferred_element_type=f32).astype(w.dtype)
-    grad_bias = _sum_rows(g, bias.dtype) if bias.shape[0] else jnp.zeros_like(bias)
+    mm = functools.partial(jnp.einsum, preferred_element_type=jnp.float32, precision=jax.lax.Precision.HIGHEST)
+    grad_x = mm("...n,nk->...k", g, w).astype(x.dtype)
+    grad_w = mm("mn,mk->nk", g.reshape(-1, g.shape[-1]), x.reshape(-1, x.shape[-1])).astype(w.dtype)
+    grad_bias = None if bias is None else _sum_rows(g, bias.dtype)
     return grad_x, grad_w, grad_bias
 
 
@@ -351,7 +354,7 @@ def linear_fp(x: jax.Array, w: jax.Array, bias: Optional[jax.Array] = None,
         _check_float(bias, "bias")
         if bias.shape != (w.shape[0],):
             raise ValueError(f"bias must have shape ({w.shape[0]},), got {bias.shape}")
-    return _linear_fp(x, w, _bias_or_empty(bias), _threshold(threshold))
+    return _linear_fp(x, w, bias, _threshold(threshold))
 
 
 # --- layouts ----------------------------------------------------------------------------------

@@ -1,0 +1,55 @@
+"""lt8 for JAX and Flax: LLM.int8() ops on lt8's kernels through XLA FFI.
+
+* functional ops (:mod:`lt8.jax.ops`): ``linear`` (the fused op, with a custom VJP),
+  ``linear_fp`` (float master weight), ``quantize_weight``, ``int8_vectorwise_quant``, ...
+* ``Dense8bit``: a Flax linen layer; ``lt8.jax.nnx.Linear8bit``: its NNX twin;
+* ``shard_linear`` (:mod:`lt8.jax.sharding`): column- and row-parallel ``shard_map`` wrappers.
+
+Importing this package registers the FFI targets (``lt8_<op>``, platforms "cpu" and, in a CUDA
+build, "CUDA"). It never imports torch.
+"""
+
+from lt8.jax import _ffi  # noqa: F401  (registers the FFI targets)
+from lt8.jax.linen import Dense8bit
+from lt8.jax.ops import (
+    dequantize_weight,
+    get_inverse_transform_indices,
+    int8_gemm,
+    int8_mm_dequant,
+    int8_vectorwise_dequant,
+    int8_vectorwise_quant,
+    linear,
+    linear_fp,
+    quantize_weight,
+    transform,
+    undo_layout,
+    weight_linear,
+)
+from lt8.jax.sharding import shard_linear
+
+__all__ = [
+    "Dense8bit",
+    "dequantize_weight",
+    "get_inverse_transform_indices",
+    "int8_gemm",
+    "int8_mm_dequant",
+    "int8_vectorwise_dequant",
+    "int8_vectorwise_quant",
+    "linear",
+    "linear_fp",
+    "nnx",
+    "quantize_weight",
+    "shard_linear",
+    "transform",
+    "undo_layout",
+    "weight_linear",
+]
+
+
+def __getattr__(name: str):
+    # The NNX twin imports flax.nnx, which linen-only users need not pay for.
+    if name == "nnx":
+        import importlib
+
+        return importlib.import_module("lt8.jax.nnx")
+    raise AttributeError(f"module 'lt8.jax' has no attribute {name!r}")
