@@ -28,13 +28,14 @@ fi
 
 if [[ " $STAGES " == *" tests "* ]]; then
   $PY -m pytest -q -p no:cacheprovider -rfE ${PYTEST_ARGS:-} tests 2>&1 | tee "$OUT/pytest.log"
-  note "tests: $(grep -E '(passed|failed|error)' "$OUT/pytest.log" | tail -1)"
+  note "tests: $(grep -E '[0-9]+ (passed|failed|error)' "$OUT/pytest.log" | tail -1)"
 fi
 
 if [[ " $STAGES " == *" sanitizer "* ]]; then
   for tool in memcheck racecheck; do
-    compute-sanitizer --tool $tool --error-exitcode 99 --target-processes all \
-      $PY -m pytest -q -p no:cacheprovider -x -k "cuda" ${SANITIZER_TESTS:-tests/test_torch_ops.py} \
+    timeout ${SANITIZER_TIMEOUT:-180} compute-sanitizer --tool $tool --error-exitcode 99 \
+      --target-processes all $PY -m pytest -q -p no:cacheprovider -x \
+      -k "${SANITIZER_K:-cuda and not opcheck}" ${SANITIZER_TESTS:-tests/test_torch_ops.py} \
       >"$OUT/sanitizer-$tool.log" 2>&1
     rc=$?
     note "compute-sanitizer $tool: rc=$rc, $(grep -E 'ERROR SUMMARY' "$OUT/sanitizer-$tool.log" | tail -1) $(grep -E '(passed|failed)' "$OUT/sanitizer-$tool.log" | tail -1)"
@@ -43,7 +44,8 @@ fi
 
 if [[ " $STAGES " == *" bench "* ]]; then
   $PY benchmarks/bench_linear.py ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log"
-  note "bench: see bench.log"
+  cp benchmarks/results/*.csv benchmarks/results/*.png "$OUT"/ 2>/dev/null
+  note "bench: $(grep -c 'M=' "$OUT/bench.log") rows, see bench.log"
 fi
 
 echo; echo "===== summary ($(cat "$OUT/gpu.txt"))"; printf '%s\n' "${summary[@]}"

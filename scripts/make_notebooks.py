@@ -24,7 +24,7 @@ def md(s):
 
 
 def code(*parts, tags=()):
-    c = new_code_cell("\n".join(textwrap.dedent(p).strip("\n") for p in parts))
+    c = new_code_cell("\n\n".join(textwrap.dedent(p).strip("\n") for p in parts))
     if tags:
         c.metadata["tags"] = list(tags)
     return c
@@ -32,16 +32,13 @@ def code(*parts, tags=()):
 
 def header(name, title, blurb):
     url = f"https://colab.research.google.com/github/{ORG}/lt8/blob/main/notebooks/{name}"
-    return md(f"""
-    # {title}
-
-    [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({url})
-
-    {textwrap.dedent(blurb).strip()}
-
-    *The badge links to `github.com/{ORG}/lt8`: `{ORG}` is a placeholder organisation, to be
-    replaced by the repository's real owner when it is published.*
-    """)
+    return new_markdown_cell("\n\n".join([
+        f"# {title}",
+        f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({url})",
+        textwrap.dedent(blurb).strip(),
+        f"*The badge links to `github.com/{ORG}/lt8`: `{ORG}` is a placeholder organisation, to be "
+        "replaced by the repository's real owner when it is published.*",
+    ]))
 
 
 INTRO = """
@@ -76,9 +73,11 @@ pip install -q --no-build-isolation "git+https://github.com/lt8-project/lt8"
 
 JAX_DEVICE_GUARD = """
 # lt8's JAX ops run where lt8 has kernels: the CPU always, a GPU when lt8 was built with CUDA.
-if jax.default_backend() != "cpu" and not lt8.has_cuda():
-    print("this lt8 build has no CUDA kernels: running JAX on the CPU")
-    jax.config.update("jax_default_device", jax.devices("cpu")[0])
+jax_device = jax.devices()[0]
+if jax_device.platform != "cpu" and not lt8.has_cuda():
+    print("this lt8 build has no CUDA kernels: JAX runs on the CPU")
+    jax_device = jax.devices("cpu")[0]
+    jax.config.update("jax_default_device", jax_device)
 """
 
 # ------------------------------------------------------------------------------------------------
@@ -285,7 +284,7 @@ weights. JAX uses its default backend (the GPU on a GPU runtime).
     import lt8
     from lt8.jax import Dense8bit
     """, JAX_DEVICE_GUARD, """
-    print(f"lt8 {lt8.__version__}, jax {jax.__version__}, backend={jax.default_backend()}, "
+    print(f"lt8 {lt8.__version__}, jax {jax.__version__}, JAX runs on {jax_device.platform}, "
           f"lt8 CUDA kernels: {lt8.has_cuda()}")
     """),
     md("""
@@ -492,7 +491,7 @@ model built on `lt8.jax.Dense8bit`, and checks that JAX computes the very same b
     """, JAX_DEVICE_GUARD, """
     device = "cuda" if torch.cuda.is_available() and lt8.has_cuda() else "cpu"
     dtype = torch.float16 if device == "cuda" else torch.float32
-    print(f"torch device={device} ({dtype}), jax backend={jax.default_backend()}")
+    print(f"torch runs on {device} ({dtype}), JAX on {jax_device.platform}")
     """),
     md("""
     ## 1. Quantize in PyTorch
@@ -579,8 +578,8 @@ model built on `lt8.jax.Dense8bit`, and checks that JAX computes the very same b
     y_jax = np.asarray(serve(variables, x_jax), dtype=np.float32)
 
     max_abs_diff = float(np.abs(y_jax - y_torch).max())
-    same_device_kind = (device == "cuda") == (jax.default_backend() == "gpu")
-    print(f"max |JAX - torch| = {max_abs_diff}  (torch on {device}, JAX on {jax.default_backend()})")
+    same_device_kind = (device == "cpu") == (jax_device.platform == "cpu")
+    print(f"max |JAX - torch| = {max_abs_diff}  (torch on {device}, JAX on {jax_device.platform})")
 
     with torch.no_grad():
         y_float = float_model(x.to(device)).cpu().numpy()
@@ -622,6 +621,8 @@ model built on `lt8.jax.Dense8bit`, and checks that JAX computes the very same b
 
 def write(name, cells):
     nb = new_notebook(cells=cells)
+    for i, cell in enumerate(nb.cells):
+        cell.id = f"cell-{i:02d}"  # stable ids: regenerating changes only what was edited
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb.metadata["language_info"] = {"name": "python"}
     nb.metadata["colab"] = {"provenance": []}
