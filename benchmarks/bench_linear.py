@@ -205,6 +205,8 @@ def main() -> None:
     shapes = [(8192, 8192)] if args.quick else SHAPES
     ms = [1, 16, 4096] if args.quick else MS
     device = torch.cuda.get_device_name()
+    mem = memory_rows(8192, 8192, bnb)
+    print("memory, 8192x8192 layer, M=16 forward: " + ", ".join(f"{k}={v:.1f}" for k, v in mem.items()))
     rows = []
     for K, N in shapes:
         for M in ms:
@@ -217,18 +219,13 @@ def main() -> None:
                     print(f"JAX timing failed for {K}x{N} M={M}: {type(err).__name__}: {err}")
             rows.append(row)
             print(_fmt(row), flush=True)
-    mem = memory_rows(8192, 8192, bnb)
-    print("memory, 8192x8192 layer, M=16 forward: " + ", ".join(f"{k}={v:.1f}" for k, v in mem.items()))
+            _write_csv(rows, Path(args.out) / f"bench_linear-{device.replace(' ', '_')}.csv")
 
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     tag = device.replace(" ", "_")
-    cols = sorted({k for r in rows for k in r}, key=lambda k: (k not in ("in", "out", "M"), k))
     csv_path = out_dir / f"bench_linear-{tag}.csv"
-    with open(csv_path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=cols)
-        w.writeheader()
-        w.writerows(rows)
+    _write_csv(rows, csv_path)
     with open(out_dir / f"bench_memory-{tag}.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(mem))
         w.writeheader()
@@ -238,6 +235,16 @@ def main() -> None:
         print(_fmt(r))
     print(f"wrote {csv_path}")
     _plot(rows, out_dir / f"bench_linear-{tag}.png")
+
+
+def _write_csv(rows: list[dict], path: Path) -> None:
+    """(Re)writes all rows so far: a run cut short still leaves its measurements."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cols = sorted({k for r in rows for k in r}, key=lambda k: (k not in ("in", "out", "M"), k))
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        w.writerows(rows)
 
 
 def _fmt(r: dict) -> str:
