@@ -27,7 +27,7 @@ if [[ " $STAGES " == *" build "* ]]; then
 fi
 
 if [[ " $STAGES " == *" tests "* ]]; then
-  $PY -m pytest -q -p no:cacheprovider -rfE ${PYTEST_ARGS:-} tests 2>&1 | tee "$OUT/pytest.log"
+  LT8_HYPOTHESIS_EXAMPLES=${LT8_HYPOTHESIS_EXAMPLES:-200} $PY -m pytest -q -p no:cacheprovider -rfE ${PYTEST_ARGS:-} tests 2>&1 | tee "$OUT/pytest.log"
   note "tests: $(grep -E '[0-9]+ (passed|failed|error)' "$OUT/pytest.log" | tail -1)"
 fi
 
