@@ -459,7 +459,8 @@ weights. JAX uses its default backend (the GPU on a GPU runtime).
 nb3 = [
     header("03_torch_to_jax.ipynb", "lt8: quantize in PyTorch, serve in JAX", """
 lt8 runs LLM.int8() (int8 weights with float32 row scales, float outlier columns) in PyTorch
-and in JAX from **one** kernel library, and both read **one** checkpoint format, bitsandbytes':
+and in JAX from **one** kernel library, and both read and write **one** checkpoint format: a
+safetensors file with bitsandbytes' keys for every int8 layer,
 
 | key | dtype | shape | meaning |
 |---|---|---|---|
@@ -468,8 +469,11 @@ and in JAX from **one** kernel library, and both read **one** checkpoint format,
 | `bias` | float | `(out,)` | optional |
 | `weight_format` | uint8 | `()` | 0 = row-major (1-3: old bitsandbytes tiled orders, converted on load) |
 
-This notebook quantizes a model in PyTorch, saves it with safetensors, loads it into a Flax
-model built on `lt8.jax.Dense8bit`, and checks that JAX computes the very same bits.
+plus a small metadata entry naming the format, its version and the outlier threshold.
+
+This notebook quantizes a model in PyTorch, saves it with `lt8.torch.save_quantized`, loads it
+into a Flax model built on `lt8.jax.Dense8bit` with `lt8.jax.load_variables`, checks that JAX
+computes the very same bits, and goes back the other way.
 """),
     md(INSTALL_MD),
     code(INSTALL, tags=["colab-install"]),
@@ -482,15 +486,15 @@ model built on `lt8.jax.Dense8bit`, and checks that JAX computes the very same b
     import jax.numpy as jnp
     import numpy as np
     import torch
-    from safetensors.numpy import load_file
-    from safetensors.torch import save_file
     from torch import nn
 
     import lt8
+    from lt8.core import checkpoint
     from lt8.jax import Dense8bit
     """, JAX_DEVICE_GUARD, """
     device = "cuda" if torch.cuda.is_available() and lt8.has_cuda() else "cpu"
     dtype = torch.float16 if device == "cuda" else torch.float32
+    jax_dtype = jnp.float16 if dtype == torch.float16 else jnp.float32
     print(f"torch runs on {device} ({dtype}), JAX on {jax_device.platform}")
     """),
     md("""
@@ -502,7 +506,7 @@ model built on `lt8.jax.Dense8bit`, and checks that JAX computes the very same b
     code("""
     torch.manual_seed(0)
     SIZES = (512, 1024, 1024, 256)
-    THRESHOLD = 6.0  # a layer setting, not stored in the checkpoint
+    THRESHOLD = 6.0
 
     class TorchMLP(nn.Module):
         def __init__(self):
@@ -526,44 +530,50 @@ model built on `lt8.jax.Dense8bit`, and checks that JAX computes the very same b
     with torch.no_grad():
         y_torch = torch_model(x.to(device, dtype)).float().cpu().numpy()
     """),
-    md("## 2. Save with safetensors"),
+    md("""
+    ## 2. Save
+
+    `save_quantized` writes the model's state dict as one safetensors file, with the layers'
+    outlier threshold in its metadata. `lt8.core.checkpoint.load_file` reads any such file as
+    numpy arrays (no torch needed) and its metadata.
+    """),
     code("""
     path = "mlp_int8.safetensors"
-    save_file(torch_model.state_dict(), path)
+    lt8.torch.save_quantized(torch_model, path)
 
-    checkpoint = load_file(path)  # numpy arrays: no torch needed from here on
-    for k in sorted(checkpoint)[:4]:
-        print(f"{k:26s} {str(checkpoint[k].dtype):8s} {checkpoint[k].shape}")
-    print(f"... {len(checkpoint)} tensors")
+    tensors, info = checkpoint.load_file(path)
+    for k in sorted(tensors)[:4]:
+        print(f"{k:26s} {str(tensors[k].dtype):8s} {tensors[k].shape}")
+    print(f"... {len(tensors)} tensors")
+    print(f"format version {info.format_version}, threshold {info.threshold_for('layers.0')}")
     """),
     md("""
     ## 3. Load into Flax
 
-    The same MLP in Flax, on `Dense8bit`. `Dense8bit.variables_from_torch(checkpoint, prefix)`
-    reads one layer (`layers.0.weight`, `layers.0.SCB`, ...) into its `params` (bias) and `int8`
-    (`CB`, `SCB`) collections, keeping the int8 bytes as they are: nothing is re-quantized.
+    The same MLP in Flax, on `Dense8bit`, its layers named as torch's (`layers.0`, ...): that is
+    how checkpoint keys find their layers. `load_variables(path, like=...)` reads each int8 layer
+    into the `int8` collection (`CB`, `SCB`) and its bias into `params`, keeping the int8 bytes as
+    they are (nothing is re-quantized), and checks every shape and dtype against `like`: here the
+    model's variables from `jax.eval_shape`, which computes nothing. The threshold comes from the
+    file's metadata.
     """),
     code("""
     class FlaxMLP(fnn.Module):
-        threshold: float = THRESHOLD
+        threshold: float
 
         @fnn.compact
         def __call__(self, x):
             for i, features in enumerate(SIZES[1:]):
-                x = Dense8bit(features, threshold=self.threshold, name=f"layers_{i}")(x)
+                x = Dense8bit(features, threshold=self.threshold, param_dtype=jax_dtype,
+                              name=f"layers.{i}")(x)
                 if i < len(SIZES) - 2:
                     x = fnn.relu(x)
             return x
 
-    def variables_from_checkpoint(checkpoint):
-        params, int8 = {}, {}
-        for i in range(len(SIZES) - 1):
-            v = Dense8bit.variables_from_torch(checkpoint, prefix=f"layers.{i}.")
-            params[f"layers_{i}"], int8[f"layers_{i}"] = v["params"], v["int8"]
-        return {"params": params, "int8": int8}
-
-    variables = variables_from_checkpoint(checkpoint)
-    print(jax.tree.map(lambda a: f"{a.dtype}{list(a.shape)}", variables["int8"]["layers_0"]))
+    flax_model = FlaxMLP(threshold=checkpoint.read_info(path).threshold_for("layers.0"))
+    like = jax.eval_shape(flax_model.init, jax.random.key(0), jnp.zeros((1, SIZES[0]), jax_dtype))
+    variables = lt8.jax.load_variables(path, like=like)
+    print(jax.tree.map(lambda a: f"{a.dtype}{list(a.shape)}", variables["int8"]["layers.0"]))
     """),
     md("""
     ## 4. Serve in JAX and compare
@@ -573,7 +583,7 @@ model built on `lt8.jax.Dense8bit`, and checks that JAX computes the very same b
     CPU, they would agree to rounding instead.)
     """),
     code("""
-    serve = jax.jit(FlaxMLP().apply)
+    serve = jax.jit(flax_model.apply)
     x_jax = jnp.asarray(x.to(dtype).numpy())
     y_jax = np.asarray(serve(variables, x_jax), dtype=np.float32)
 
@@ -588,32 +598,49 @@ model built on `lt8.jax.Dense8bit`, and checks that JAX computes the very same b
     md("""
     ## 5. And back: JAX to PyTorch
 
-    `Dense8bit.to_state_dict` writes a layer back under the same keys, so a model quantized or
-    fine-tuned in JAX loads into `Linear8bitLt`.
+    `save_variables` writes Flax variables in the same format, so a model quantized or
+    fine-tuned in JAX loads into `Linear8bitLt` with `load_quantized`.
     """),
     code("""
-    state = {}
-    for i in range(len(SIZES) - 1):
-        layer_vars = {"params": variables["params"][f"layers_{i}"], "int8": variables["int8"][f"layers_{i}"]}
-        state.update(Dense8bit.to_state_dict(layer_vars, prefix=f"layers.{i}."))
+    jax_path = "mlp_from_jax.safetensors"
+    lt8.jax.save_variables(jax_path, variables, threshold=flax_model.threshold)
 
     back = lt8.torch.replace_linear(TorchMLP().to(device).to(dtype).eval(), threshold=THRESHOLD, skip_modules=())
-    back.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()})
+    lt8.torch.load_quantized(back, jax_path)
     with torch.no_grad():
         y_back = back(x.to(device, dtype)).float().cpu().numpy()
     print("round trip identical:", np.array_equal(y_back, y_torch))
     """),
+    md("""
+    A checkpoint that does not fit the model (other shapes, dtypes, keys; a truncated file) is
+    refused with an error naming the problem, before anything is copied: the model stays as it was.
+    """),
+    code("""
+    wrong = TorchMLP()
+    wrong.layers[2] = nn.Linear(SIZES[2], 128)  # a last layer of another size
+    wrong = lt8.torch.replace_linear(wrong.to(device).to(dtype).eval(), threshold=THRESHOLD, skip_modules=())
+    before = {k: v.clone() for k, v in wrong.state_dict().items()}
+    try:
+        lt8.torch.load_quantized(wrong, path)
+    except ValueError as e:
+        refused = str(e)
+        print(refused)
+    unchanged = all(torch.equal(v, wrong.state_dict()[k]) for k, v in before.items())
+    print("model unchanged:", unchanged)
+    """),
     md("## Checks (the test suite runs this notebook: a broken notebook fails here)"),
     code("""
-    assert set(checkpoint) == {f"layers.{i}.{k}" for i in range(3) for k in ("weight", "SCB", "bias", "weight_format")}
-    assert checkpoint["layers.0.weight"].dtype == np.int8 and int(checkpoint["layers.0.weight_format"]) == 0
+    assert set(tensors) == {f"layers.{i}.{k}" for i in range(3) for k in ("weight", "SCB", "bias", "weight_format")}
+    assert tensors["layers.0.weight"].dtype == np.int8 and int(tensors["layers.0.weight_format"]) == 0
+    assert info.format_version == checkpoint.FORMAT_VERSION and info.threshold_for("layers.2") == THRESHOLD
     for i in range(3):
-        assert np.array_equal(np.asarray(variables["int8"][f"layers_{i}"]["CB"]), checkpoint[f"layers.{i}.weight"])
+        assert np.array_equal(np.asarray(variables["int8"][f"layers.{i}"]["CB"]), tensors[f"layers.{i}.weight"])
     if same_device_kind:
         assert max_abs_diff == 0.0, max_abs_diff
     else:
         assert max_abs_diff < 1e-2 * np.abs(y_torch).max(), max_abs_diff
     assert np.array_equal(y_back, y_torch)
+    assert "layers.2.weight: expected shape (out, in) = (128, 1024)" in refused and unchanged
     print("all checks passed")
     """),
 ]

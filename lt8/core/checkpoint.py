@@ -11,9 +11,42 @@ A quantized linear layer is stored under bitsandbytes' keys:
 Flax stores kernels as (in_features, features); lt8's Flax modules keep the int8 weight in the
 checkpoint's (out, in) orientation so no transpose happens at run time. The one mapping from a
 float Flax kernel to a checkpoint weight is :func:`kernel_to_weight`.
+
+On disk (format version 1) a checkpoint is one safetensors file holding a whole model's state
+dict under these keys (a layer at dotted path ``P`` has ``P.weight``, ``P.SCB``, ...; other
+tensors, e.g. a LayerNorm's, are stored under their own names, as they are), and a metadata
+entry (safetensors' header, strings only):
+
+* ``"format"``: ``"lt8.int8"`` (:data:`FORMAT_NAME`);
+* ``"format_version"``: ``"1"`` (:data:`FORMAT_VERSION`); a file of a newer version is refused;
+* ``"threshold"`` (optional): JSON, either one number (the outlier threshold of every layer) or
+  an object ``{layer_prefix: number}`` (per layer; ``""`` is a default, and a prefix applies to
+  the layers under it, see :meth:`CheckpointInfo.threshold_for`);
+* any further string entries a caller passes in.
+
+:func:`save_file` writes such a file from torch tensors, jax or numpy arrays; :func:`load_file`
+reads it back as numpy arrays with a :class:`CheckpointInfo`. A bitsandbytes 8-bit safetensors
+file (same keys, no lt8 metadata) loads too, with ``format_version=None``. This module imports
+neither torch nor jax: the frontends' ``save_quantized``/``load_quantized`` (torch) and
+``save_variables``/``load_variables`` (JAX) sit on top of it.
 """
 
 from __future__ import annotations
+
+import json
+import math
+import os
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional, Union
+
+FORMAT_NAME = "lt8.int8"
+FORMAT_VERSION = 1
+#: ``"format"`` values other libraries write (torch's ``save_pretrained`` writes "pt"): such a
+#: file is read as a foreign checkpoint (``format_version=None``), not refused.
+FOREIGN_FORMATS = frozenset({"pt", "torch", "np", "numpy", "tf", "flax", "jax", "mlx"})
+_RESERVED_METADATA = ("format", "format_version", "threshold")
+_FLOAT_DTYPES = frozenset({"float16", "bfloat16", "float32", "float64"})
 
 WEIGHT_FORMATS = {"row": 0, "col32": 1, "col_turing": 2, "col_ampere": 3}
 KEY_WEIGHT, KEY_SCB, KEY_BIAS, KEY_FORMAT = "weight", "SCB", "bias", "weight_format"
@@ -114,3 +147,296 @@ def write_linear(CB, SCB, bias=None, prefix: str = "") -> dict:
         out[prefix + KEY_BIAS] = np.ascontiguousarray(to_numpy(bias))
     out[prefix + KEY_FORMAT] = np.array(WEIGHT_FORMATS["row"], dtype=np.uint8)
     return out
+
+
+# --- the on-disk format -------------------------------------------------------------------------
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not fit: a ``ValueError`` naming the file or key."""
+
+
+def _key(prefix: str, name: str) -> str:
+    """``prefix.name`` (``name`` alone for the empty prefix); ``prefix`` may end with a dot."""
+    prefix = prefix.rstrip(".")
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _dtype_name(a) -> str:
+    """The dtype of a torch tensor, numpy/jax array (or ShapeDtypeStruct) as numpy names it
+    ("int8", "float32", "bfloat16", ...), without copying any data."""
+    dt = a.dtype
+    if type(dt).__module__.startswith("torch"):
+        return str(dt).rpartition(".")[2]
+    import numpy as np
+
+    return np.dtype(dt).name
+
+
+def _shape(a) -> tuple:
+    return tuple(int(d) for d in a.shape)
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What a checkpoint's metadata says.
+
+    Attributes:
+        format_version: the lt8 format version, or None for a file without lt8 metadata (a
+            bitsandbytes checkpoint: same keys, no threshold).
+        thresholds: layer prefix (no trailing dot) -> outlier threshold; ``""`` holds the
+            global one. Empty when the file names none.
+        metadata: the file's metadata entries as stored (strings).
+    """
+
+    format_version: Optional[int]
+    thresholds: Mapping[str, float] = field(default_factory=dict)
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def is_lt8(self) -> bool:
+        """Whether the file carries lt8's metadata."""
+        return self.format_version is not None
+
+    def threshold_for(self, prefix: str) -> Optional[float]:
+        """The threshold the file names for the layer at ``prefix`` (``"layers.0"`` or
+        ``"layers.0."``): its own entry, else its nearest parent's (``"layers"``), else the
+        global one, else None."""
+        p = prefix.rstrip(".")
+        while True:
+            if p in self.thresholds:
+                return self.thresholds[p]
+            if not p:
+                return None
+            p = p.rpartition(".")[0]
+
+
+def _check_threshold_value(name: str, v) -> float:
+    bad = CheckpointError(f"threshold {name!r}: expected a number >= 0, got {v!r}")
+    if v is None or isinstance(v, (bool, str, bytes)):
+        raise bad
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise bad from None
+    if not f >= 0.0:
+        raise bad
+    return f
+
+
+def _thresholds_to_json(threshold) -> Optional[str]:
+    if threshold is None:
+        return None
+    if isinstance(threshold, Mapping):
+        return json.dumps({str(k).rstrip("."): _check_threshold_value(str(k), v)
+                           for k, v in sorted(threshold.items())})
+    return json.dumps(_check_threshold_value("", threshold))
+
+
+def _thresholds_from_json(path, text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: metadata 'threshold' is not JSON ({e}): {text!r}") from None
+    try:
+        if value is None:
+            return {}
+        if isinstance(value, dict):
+            return {str(k).rstrip("."): _check_threshold_value(k, v) for k, v in value.items()}
+        return {"": _check_threshold_value("", value)}
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: metadata {e}") from None
+
+
+def _info_from_metadata(path, metadata: Optional[Mapping[str, str]], keys) -> CheckpointInfo:
+    metadata = dict(metadata or {})
+    fmt = metadata.get("format")
+    if fmt != FORMAT_NAME:
+        if fmt is not None and fmt not in FOREIGN_FORMATS:
+            raise CheckpointError(
+                f"{path}: not an lt8 checkpoint: its metadata names the format {fmt!r} "
+                f"(lt8 writes {FORMAT_NAME!r})")
+        if not linear_prefixes(dict.fromkeys(keys)):
+            raise CheckpointError(
+                f"{path}: not an lt8 or bitsandbytes 8-bit checkpoint: no lt8 metadata "
+                f"(format {FORMAT_NAME!r}) and no int8 linear layer (a 'weight' with an 'SCB'); "
+                f"keys: {_preview(keys)}")
+        return CheckpointInfo(None, {}, metadata)  # bitsandbytes: same keys, no lt8 metadata
+    text = metadata.get("format_version")
+    try:
+        version = int(text)
+    except (TypeError, ValueError):
+        raise CheckpointError(f"{path}: lt8 checkpoint without a valid 'format_version' (got {text!r})") from None
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: lt8 checkpoint format version {version} is newer than this lt8 reads "
+            f"(up to {FORMAT_VERSION}): upgrade lt8")
+    if version < 1:
+        raise CheckpointError(f"{path}: invalid lt8 checkpoint format version {version}")
+    thresholds = _thresholds_from_json(path, metadata["threshold"]) if "threshold" in metadata else {}
+    return CheckpointInfo(version, thresholds, metadata)
+
+
+def _preview(keys, n: int = 8) -> str:
+    keys = sorted(keys)
+    more = f", ... ({len(keys)} in all)" if len(keys) > n else ""
+    return ", ".join(map(repr, keys[:n])) + more
+
+
+def _open(path, read_tensors: bool):
+    """(metadata, keys, tensors or None) of a safetensors file; a truncated or corrupt file
+    raises :class:`CheckpointError` naming it."""
+    from safetensors import SafetensorError, safe_open
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no checkpoint file at {path!r}")
+    try:
+        with safe_open(path, framework="np") as f:
+            metadata = f.metadata()
+            keys = list(f.keys())
+            tensors = f.get_tensors() if read_tensors else None
+    except SafetensorError as e:
+        raise CheckpointError(
+            f"{path}: not a readable safetensors file (truncated or corrupt?): {e}") from None
+    return metadata, keys, tensors
+
+
+def read_info(path) -> CheckpointInfo:
+    """The :class:`CheckpointInfo` of a checkpoint file, from its header only (cheap)."""
+    metadata, keys, _ = _open(path, read_tensors=False)
+    return _info_from_metadata(path, metadata, keys)
+
+
+def load_file(path) -> "tuple[dict, CheckpointInfo]":
+    """Reads a checkpoint: ``(tensors, info)``, tensors a dict of numpy arrays (bfloat16 as
+    ``ml_dtypes.bfloat16``), info a :class:`CheckpointInfo`.
+
+    Raises ``FileNotFoundError`` for a missing file and :class:`CheckpointError` (a
+    ``ValueError``) naming the file for a truncated or corrupt one, one whose metadata names
+    another format or a newer lt8 format version, or one without lt8 metadata that holds no
+    int8 linear layer either (not a bitsandbytes 8-bit checkpoint). Shapes and dtypes are
+    checked by the loaders, against the model (see :func:`validate_linear`).
+    """
+    metadata, keys, tensors = _open(path, read_tensors=True)
+    return tensors, _info_from_metadata(path, metadata, keys)
+
+
+def save_file(tensors: Mapping[str, Any], path, *,
+              threshold: Union[float, Mapping[str, float], None] = None,
+              metadata: Optional[Mapping[str, str]] = None) -> None:
+    """Writes ``tensors`` (torch tensors on any device, jax or numpy arrays) as an lt8
+    checkpoint: a safetensors file whose metadata names :data:`FORMAT_NAME`,
+    :data:`FORMAT_VERSION` and, when given, the outlier ``threshold`` (one number, or a map of
+    layer prefix -> number). ``metadata`` adds string entries (not the reserved "format",
+    "format_version", "threshold"). The file is written next to ``path`` and renamed into
+    place, so an interrupted save never leaves a truncated checkpoint behind.
+    """
+    import numpy as np
+    from safetensors.numpy import save_file as _save
+
+    meta = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION)}
+    t = _thresholds_to_json(threshold)
+    if t is not None:
+        meta["threshold"] = t
+    for k, v in (metadata or {}).items():
+        if k in _RESERVED_METADATA:
+            raise ValueError(f"metadata key {k!r} is reserved (lt8 writes it)")
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise TypeError(f"metadata must map str to str, got {k!r}: {v!r}")
+        meta[k] = v
+    arrays = {}
+    for k, v in tensors.items():
+        if not isinstance(k, str):
+            raise TypeError(f"tensor names must be strings, got {k!r}")
+        a = np.asarray(to_numpy(v), order="C")  # (np.ascontiguousarray makes a scalar 1-D)
+        if a.dtype == object:
+            raise TypeError(f"{k}: not a numeric array ({type(v).__name__})")
+        arrays[k] = a
+    path = os.fspath(path)
+    # A fresh name next to the target (not mkstemp: its 0600 mode would stick to the file).
+    head, tail = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(head, f".{tail}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        _save(arrays, tmp, metadata=meta)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def linear_prefixes(tensors: Mapping[str, Any]) -> list:
+    """The sorted prefixes (no trailing dot; ``""`` for a lone layer) of the int8 linear
+    layers in ``tensors``: those with both ``P.weight`` and ``P.SCB``."""
+    out = set()
+    for k in tensors:
+        if k == KEY_SCB or k.endswith("." + KEY_SCB):
+            p = k[: -len(KEY_SCB)].rstrip(".")
+            if _key(p, KEY_WEIGHT) in tensors:
+                out.add(p)
+    return sorted(out)
+
+
+def validate_linear(tensors: Mapping[str, Any], prefix: str = "",
+                    out_features: Optional[int] = None, in_features: Optional[int] = None) -> str:
+    """Checks the int8 linear layer at ``prefix`` (``"fc1"`` or ``"fc1."``) of ``tensors``
+    (torch tensors, numpy or jax arrays; nothing is copied) and returns its ``weight_format``'s
+    layout name ("row" unless an old bitsandbytes checkpoint stores a tiled weight).
+
+    Expected: ``weight`` int8 (out, in) (for a tiled format, the padded buffer of that layout),
+    ``SCB`` float32 (out,), ``bias`` (optional) float (out,), ``weight_format`` (optional)
+    a uint8 scalar among :data:`WEIGHT_FORMATS`' codes; ``out_features``/``in_features``, when
+    given, are the target layer's. Raises :class:`CheckpointError` (a ``ValueError``) naming
+    the key and what was expected.
+    """
+    import numpy as np
+
+    wk, sk, bk, fk = (_key(prefix, k) for k in (KEY_WEIGHT, KEY_SCB, KEY_BIAS, KEY_FORMAT))
+    for k in (wk, sk):
+        if k not in tensors:
+            raise CheckpointError(f"missing key {k!r} (an int8 linear layer needs {wk!r} and {sk!r})")
+    fmt = "row"
+    if fk in tensors:
+        f = tensors[fk]
+        dt, shape = _dtype_name(f), _shape(f)
+        if dt != "uint8" or math.prod(shape) != 1:
+            raise CheckpointError(f"{fk}: expected a uint8 scalar, got {dt} of shape {shape}")
+        code = int(np.asarray(to_numpy(f)).reshape(()))
+        if code not in WEIGHT_FORMATS.values():
+            raise CheckpointError(
+                f"{fk}: expected one of {sorted(WEIGHT_FORMATS.values())} "
+                f"({', '.join(f'{c}={n}' for n, c in WEIGHT_FORMATS.items())}), got {code}")
+        fmt = format_name(code)
+    w = tensors[wk]
+    wdt, wshape = _dtype_name(w), _shape(w)
+    if wdt != "int8":
+        raise CheckpointError(f"{wk}: expected int8 (next to {sk!r}), got {wdt}")
+    if len(wshape) != 2:
+        raise CheckpointError(f"{wk}: expected a 2-D int8 weight (out, in), got shape {wshape}")
+    s = tensors[sk]
+    sdt, sshape = _dtype_name(s), _shape(s)
+    if fmt == "row":
+        out = wshape[0] if out_features is None else out_features
+        expected_w = (out, wshape[1] if in_features is None else in_features)
+        if wshape != expected_w:
+            raise CheckpointError(f"{wk}: expected shape (out, in) = {expected_w}, got {wshape}")
+    else:
+        out = sshape[0] if out_features is None and len(sshape) == 1 else out_features
+        if out is not None and in_features is not None:
+            from lt8.core.layouts import padded_shape
+
+            pr, pc = padded_shape(fmt, out, in_features)
+            if math.prod(wshape) != pr * pc:
+                raise CheckpointError(
+                    f"{wk}: a {fmt} weight of (out, in) = {(out, in_features)} is a padded "
+                    f"{(pr, pc)} buffer ({pr * pc} elements), got shape {wshape}")
+    if sdt != "float32" or (out is not None and sshape != (out,)) or len(sshape) != 1:
+        raise CheckpointError(f"{sk}: expected float32 of shape ({out if out is not None else 'out'},), "
+                              f"got {sdt} of shape {sshape}")
+    if bk in tensors:
+        b = tensors[bk]
+        bdt, bshape = _dtype_name(b), _shape(b)
+        if bdt not in _FLOAT_DTYPES or bshape != sshape:
+            raise CheckpointError(f"{bk}: expected a float tensor of shape {sshape}, got {bdt} of shape {bshape}")
+    return fmt

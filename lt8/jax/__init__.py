@@ -10,6 +10,7 @@ build, "CUDA"). It never imports torch.
 """
 
 from lt8.jax import _ffi  # noqa: F401  (registers the FFI targets)
+from lt8.jax.checkpoint import load_variables, save_variables, tensors_to_variables, variables_to_tensors
 from lt8.jax.linen import Dense8bit
 from lt8.jax.ops import (
     dequantize_weight,
@@ -37,11 +38,15 @@ __all__ = [
     "int8_vectorwise_quant",
     "linear",
     "linear_fp",
+    "load_variables",
     "nnx",
     "quantize_weight",
+    "save_variables",
     "shard_linear",
+    "tensors_to_variables",
     "transform",
     "undo_layout",
+    "variables_to_tensors",
     "weight_linear",
 ]
 

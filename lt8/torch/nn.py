@@ -3,17 +3,21 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+import os
+import warnings
+from typing import Iterable, Mapping, Optional
 
+import numpy as np
 import torch
 from torch import nn
 
 import lt8.torch._kernels  # noqa: F401  (registers the kernels)
+from lt8.core import checkpoint as ckpt
 from lt8.core.checkpoint import WEIGHT_FORMATS, format_name
 from lt8.torch._ops import padded_shape
 from lt8.torch.autograd import MatmulLtState, _MatMulFp16Weight
 
-__all__ = ["Int8Params", "Linear8bitLt", "replace_linear"]
+__all__ = ["Int8Params", "Linear8bitLt", "load_quantized", "replace_linear", "save_quantized"]
 
 
 def _rebuild_int8_params(data, requires_grad, has_fp16_weights, SCB):
@@ -308,3 +312,142 @@ def replace_linear(model: nn.Module, threshold: float = 6.0,
         new.train(mod.training)
         setattr(parent, child, new)
     return model
+
+
+# --- whole-model checkpoints (lt8's safetensors format, lt8.core.checkpoint) --------------------
+
+
+def _layer_thresholds(model: nn.Module) -> dict:
+    return {name: float(m.state.threshold) for name, m in model.named_modules()
+            if isinstance(m, Linear8bitLt)}
+
+
+def save_quantized(model: nn.Module, path: "str | os.PathLike", *,
+                   metadata: Optional[Mapping[str, str]] = None) -> None:
+    """Writes ``model.state_dict()`` as an lt8 checkpoint (safetensors; see
+    :mod:`lt8.core.checkpoint`): int8 layers under bitsandbytes' keys, every other tensor as
+    it is, and the outlier thresholds of its ``Linear8bitLt`` layers in the metadata (one
+    number when they all agree, else one per layer). ``metadata`` adds string entries.
+    Loads back with :func:`load_quantized`, and into JAX with ``lt8.jax.load_variables``.
+    """
+    thresholds = _layer_thresholds(model)
+    values = set(thresholds.values())
+    threshold = None if not values else values.pop() if len(values) == 1 else thresholds
+    ckpt.save_file(model.state_dict(), path, threshold=threshold, metadata=metadata)
+
+
+def _torch_from_numpy(a: np.ndarray) -> torch.Tensor:
+    if not a.flags.writeable:
+        a = a.copy()
+    if a.dtype.name == "bfloat16":  # ml_dtypes' bfloat16: reinterpret the bits
+        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(a)
+
+
+def _kind(t: torch.Tensor) -> str:
+    if t.dtype == torch.bool:
+        return "bool"
+    return "complex" if t.is_complex() else "float" if t.is_floating_point() else "integer"
+
+
+def _check_fits(model: nn.Module, sd: Mapping[str, torch.Tensor], strict: bool) -> list:
+    """Every reason ``sd`` cannot be loaded into ``model`` (empty if it can), found without
+    touching the model: torch's ``load_state_dict`` copies tensor after tensor and reports
+    problems only at the end, so it must see nothing it would refuse."""
+    errors: list = []
+    own = model.state_dict(keep_vars=True)  # references, no copies
+    checked: set = set()    # keys whose shape and dtype the layer checks below own
+    optional: set = set()   # keys of the model that the file may lack
+    extra: set = set()      # keys of the file that the model's state dict lacks, but takes
+    modules = dict(model.named_modules())
+    for name, m in modules.items():
+        if not isinstance(m, Linear8bitLt):
+            continue
+        wk, sk, bk, fk = (ckpt._key(name, k) for k in ("weight", "SCB", "bias", "weight_format"))
+        checked.add(wk)
+        optional.add(fk)  # bitsandbytes' older files have no weight_format
+        quantized = m.weight.dtype == torch.int8 and m.weight.SCB is not None
+        if sk in sd:  # an int8 layer in the file
+            extra.update((sk, fk))
+            checked.update((sk, fk, bk))
+            if not quantized:
+                errors.append(
+                    f"{name or 'the model'}: the file holds an int8 layer ({wk}, {sk}) but this "
+                    f"Linear8bitLt is not quantized: create it with has_fp16_weights=False and move "
+                    f"it to its device first (module.to(device); on the CPU module.to('cpu'))")
+                continue
+            try:
+                ckpt.validate_linear(sd, name, m.out_features, m.in_features)
+            except ckpt.CheckpointError as e:
+                errors.append(str(e))
+        elif wk in sd:  # a float weight: quantized on load into an int8 layer
+            optional.add(sk)
+            w = sd[wk]
+            if w.dtype == torch.int8:
+                errors.append(f"{wk}: an int8 weight needs its scales {sk!r}, which the file lacks")
+            elif not w.is_floating_point():
+                errors.append(f"{wk}: expected a float or int8 weight, got {w.dtype}")
+            elif tuple(w.shape) != (m.out_features, m.in_features):
+                errors.append(f"{wk}: expected shape (out, in) = {(m.out_features, m.in_features)}, "
+                              f"got {tuple(w.shape)}")
+    for p in ckpt.linear_prefixes(sd):
+        mod = modules.get(p)
+        if mod is not None and not isinstance(mod, Linear8bitLt):
+            errors.append(f"{p or 'the model'}: the file holds an int8 layer but the model has a "
+                          f"{type(mod).__name__} there: convert it with lt8.torch.replace_linear first")
+            checked.update(ckpt._key(p, k) for k in ("weight", "SCB", "weight_format", "bias"))
+            extra.update(ckpt._key(p, k) for k in ("SCB", "weight_format"))
+    for k, t in sd.items():
+        if k in checked or k not in own or not isinstance(own[k], torch.Tensor):
+            continue
+        mine = own[k]
+        if nn.parameter.is_lazy(mine):
+            continue
+        if tuple(t.shape) != tuple(mine.shape):
+            errors.append(f"{k}: expected shape {tuple(mine.shape)}, got {tuple(t.shape)}")
+        elif _kind(t) != _kind(mine):
+            errors.append(f"{k}: expected a {_kind(mine)} tensor ({mine.dtype}), got {t.dtype}")
+    if strict:
+        missing = [k for k in own if k not in sd and k not in optional]
+        unexpected = [k for k in sd if k not in own and k not in extra]
+        if missing:
+            errors.append(f"missing keys: {ckpt._preview(missing)}")
+        if unexpected:
+            errors.append(f"unexpected keys: {ckpt._preview(unexpected)}")
+    return errors
+
+
+def load_quantized(model: nn.Module, path: "str | os.PathLike", strict: bool = True):
+    """Loads an lt8 (or bitsandbytes 8-bit) safetensors checkpoint into ``model``, whose
+    ``nn.Linear`` layers are ``Linear8bitLt`` already (``replace_linear``; quantized, that is
+    moved to their device). Float weights in the file are quantized on the way in.
+
+    Everything is checked before anything is copied: keys (with ``strict``), shapes, dtypes,
+    each int8 layer against its module (:func:`lt8.core.checkpoint.validate_linear`: weight
+    int8 (out, in), SCB float32 (out,), a known weight_format). A file that does not fit, is
+    truncated, or is not a checkpoint raises a ``ValueError``
+    (:class:`lt8.core.checkpoint.CheckpointError`) and leaves the model as it was.
+
+    The model's layers keep their own outlier thresholds; a warning says which differ from the
+    ones the file was saved with. Returns ``load_state_dict``'s ``(missing_keys,
+    unexpected_keys)``.
+    """
+    arrays, info = ckpt.load_file(path)
+    sd = {k: _torch_from_numpy(a) for k, a in arrays.items()}
+    errors = _check_fits(model, sd, strict)
+    if errors:
+        raise ckpt.CheckpointError(
+            f"{os.fspath(path)} does not fit this {type(model).__name__} (nothing was loaded):\n  "
+            + "\n  ".join(errors))
+    result = model.load_state_dict(sd, strict=strict)
+    differ = {}
+    for name, t in _layer_thresholds(model).items():
+        saved = info.threshold_for(name)
+        if saved is not None and saved != t:
+            differ[name or "<model>"] = (t, saved)
+    if differ:
+        shown = ", ".join(f"{n}: {t} (file: {s})" for n, (t, s) in list(differ.items())[:4])
+        more = f", ... ({len(differ)} layers)" if len(differ) > 4 else ""
+        warnings.warn(f"{os.fspath(path)} was saved with other outlier thresholds than this "
+                      f"model's layers, which keep theirs: {shown}{more}", stacklevel=2)
+    return result
