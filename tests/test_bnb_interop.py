@@ -24,18 +24,20 @@ except Exception as err:  # noqa: BLE001 - an import that fails for any reason m
     pytest.skip(f"bitsandbytes is not usable here: {err}", allow_module_level=True)
 
 
-def bnb_layer(fp: torch.nn.Linear, threshold: float):
-    m = bnb.nn.Linear8bitLt(fp.in_features, fp.out_features, True, has_fp16_weights=False, threshold=threshold)
-    m.weight = bnb.nn.Int8Params(fp.weight.data.clone(), requires_grad=False, has_fp16_weights=False)
+def quantized_layer(nn_mod, fp: torch.nn.Linear, threshold: float):
+    """`fp`'s weights in `nn_mod`.Linear8bitLt (bitsandbytes.nn or lt8.nn), quantized on CUDA."""
+    m = nn_mod.Linear8bitLt(fp.in_features, fp.out_features, True, has_fp16_weights=False, threshold=threshold)
+    m.weight = nn_mod.Int8Params(fp.weight.data.clone(), requires_grad=False, has_fp16_weights=False)
     m.bias = torch.nn.Parameter(fp.bias.data.clone())
     return m.cuda()
 
 
-def lt8_layer(fp: torch.nn.Linear, threshold: float):
-    m = lt8.nn.Linear8bitLt(fp.in_features, fp.out_features, True, has_fp16_weights=False, threshold=threshold)
-    m.weight = lt8.nn.Int8Params(fp.weight.data.clone(), requires_grad=False, has_fp16_weights=False)
-    m.bias = torch.nn.Parameter(fp.bias.data.clone())
-    return m.cuda()
+def bnb_layer(fp, threshold):
+    return quantized_layer(bnb.nn, fp, threshold)
+
+
+def lt8_layer(fp, threshold):
+    return quantized_layer(lt8.nn, fp, threshold)
 
 
 def activations(rows, cols):
