@@ -195,6 +195,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="8192x8192 only, M in {1, 16, 4096}")
     ap.add_argument("--no-jax", action="store_true")
+    ap.add_argument("--ms", default=None, help="comma-separated batch sizes, e.g. 1,16,4096")
+    ap.add_argument("--shapes", default=None, help="comma-separated INxOUT, e.g. 8192x8192")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = ap.parse_args()
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
@@ -204,6 +206,10 @@ def main() -> None:
         bnb = None
     shapes = [(8192, 8192)] if args.quick else SHAPES
     ms = [1, 16, 4096] if args.quick else MS
+    if args.shapes:
+        shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
+    if args.ms:
+        ms = [int(v) for v in args.ms.split(",")]
     device = torch.cuda.get_device_name()
     mem = memory_rows(8192, 8192, bnb)
     print("memory, 8192x8192 layer, M=16 forward: " + ", ".join(f"{k}={v:.1f}" for k, v in mem.items()))

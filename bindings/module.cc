@@ -52,6 +52,10 @@ NB_MODULE(_C, m) {
   m.def("has_cuda", &lt8::cuda_built, "True when this build contains CUDA kernels.");
   m.def("cuda_archs", [] { return std::string(lt8::cuda_archs()); },
         "CUDA architectures compiled in, e.g. '75,80,86,89,90' ('' without CUDA).");
+  m.def("cublaslt_available", &lt8::cublaslt_available,
+        "True when the CUDA kernels can use cuBLASLt's int8 tensor-core GEMM (loaded at run time).");
+  m.def("set_cublaslt_enabled", &lt8::set_cublaslt_enabled, nb::arg("enabled"),
+        "Lets (True, default) or stops (False) the CUDA kernels using cuBLASLt; for tests/benchmarks.");
   m.def("has_ffi", [] {
 #ifdef LT8_WITH_FFI
     return true;

@@ -9,9 +9,17 @@ namespace lt8 {
 #ifdef LT8_WITH_CUDA
 bool cuda_built() { return true; }
 const char* cuda_archs() { return LT8_CUDA_ARCHS; }
+namespace gpu {
+void set_cublaslt_enabled(bool enabled);
+bool cublaslt_available();
+}  // namespace gpu
+void set_cublaslt_enabled(bool enabled) { gpu::set_cublaslt_enabled(enabled); }
+bool cublaslt_available() { return gpu::cublaslt_available(); }
 #else
 bool cuda_built() { return false; }
 const char* cuda_archs() { return ""; }
+void set_cublaslt_enabled(bool) {}
+bool cublaslt_available() { return false; }
 #endif
 
 size_t dtype_size(DType t) {
@@ -88,7 +96,6 @@ Status no_cuda() {
 }  // namespace
 
 size_t carve_linear_scratch(void* base, int64_t M, int64_t N, int64_t K, LinearScratch* s) {
-  (void)N;
   size_t off = 0;
   auto take = [&](size_t bytes) {
     size_t at = off;
@@ -100,6 +107,10 @@ size_t carve_linear_scratch(void* base, int64_t M, int64_t N, int64_t K, LinearS
   size_t mask = take(K);
   size_t idx = take(sizeof(int32_t) * K);
   size_t cnt = take(sizeof(int32_t));
+  const bool large = M > kSmallBatchRows;
+  size_t acc = large ? take(sizeof(int32_t) * M * N) : 0;
+  size_t ow = large ? take(sizeof(float) * kStagedOutliers * N) : 0;
+  size_t ws = large ? take(kGemmWorkspaceBytes) : 0;
   if (base != nullptr && s != nullptr) {
     char* b = static_cast<char*>(base);
     s->q = reinterpret_cast<int8_t*>(b + q);
@@ -107,6 +118,12 @@ size_t carve_linear_scratch(void* base, int64_t M, int64_t N, int64_t K, LinearS
     s->mask = reinterpret_cast<uint8_t*>(b + mask);
     s->outlier_idx = reinterpret_cast<int32_t*>(b + idx);
     s->outlier_count = reinterpret_cast<int32_t*>(b + cnt);
+    if (large) {
+      s->acc = reinterpret_cast<int32_t*>(b + acc);
+      s->outlier_w = reinterpret_cast<float*>(b + ow);
+      s->gemm_ws = b + ws;
+      s->gemm_ws_bytes = kGemmWorkspaceBytes;
+    }
   }
   return off;
 }

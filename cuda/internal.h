@@ -13,7 +13,19 @@ struct LinearScratch {
   uint8_t* mask = nullptr;       // (K,) outlier column flags
   int32_t* outlier_idx = nullptr;  // (K,) compacted outlier column indices (first *count valid)
   int32_t* outlier_count = nullptr;  // (1,)
+  // Only when M > kSmallBatchRows (the GPU's tensor-core path; the CPU ignores them):
+  int32_t* acc = nullptr;        // (M, N) int32 GEMM result
+  float* outlier_w = nullptr;    // (kStagedOutliers, N) gathered outlier columns of W
+  void* gemm_ws = nullptr;       // cuBLASLt workspace
+  size_t gemm_ws_bytes = 0;
 };
+
+// Batches up to this many rows take the GPU's memory-bound GEMV; larger ones the int8 GEMM.
+constexpr int kSmallBatchRows = 16;
+// Outlier columns whose dequantized weights the tensor-core path gathers once per call.
+constexpr int kStagedOutliers = 64;
+// cuBLASLt workspace reserved in the fused op's scratch.
+constexpr size_t kGemmWorkspaceBytes = size_t{8} << 20;
 
 // Returns the number of bytes needed; when `base` is non-null also fills `s`.
 size_t carve_linear_scratch(void* base, int64_t M, int64_t N, int64_t K, LinearScratch* s);

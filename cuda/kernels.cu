@@ -13,6 +13,7 @@
 #include <string>
 #include <type_traits>
 
+#include "cublaslt_gemm.h"
 #include "cuda_common.cuh"
 #include "internal.h"
 #include "numerics.h"
@@ -684,83 +685,246 @@ struct LinearEpilogue {
 };
 
 // =============================================================================================
-// 4b. Small-M (decode) path of the fused op: memory-bound, so one warp per output column n
-//     streams CB[n, :] once with 16-byte loads and reuses it for all M <= kGemvMaxRows rows of
-//     the quantized activations (a few KiB, served from L1/L2). Same epilogue arithmetic and
-//     order as LinearEpilogue / the CPU: dequant, then outlier terms in ascending k, then bias.
+// 4b. Small-M (decode) path of the fused op: memory-bound, so every weight byte is read once
+//     with 16-byte streaming loads. Each warp owns kGemvCols output columns; per K chunk the
+//     block stages the M <= ROWS quantized activation rows in shared memory once, and every
+//     staged 16-byte activation word is multiplied against all kGemvCols weight columns (the
+//     activations are read from L2 once per block, not once per column). Same epilogue
+//     arithmetic and order as LinearEpilogue / the CPU: dequant, outlier terms in ascending k,
+//     bias.
 // =============================================================================================
 
-constexpr int kGemvMaxRows = 16;
-constexpr int kGemvWarps = 8;  // output columns per block
+constexpr int kGemvCols = 4;     // output columns per warp
+constexpr int kGemvChunk = 128;  // 16-byte words of K per staged chunk (2 KiB per row)
+constexpr int kGemvWordsPerLane = kGemvChunk / 32;
 
 template <typename T, int ROWS>
-__global__ void __launch_bounds__(kGemvWarps * 32)
+__global__ void __launch_bounds__(256, 2)
     linear_gemv_kernel(const int8_t* __restrict__ q, const T* __restrict__ x,
                        const int8_t* __restrict__ CB, const float* __restrict__ SCB,
                        const float* __restrict__ row_scale, const int32_t* __restrict__ outlier_idx,
                        const int32_t* __restrict__ outlier_count, DType bias_dtype,
                        const void* __restrict__ bias, int M, int64_t N, int64_t K,
                        T* __restrict__ out) {
+  __shared__ int4 sq[ROWS * kGemvChunk];
   const int lane = threadIdx.x & 31;
-  const int64_t n = static_cast<int64_t>(blockIdx.x) * kGemvWarps + (threadIdx.x >> 5);
-  if (n >= N) return;
-  const int4* w = reinterpret_cast<const int4*>(CB + n * K);
-  const int64_t chunks = K / 16;
-  int32_t acc[ROWS];
+  const int warps = blockDim.x >> 5;
+  const int64_t n0 = (static_cast<int64_t>(blockIdx.x) * warps + (threadIdx.x >> 5)) * kGemvCols;
+  const int64_t words = K / 16;
+  const int4* wrow[kGemvCols];
 #pragma unroll
-  for (int r = 0; r < ROWS; ++r) acc[r] = 0;
-  for (int64_t c = lane; c < chunks; c += 32) {
-    const int4 wv = __ldg(w + c);
+  for (int c = 0; c < kGemvCols; ++c)
+    wrow[c] = reinterpret_cast<const int4*>(CB + (n0 + c < N ? n0 + c : 0) * K);
+
+  int32_t acc[ROWS][kGemvCols];
 #pragma unroll
-    for (int r = 0; r < ROWS; ++r) {
-      if (r < M) {
-        const int4 xv = __ldg(reinterpret_cast<const int4*>(q + static_cast<int64_t>(r) * K) + c);
-        acc[r] = __dp4a(xv.x, wv.x, acc[r]);
-        acc[r] = __dp4a(xv.y, wv.y, acc[r]);
-        acc[r] = __dp4a(xv.z, wv.z, acc[r]);
-        acc[r] = __dp4a(xv.w, wv.w, acc[r]);
+  for (int r = 0; r < ROWS; ++r)
+#pragma unroll
+    for (int c = 0; c < kGemvCols; ++c) acc[r][c] = 0;
+
+  for (int64_t w0 = 0; w0 < words; w0 += kGemvChunk) {
+    const int len = static_cast<int>(words - w0 < kGemvChunk ? words - w0 : kGemvChunk);
+    __syncthreads();  // the previous chunk's readers are done
+    for (int e = threadIdx.x; e < M * kGemvChunk; e += blockDim.x) {
+      const int r = e / kGemvChunk, c = e % kGemvChunk;
+      if (c < len) sq[r * kGemvChunk + c] = reinterpret_cast<const int4*>(q + r * K)[w0 + c];
+    }
+    __syncthreads();
+    // The lane's weight words, G at a time (G x kGemvCols independent 16-byte loads in flight;
+    // G shrinks as ROWS grows so that the accumulators stay in registers), then the products.
+    constexpr int G = ROWS <= 8 ? kGemvWordsPerLane : 2;
+#pragma unroll
+    for (int g = 0; g < kGemvWordsPerLane; g += G) {
+      int4 wv[G][kGemvCols];
+#pragma unroll
+      for (int i = 0; i < G; ++i) {
+        const int c = lane + 32 * (g + i);
+#pragma unroll
+        for (int col = 0; col < kGemvCols; ++col)
+          wv[i][col] = c < len ? __ldcs(wrow[col] + w0 + c) : make_int4(0, 0, 0, 0);
+      }
+#pragma unroll
+      for (int i = 0; i < G; ++i) {
+        const int c = lane + 32 * (g + i);
+#pragma unroll
+        for (int r = 0; r < ROWS; ++r) {
+          if (r < M && c < len) {
+            const int4 xv = sq[r * kGemvChunk + c];
+#pragma unroll
+            for (int col = 0; col < kGemvCols; ++col) {
+              acc[r][col] = __dp4a(xv.x, wv[i][col].x, acc[r][col]);
+              acc[r][col] = __dp4a(xv.y, wv[i][col].y, acc[r][col]);
+              acc[r][col] = __dp4a(xv.z, wv[i][col].z, acc[r][col]);
+              acc[r][col] = __dp4a(xv.w, wv[i][col].w, acc[r][col]);
+            }
+          }
+        }
       }
     }
   }
 #pragma unroll
   for (int r = 0; r < ROWS; ++r)
 #pragma unroll
-    for (int off = 16; off > 0; off >>= 1) acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], off);
-
-  // Epilogue: lane r finishes row r (rows beyond 32 never occur: ROWS <= 16).
-  const float cs = SCB[n];
-  const int count = *outlier_count;
-  const float b = bias != nullptr ? load_float_any(bias_dtype, bias, n) : 0.0f;
+    for (int c = 0; c < kGemvCols; ++c)
 #pragma unroll
-  for (int r = 0; r < ROWS; ++r) {
-    if (r < M && lane == r) {
-      float v = dequant(acc[r], row_scale[r], cs);
-      for (int j = 0; j < count; ++j) {
-        const int64_t k = outlier_idx[j];
-        v = __fadd_rn(v, __fmul_rn(to_float(x[static_cast<int64_t>(r) * K + k]),
-                                   weight_value(CB[n * K + k], cs)));
-      }
-      if (bias != nullptr) v = __fadd_rn(v, b);
-      out[static_cast<int64_t>(r) * N + n] = from_float<T>(v);
-    }
+      for (int off = 16; off > 0; off >>= 1)
+        acc[r][c] += __shfl_xor_sync(0xffffffffu, acc[r][c], off);
+
+  // Epilogue, one thread per output of the block (a plain loop keeps the kernel small).
+  __shared__ int32_t sacc[8 * ROWS * kGemvCols];  // [warp][r][col], blockDim.x <= 256
+  const int warp = threadIdx.x >> 5;
+  if (lane == 0) {
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r)
+#pragma unroll
+      for (int c = 0; c < kGemvCols; ++c) sacc[(warp * ROWS + r) * kGemvCols + c] = acc[r][c];
   }
+  __syncthreads();
+  const int count = *outlier_count;
+  const int64_t block_n0 = static_cast<int64_t>(blockIdx.x) * warps * kGemvCols;
+  for (int e = threadIdx.x; e < warps * ROWS * kGemvCols; e += blockDim.x) {
+    const int col = e % kGemvCols, r = (e / kGemvCols) % ROWS, w = e / (kGemvCols * ROWS);
+    const int64_t n = block_n0 + w * kGemvCols + col;
+    if (r >= M || n >= N) continue;
+    const float cs = SCB[n];
+    float v = dequant(sacc[e], row_scale[r], cs);
+    for (int j = 0; j < count; ++j) {
+      const int64_t k = outlier_idx[j];
+      v = __fadd_rn(v, __fmul_rn(to_float(x[static_cast<int64_t>(r) * K + k]),
+                                 weight_value(CB[n * K + k], cs)));
+    }
+    if (bias != nullptr) v = __fadd_rn(v, load_float_any(bias_dtype, bias, n));
+    out[static_cast<int64_t>(r) * N + n] = from_float<T>(v);
+  }
+}
+
+template <typename T, int ROWS>
+void launch_gemv_rows(cudaStream_t st, unsigned blocks, int threads, const int8_t* q, const T* x,
+                      const int8_t* CB, const float* SCB, const LinearScratch& s, DType bias_dtype,
+                      const void* bias, int M, int64_t N, int64_t K, T* out) {
+  linear_gemv_kernel<T, ROWS><<<blocks, threads, 0, st>>>(
+      q, x, CB, SCB, s.row_scale, s.outlier_idx, s.outlier_count, bias_dtype, bias, M, N, K, out);
 }
 
 template <typename T>
 Status launch_linear_gemv(cudaStream_t st, const int8_t* q, const T* x, const int8_t* CB,
                           const float* SCB, const LinearScratch& s, DType bias_dtype,
                           const void* bias, int64_t M, int64_t N, int64_t K, T* out) {
-  const unsigned blocks = static_cast<unsigned>(ceil_div(N, kGemvWarps));
-  const int m = static_cast<int>(M);
-  if (M <= 4) {
-    linear_gemv_kernel<T, 4><<<blocks, kGemvWarps * 32, 0, st>>>(
-        q, x, CB, SCB, s.row_scale, s.outlier_idx, s.outlier_count, bias_dtype, bias, m, N, K, out);
-  } else {
-    linear_gemv_kernel<T, kGemvMaxRows><<<blocks, kGemvWarps * 32, 0, st>>>(
-        q, x, CB, SCB, s.row_scale, s.outlier_idx, s.outlier_count, bias_dtype, bias, m, N, K, out);
-  }
+  // 8 warps per block when that still gives every SM of a large GPU a couple of blocks, else 4.
+  const int64_t cols8 = 8 * kGemvCols;
+  const int warps = ceil_div(N, cols8) >= 256 ? 8 : 4;
+  const unsigned blocks = static_cast<unsigned>(ceil_div(N, int64_t{warps} * kGemvCols));
+  const int threads = warps * 32, m = static_cast<int>(M);
+  if (M == 1) launch_gemv_rows<T, 1>(st, blocks, threads, q, x, CB, SCB, s, bias_dtype, bias, m, N, K, out);
+  else if (M <= 4) launch_gemv_rows<T, 4>(st, blocks, threads, q, x, CB, SCB, s, bias_dtype, bias, m, N, K, out);
+  else if (M <= 8) launch_gemv_rows<T, 8>(st, blocks, threads, q, x, CB, SCB, s, bias_dtype, bias, m, N, K, out);
+  else launch_gemv_rows<T, kSmallBatchRows>(st, blocks, threads, q, x, CB, SCB, s, bias_dtype, bias, m, N, K, out);
   LT8_CHECK_LAUNCH("linear_gemv_kernel");
   return Status::Ok();
+}
+
+// =============================================================================================
+// 4c. Epilogue of the tensor-core path (cuBLASLt int8 GEMM into int32 scratch), per output
+//     (m, n), in the CPU reference's order: dequant, outlier terms in ascending k, bias.
+//     The first kStagedOutliers outlier columns of the dequantized weight are gathered once per
+//     call into Wo (count x N floats, coalesced reads later); beyond that they are read from CB.
+// =============================================================================================
+
+constexpr int kEpiThreads = 256;  // one output column per thread
+constexpr int kEpiRows = 32;      // rows per block
+constexpr int kEpiChunk = 8;      // outlier columns per shared-memory stage
+
+__global__ void __launch_bounds__(kThreads)
+    stage_outlier_weights_kernel(const int8_t* __restrict__ CB, const float* __restrict__ SCB,
+                                 const int32_t* __restrict__ outlier_idx,
+                                 const int32_t* __restrict__ outlier_count, int64_t N, int64_t K,
+                                 float* __restrict__ Wo) {
+  const int64_t n = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (n >= N) return;
+  const int count = min(*outlier_count, kStagedOutliers);
+  const float cs = SCB[n];
+  for (int j = 0; j < count; ++j) Wo[j * N + n] = weight_value(CB[n * K + outlier_idx[j]], cs);
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kEpiThreads)
+    linear_epilogue_kernel(const int32_t* __restrict__ acc, const T* __restrict__ x,
+                           const int8_t* __restrict__ CB, const float* __restrict__ SCB,
+                           const float* __restrict__ row_scale,
+                           const int32_t* __restrict__ outlier_idx,
+                           const int32_t* __restrict__ outlier_count, const float* __restrict__ Wo,
+                           DType bias_dtype, const void* __restrict__ bias, int64_t M, int64_t N,
+                           int64_t K, T* __restrict__ out) {
+  __shared__ float sx[kEpiRows][kEpiChunk + 1];
+  const int64_t n = static_cast<int64_t>(blockIdx.x) * kEpiThreads + threadIdx.x;
+  const int64_t m0 = static_cast<int64_t>(blockIdx.y) * kEpiRows;
+  const int rows = static_cast<int>(M - m0 < kEpiRows ? M - m0 : kEpiRows);
+  const bool live = n < N;
+  const float cs = live ? SCB[n] : 0.0f;
+  float v[kEpiRows];
+#pragma unroll
+  for (int r = 0; r < kEpiRows; ++r)
+    v[r] = (live && r < rows) ? dequant(acc[(m0 + r) * N + n], row_scale[m0 + r], cs) : 0.0f;
+
+  const int count = *outlier_count;
+  for (int j0 = 0; j0 < count; j0 += kEpiChunk) {
+    const int len = count - j0 < kEpiChunk ? count - j0 : kEpiChunk;
+    __syncthreads();
+    for (int e = threadIdx.x; e < kEpiRows * kEpiChunk; e += kEpiThreads) {
+      const int r = e / kEpiChunk, j = e % kEpiChunk;
+      sx[r][j] = (r < rows && j < len) ? to_float(x[(m0 + r) * K + outlier_idx[j0 + j]]) : 0.0f;
+    }
+    __syncthreads();
+    if (!live) continue;
+    float w[kEpiChunk];
+#pragma unroll
+    for (int j = 0; j < kEpiChunk; ++j) {
+      const int jj = j0 + j;
+      w[j] = j >= len ? 0.0f
+             : jj < kStagedOutliers ? Wo[jj * N + n]
+                                    : weight_value(CB[n * K + outlier_idx[jj]], cs);
+    }
+#pragma unroll
+    for (int r = 0; r < kEpiRows; ++r)
+#pragma unroll
+      for (int j = 0; j < kEpiChunk; ++j)
+        if (r < rows && j < len) v[r] = __fadd_rn(v[r], __fmul_rn(sx[r][j], w[j]));
+  }
+  if (!live) return;
+  const float b = bias != nullptr ? load_float_any(bias_dtype, bias, n) : 0.0f;
+#pragma unroll
+  for (int r = 0; r < kEpiRows; ++r)
+    if (r < rows) out[(m0 + r) * N + n] = from_float<T>(bias != nullptr ? __fadd_rn(v[r], b) : v[r]);
+}
+
+// The tensor-core path: cuBLASLt GEMM, then the epilogue. Returns false (nothing enqueued) when
+// cuBLASLt cannot take the problem; *err reports a failure after which the caller must stop.
+template <typename T>
+bool launch_linear_tensor_core(cudaStream_t st, const T* x, const int8_t* CB, const float* SCB,
+                               const LinearScratch& s, float threshold, DType bias_dtype,
+                               const void* bias, int64_t M, int64_t N, int64_t K, T* out,
+                               Status* err) {
+  if (s.acc == nullptr || ceil_div(M, int64_t{kEpiRows}) > 65535) return false;
+  if (!cublaslt_int8_gemm(st, s.q, CB, M, N, K, s.acc, s.gemm_ws, s.gemm_ws_bytes, err))
+    return false;
+  if (threshold > 0.0f) {
+    stage_outlier_weights_kernel<<<elementwise_blocks(N), kThreads, 0, st>>>(
+        CB, SCB, s.outlier_idx, s.outlier_count, N, K, s.outlier_w);
+    if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) {
+      *err = cuda_error(e, "stage_outlier_weights_kernel");
+      return false;
+    }
+  }
+  const dim3 grid(static_cast<unsigned>(ceil_div(N, int64_t{kEpiThreads})),
+                  static_cast<unsigned>(ceil_div(M, int64_t{kEpiRows})));
+  linear_epilogue_kernel<T><<<grid, kEpiThreads, 0, st>>>(
+      s.acc, x, CB, SCB, s.row_scale, s.outlier_idx, s.outlier_count, s.outlier_w, bias_dtype,
+      bias, M, N, K, out);
+  if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) {
+    *err = cuda_error(e, "linear_epilogue_kernel");
+    return false;
+  }
+  return true;
 }
 
 // Launches the tiled GEMM with the widest global load the shapes and pointers allow.
@@ -962,6 +1126,9 @@ Status int8_gemm(const Exec& ex, const int8_t* A, const int8_t* B, int64_t M, in
     LT8_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(C, 0, bytes, st), "cudaMemsetAsync(C)");
     return Status::Ok();
   }
+  Status err;
+  if (cublaslt_int8_gemm(st, A, B, M, N, K, C, nullptr, 0, &err)) return Status::Ok();
+  if (!err.ok()) return err;
   StoreI32Epilogue epi{C, M, N, N % 4 == 0 && is_aligned(C, 16)};
   return launch_gemm(st, A, B, M, N, K, epi, "int8_gemm_kernel");
 }
@@ -1024,10 +1191,17 @@ Status int8_linear(const Exec& ex, DType x_dtype, const void* x, const int8_t* C
     }
 
     // (3a) decode sizes: a memory-bound GEMV that reads each weight byte once.
-    if (M <= kGemvMaxRows && K % 16 == 0 && is_aligned(CB, 16) && is_aligned(s.q, 16))
+    if (M <= kSmallBatchRows && K % 16 == 0 && is_aligned(CB, 16) && is_aligned(s.q, 16))
       return launch_linear_gemv<T>(st, s.q, xt, CB, SCB, s, bias_dtype, bias, M, N, K, o);
 
-    // (3) int8 GEMM with the fused dequant + outlier + bias epilogue.
+    // (3b) larger batches: int8 tensor cores (cuBLASLt) into int32 scratch, then the epilogue.
+    Status err;
+    if (launch_linear_tensor_core<T>(st, xt, CB, SCB, s, threshold, bias_dtype, bias, M, N, K, o,
+                                     &err))
+      return Status::Ok();
+    if (!err.ok()) return err;
+
+    // (3c) fallback: lt8's dp4a GEMM with the fused dequant + outlier + bias epilogue.
     LinearEpilogue<T> epi{xt,     CB,         SCB,  s.row_scale, s.outlier_idx, s.outlier_count,
                           bias_dtype, bias, o,    M,           N,             K,
                           N % 4 == 0 && is_aligned(o, 4 * sizeof(T))};

@@ -57,6 +57,13 @@ struct Exec {
 bool cuda_built();
 const char* cuda_archs();
 
+// The int8 GEMM engine of the CUDA kernels for batches of more than 16 rows: cuBLASLt's
+// tensor-core kernels when a libcublasLt can be loaded at run time (the default), else lt8's
+// own dp4a GEMM. Both are exact (int32 accumulation), so results are identical either way.
+// Disabling is for tests and benchmarks (also: environment LT8_DISABLE_CUBLASLT=1).
+void set_cublaslt_enabled(bool enabled);
+bool cublaslt_available();  // false on CPU-only builds and where no libcublasLt loads
+
 size_t dtype_size(DType t);
 const char* dtype_name(DType t);
 

@@ -3,6 +3,7 @@
 # GPU (CUDA tests may not skip: LT8_REQUIRE_CUDA=1), optionally the memory checkers and the
 # benchmark, and print a summary last. Logs go to $OUT when it is set.
 #   STAGES="build tests sanitizer bench" (default: build tests)   PYTEST_ARGS="-k linear"
+#   TESTS="tests/test_x.py ..." (default: tests)
 set -uo pipefail
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false LT8_REQUIRE_CUDA=1
 OUT=${OUT:-/tmp/lt8-gpu-check}; mkdir -p "$OUT"
@@ -27,7 +28,7 @@ if [[ " $STAGES " == *" build "* ]]; then
 fi
 
 if [[ " $STAGES " == *" tests "* ]]; then
-  LT8_HYPOTHESIS_EXAMPLES=${LT8_HYPOTHESIS_EXAMPLES:-200} $PY -m pytest -q -p no:cacheprovider -rfE ${PYTEST_ARGS:-} tests 2>&1 | tee "$OUT/pytest.log"
+  LT8_HYPOTHESIS_EXAMPLES=${LT8_HYPOTHESIS_EXAMPLES:-200} $PY -m pytest -q -p no:cacheprovider -rfE ${PYTEST_ARGS:-} ${TESTS:-tests} 2>&1 | tee "$OUT/pytest.log"
   note "tests: $(grep -E '[0-9]+ (passed|failed|error)' "$OUT/pytest.log" | tail -1)"
 fi
 
@@ -45,6 +46,7 @@ fi
 if [[ " $STAGES " == *" bench "* ]]; then
   $PY benchmarks/bench_linear.py ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log"
   cp benchmarks/results/*.csv benchmarks/results/*.png "$OUT"/ 2>/dev/null
+  [ -n "${BENCH_OUT:-}" ] && cp "$BENCH_OUT"/* "$OUT"/ 2>/dev/null
   note "bench: $(grep -c 'M=' "$OUT/bench.log") rows, see bench.log"
 fi
 

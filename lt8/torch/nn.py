@@ -14,6 +14,7 @@ from torch import nn
 import lt8.torch._kernels  # noqa: F401  (registers the kernels)
 from lt8.core import checkpoint as ckpt
 from lt8.core.checkpoint import WEIGHT_FORMATS, format_name
+from lt8.torch import _fastpath
 from lt8.torch._ops import padded_shape
 from lt8.torch.autograd import MatmulLtState, _MatMulFp16Weight
 
@@ -165,6 +166,11 @@ class Linear8bitLt(nn.Linear):
         self._sync_state()
         return result
 
+    def __getstate__(self):  # pickle / deepcopy: the fast-path cache holds weak references
+        state = dict(self.__dict__)
+        state.pop("_prepared", None)
+        return state
+
     def train(self, mode: bool = True):
         self.state.is_training = mode
         return super().train(mode)
@@ -189,6 +195,16 @@ class Linear8bitLt(nn.Linear):
         if st.force_no_igemmlt:
             # bitsandbytes' int8-weight-only path: x stays in its dtype, W is dequantized on the fly.
             return torch.ops.lt8.int8_weight_linear(x, CB, SCB, self.bias)
+        bias = self.bias
+        if _fastpath.eligible(x, bias):  # inference: skip the dispatcher (see _fastpath)
+            prepared = self.__dict__.get("_prepared")
+            if prepared is None or not prepared.matches(CB, SCB, bias):
+                prepared = None
+                if _fastpath.PreparedWeight.usable(CB, SCB, bias):
+                    prepared = _fastpath.PreparedWeight(CB, SCB, bias)
+                self.__dict__["_prepared"] = prepared  # a cache of weak references, not state
+            if prepared is not None:
+                return prepared.linear(x, st.threshold)
         return torch.ops.lt8.int8_linear(x, CB, SCB, self.bias, st.threshold)
 
     # -- checkpoints (bitsandbytes' keys: weight row-major int8, SCB, weight_format) ----------

@@ -1,0 +1,100 @@
+"""The eager inference fast path of ``Linear8bitLt``: one native call, no dispatcher.
+
+At decode sizes the GPU work of a layer is a few tens of microseconds, so host time decides
+speed (DESIGN.md's host-overhead table). ``torch.ops.lt8.int8_linear`` costs a dispatcher round
+trip plus the Python autograd wrapper that ``register_autograd`` installs, even under
+``no_grad``. When nothing needs a gradient and torch is not tracing, ``Linear8bitLt.forward``
+calls the native kernel directly instead, with the weight's checks done once per weight
+(``PreparedWeight``) and only the activation's checked per call. Same kernel, same bits.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Optional
+
+import torch
+
+from lt8._native import DEVICE_CPU, DEVICE_CUDA, DTYPE_BF16, DTYPE_F16, DTYPE_F32, C
+from lt8.torch import _ops as ops
+
+_DTYPE_CODES = {torch.float32: DTYPE_F32, torch.float16: DTYPE_F16, torch.bfloat16: DTYPE_BF16}
+
+# The raw current-stream getter skips building a torch.cuda.Stream object per call.
+_raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+
+
+def _stream_of(device: torch.device) -> int:
+    if _raw_stream is not None:
+        return _raw_stream(device.index)
+    return torch.cuda.current_stream(device).cuda_stream
+
+
+def eligible(x: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:
+    """True when the direct call gives exactly what the registered op would: no gradient is
+    needed, torch is not compiling/tracing, and ``x`` is a plain tensor on the CPU or a GPU."""
+    if torch.is_grad_enabled() and (x.requires_grad or (bias is not None and bias.requires_grad)):
+        return False
+    if type(x) is not torch.Tensor or torch.compiler.is_compiling():
+        return False
+    return x.device.type in ("cuda", "cpu")
+
+
+class PreparedWeight:
+    """What the kernel needs of a validated (CB, SCB, bias) triple, reused while the module's
+    tensors stay the same objects with the same storage. Holds only weak references: a stale
+    entry never keeps a moved or offloaded weight alive."""
+
+    __slots__ = ("refs", "ptrs", "N", "K", "device", "bias_code")
+
+    def __init__(self, CB: torch.Tensor, SCB: torch.Tensor, bias: Optional[torch.Tensor]):
+        if CB.dim() != 2:
+            raise ValueError(f"CB must be 2-D (out_features, in_features), got shape {tuple(CB.shape)}")
+        ops.check_weight(CB, SCB, bias, CB.shape[1])
+        ops.check_same_device(CB=CB, SCB=SCB, bias=bias)
+        self.refs = (weakref.ref(CB), weakref.ref(SCB), None if bias is None else weakref.ref(bias))
+        self.ptrs = _ptrs(CB, SCB, bias)
+        self.N, self.K = CB.shape
+        self.device = CB.device
+        self.bias_code = DTYPE_F32 if bias is None else _DTYPE_CODES[bias.dtype]
+
+    @staticmethod
+    def usable(CB: torch.Tensor, SCB: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:
+        """Contiguous weights only (the registered op copies the rare strided ones per call)."""
+        return CB.is_contiguous() and SCB.is_contiguous() and (bias is None or bias.is_contiguous())
+
+    def matches(self, CB: torch.Tensor, SCB: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:
+        r_cb, r_scb, r_b = self.refs
+        if r_cb() is not CB or r_scb() is not SCB or (None if r_b is None else r_b()) is not bias:
+            return False
+        # Module._apply and Int8Params.to swap .data in place: compare the storage too.
+        return self.ptrs == _ptrs(CB, SCB, bias)
+
+    def linear(self, x: torch.Tensor, threshold: float) -> torch.Tensor:
+        """The fused op on ``x`` with the weight this entry was built from (checked by
+        ``matches`` just before)."""
+        code = _DTYPE_CODES.get(x.dtype)
+        if (code is None or x.dim() < 1 or x.shape[-1] != self.K or x.device != self.device
+                or not threshold >= 0.0):
+            # Let the registered op raise its full, argument-naming error.
+            r_b = self.refs[2]
+            return torch.ops.lt8.int8_linear(x, self.refs[0](), self.refs[1](),
+                                             None if r_b is None else r_b(), threshold)
+        x = x.contiguous()
+        K, N = self.K, self.N
+        M = x.numel() // K if K else torch.Size(x.shape[:-1]).numel()
+        out = torch.empty((*x.shape[:-1], N), dtype=x.dtype, device=x.device)
+        ws_bytes = C.linear_workspace_size(M, N, K)
+        ws = torch.empty(ws_bytes, dtype=torch.uint8, device=x.device)
+        if x.device.type == "cuda":
+            ex = (DEVICE_CUDA, _stream_of(x.device), x.device.index)
+        else:
+            ex = (DEVICE_CPU, 0, -1)
+        cb_ptr, scb_ptr, bias_ptr = self.ptrs
+        C.int8_linear(*ex, code, x.data_ptr(), cb_ptr, scb_ptr, self.bias_code, bias_ptr or 0,
+                      M, N, K, threshold, out.data_ptr(), ws.data_ptr(), ws_bytes)
+        return out
+
+
+def _ptrs(CB: torch.Tensor, SCB: torch.Tensor, bias: Optional[torch.Tensor]) -> tuple:
+    return (CB.data_ptr(), SCB.data_ptr(), None if bias is None else bias.data_ptr())

@@ -1,0 +1,90 @@
+"""The CUDA fused op has three engines: the small-batch GEMV (M <= 16), cuBLASLt's int8 tensor
+cores followed by lt8's epilogue, and lt8's own dp4a GEMM (the fallback when cuBLASLt is
+missing or declines a problem). Integer accumulation is exact and every epilogue rounds in the
+CPU's order, so all of them must agree with the CPU kernels bit for bit."""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import pytest
+import torch
+
+import lt8.torch  # noqa: F401  (registers torch.ops.lt8)
+from lt8._native import C
+from reference import linear_ref
+from test_torch_ops import DTYPE_IDS, DTYPES, activations, as_f64, weight
+
+pytestmark = pytest.mark.cuda
+
+
+@pytest.fixture(autouse=True)
+def _cuda():
+    from conftest import require_cuda
+
+    require_cuda()
+
+
+@contextlib.contextmanager
+def cublaslt(enabled: bool):
+    C.set_cublaslt_enabled(enabled)
+    try:
+        yield
+    finally:
+        C.set_cublaslt_enabled(True)
+
+
+def test_cublaslt_is_found_next_to_torch():
+    """torch's CUDA build ships libcublasLt: lt8 must find it (else large batches run on dp4a)."""
+    assert C.cublaslt_available()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize(
+    "M,K,N,n_outliers",
+    [(17, 512, 130, 5), (33, 1024, 256, 0), (64, 4096, 512, 3), (300, 256, 72, 70),
+     (129, 4100, 64, 2), (40, 36, 33, 1), (20, 4097, 40, 4)],
+)
+def test_engines_agree_with_cpu(rng, dtype, M, K, N, n_outliers):
+    """cuBLASLt path, dp4a path and CPU: identical outputs, incl. more outlier columns than the
+    tensor-core epilogue stages (70 > 64), K not a multiple of 4 (cuBLASLt declines) and tails."""
+    _, CB, SCB = weight(rng, N, K, "cpu")
+    bias = torch.from_numpy(rng.standard_normal(N).astype(np.float32)).to(dtype)
+    x = activations(rng, (M, K), 6.0, n_outlier_cols=n_outliers, dtype=dtype)
+    args_gpu = (x.cuda(), CB.cuda(), SCB.cuda(), bias.cuda())
+    for threshold in (0.0, 6.0):
+        cpu = torch.ops.lt8.int8_linear(x, CB, SCB, bias, threshold)
+        with cublaslt(True):
+            tc = torch.ops.lt8.int8_linear(*args_gpu, threshold).cpu()
+        with cublaslt(False):
+            dp4a = torch.ops.lt8.int8_linear(*args_gpu, threshold).cpu()
+        assert torch.equal(cpu, tc), f"cuBLASLt path, threshold={threshold}"
+        assert torch.equal(cpu, dp4a), f"dp4a path, threshold={threshold}"
+    # And the shared result is LLM.int8() itself (float64 reference, loose: int8 rounding).
+    ref = linear_ref(as_f64(x), as_f64(CB), as_f64(SCB), as_f64(bias), 6.0)
+    scale = np.abs(ref).max() + 1.0
+    assert np.abs(as_f64(cpu) - ref).max() <= 0.05 * scale
+
+
+@pytest.mark.parametrize("M,K,N", [(1, 64, 64), (40, 1024, 520), (513, 256, 1000), (8, 4, 4)])
+def test_int8_gemm_engines_exact(rng, M, K, N):
+    A = torch.from_numpy(rng.integers(-127, 128, (M, K), dtype=np.int8))
+    B = torch.from_numpy(rng.integers(-127, 128, (N, K), dtype=np.int8))
+    exact = torch.from_numpy(A.numpy().astype(np.int64) @ B.numpy().astype(np.int64).T)
+    for enabled in (True, False):
+        with cublaslt(enabled):
+            C_ = torch.ops.lt8.int8_gemm(A.cuda(), B.cuda()).cpu()
+        assert torch.equal(C_.to(torch.int64), exact), f"cublaslt={enabled}"
+
+
+def test_offset_pointers_still_exact(rng):
+    """Views that start at odd byte offsets reach cuBLASLt with less than 256-byte alignment."""
+    M, K, N = 48, 512, 96
+    base = torch.from_numpy(rng.integers(-127, 128, (N * K + 4,), dtype=np.int8)).cuda()
+    CB = base[4:].view(N, K)  # 4-byte aligned only
+    SCB = torch.rand(N, device="cuda") + 0.5
+    x = activations(rng, (M, K), 6.0, n_outlier_cols=2, dtype=torch.float16).cuda()
+    out = torch.ops.lt8.int8_linear(x, CB, SCB, None, 6.0).cpu()
+    cpu = torch.ops.lt8.int8_linear(x.cpu(), CB.cpu(), SCB.cpu(), None, 6.0)
+    assert torch.equal(out, cpu)
