@@ -1,4 +1,12 @@
-"""``python -m lt8`` (also the ``lt8`` console script): info, demo."""
+"""``python -m lt8`` (also the ``lt8`` console script): info, demo, bench, convert.
+
+* ``info``: versions, whether CUDA kernels were built, which frontends import;
+* ``demo``: a real pretrained model in 8 bits, in torch and JAX (:mod:`lt8.demo`);
+* ``bench [ARGS...]``: the GPU benchmark ``benchmarks/bench_linear.py`` of the source tree,
+  with its arguments (``--quick``, ``--no-jax``, ``--out DIR``); needs a CUDA GPU;
+* ``convert IN OUT``: a float safetensors checkpoint's Linear weights to lt8's 8-bit format
+  (:mod:`lt8.cli_convert`).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +14,7 @@ import argparse
 import importlib
 import platform
 import sys
+from pathlib import Path
 
 
 def _version_of(module: str) -> str | None:
@@ -50,6 +59,53 @@ def info() -> int:
     return 0
 
 
+BENCH_SCRIPT = Path("benchmarks") / "bench_linear.py"
+
+
+def _bench_script() -> Path | None:
+    """benchmarks/bench_linear.py of the source tree lt8 runs from (an editable install or a
+    clone on sys.path), or None for an installed wheel, which does not ship it."""
+    import lt8
+
+    path = Path(lt8.__file__).resolve().parent.parent / BENCH_SCRIPT
+    return path if path.is_file() else None
+
+
+def bench(args: list[str]) -> int:
+    """Runs ``benchmarks/bench_linear.py``'s ``main`` with ``args``. Without a CUDA GPU (or an
+    lt8 build with CUDA kernels) it says so and returns 1 instead of starting."""
+    import lt8
+
+    script = _bench_script()
+    if script is None:
+        print(f"lt8 bench: {BENCH_SCRIPT} ships with lt8's source tree, not with the installed "
+              "package: run it from a clone (pip install -e .)", file=sys.stderr)
+        return 1
+    try:
+        import torch
+    except ImportError:
+        print("lt8 bench: the benchmark needs PyTorch with CUDA (torch is not installed)", file=sys.stderr)
+        return 1
+    if not torch.cuda.is_available() or not lt8.has_cuda():
+        why = ("torch sees no CUDA device" if not torch.cuda.is_available()
+               else "this lt8 build has no CUDA kernels (built with LT8_CUDA=OFF or without nvcc)")
+        print(f"lt8 bench: the benchmark needs a CUDA GPU and an lt8 build with CUDA kernels: {why}. "
+              "See the README's 'Building for a GPU'.", file=sys.stderr)
+        return 1
+    import runpy
+
+    module = runpy.run_path(str(script), run_name="lt8_bench_linear")
+    saved = sys.argv
+    sys.argv = [str(script), *args]  # the script parses sys.argv itself
+    try:
+        module["main"]()
+    except SystemExit as e:  # argparse's --help or a usage error
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        sys.argv = saved
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lt8", description="LLM.int8() for PyTorch and JAX")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -57,7 +113,21 @@ def main(argv: list[str] | None = None) -> int:
     demo_p = sub.add_parser("demo", help="quantize a model with lt8 in torch, run it in torch and JAX")
     demo_p.add_argument("--model", default=None, help="a safetensors checkpoint or model folder (default: embedded)")
     demo_p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    args = parser.parse_args(argv)
+    sub.add_parser("bench", help="GPU benchmark of lt8's linear layer (benchmarks/bench_linear.py; "
+                                 "further arguments go to it, e.g. --quick); needs a CUDA GPU",
+                   add_help=False)
+    from lt8 import cli_convert
+
+    conv_p = sub.add_parser("convert", help="quantize a safetensors checkpoint's Linear weights to lt8's "
+                                            "8-bit format")
+    cli_convert.add_arguments(conv_p)
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "bench":
+        return bench(extra)
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command == "convert":
+        return cli_convert.main(args)
     if args.command == "info":
         return info()
     if args.command == "demo":

