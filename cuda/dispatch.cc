@@ -1,5 +1,6 @@
 // Public entry points: argument checks shared by every backend, then CPU or CUDA.
 // The frontends validate in Python first; these checks repeat the ones that protect memory.
+#include <cstdlib>
 #include <string>
 
 #include "internal.h"
@@ -95,6 +96,15 @@ Status no_cuda() {
 
 }  // namespace
 
+int small_batch_rows() {
+  static const int rows = [] {
+    const char* v = std::getenv("LT8_GEMV_MAX_ROWS");
+    const int r = v != nullptr ? std::atoi(v) : kSmallBatchRows;
+    return r < 0 ? 0 : (r > kSmallBatchRows ? kSmallBatchRows : r);
+  }();
+  return rows;
+}
+
 size_t carve_linear_scratch(void* base, int64_t M, int64_t N, int64_t K, LinearScratch* s) {
   size_t off = 0;
   auto take = [&](size_t bytes) {
@@ -107,9 +117,10 @@ size_t carve_linear_scratch(void* base, int64_t M, int64_t N, int64_t K, LinearS
   size_t mask = take(K);
   size_t idx = take(sizeof(int32_t) * K);
   size_t cnt = take(sizeof(int32_t));
-  const bool large = M > kSmallBatchRows;
+  const bool large = M > small_batch_rows();
   size_t acc = large ? take(sizeof(int32_t) * M * N) : 0;
   size_t ow = large ? take(sizeof(float) * kStagedOutliers * N) : 0;
+  size_t ox = large ? take(sizeof(float) * kStagedOutliers * M) : 0;
   size_t ws = large ? take(kGemmWorkspaceBytes) : 0;
   if (base != nullptr && s != nullptr) {
     char* b = static_cast<char*>(base);
@@ -121,6 +132,7 @@ size_t carve_linear_scratch(void* base, int64_t M, int64_t N, int64_t K, LinearS
     if (large) {
       s->acc = reinterpret_cast<int32_t*>(b + acc);
       s->outlier_w = reinterpret_cast<float*>(b + ow);
+      s->outlier_x = reinterpret_cast<float*>(b + ox);
       s->gemm_ws = b + ws;
       s->gemm_ws_bytes = kGemmWorkspaceBytes;
     }

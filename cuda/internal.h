@@ -13,16 +13,20 @@ struct LinearScratch {
   uint8_t* mask = nullptr;       // (K,) outlier column flags
   int32_t* outlier_idx = nullptr;  // (K,) compacted outlier column indices (first *count valid)
   int32_t* outlier_count = nullptr;  // (1,)
-  // Only when M > kSmallBatchRows (the GPU's tensor-core path; the CPU ignores them):
+  // Only when M > small_batch_rows() (the GPU's tensor-core path; the CPU ignores them):
   int32_t* acc = nullptr;        // (M, N) int32 GEMM result
   float* outlier_w = nullptr;    // (kStagedOutliers, N) gathered outlier columns of W
+  float* outlier_x = nullptr;    // (M, kStagedOutliers) gathered outlier columns of x
   void* gemm_ws = nullptr;       // cuBLASLt workspace
   size_t gemm_ws_bytes = 0;
 };
 
 // Batches up to this many rows take the GPU's memory-bound GEMV; larger ones the int8 GEMM.
 constexpr int kSmallBatchRows = 16;
-// Outlier columns whose dequantized weights the tensor-core path gathers once per call.
+// kSmallBatchRows, or less through the environment variable LT8_GEMV_MAX_ROWS (read once; a
+// tuning knob for benchmarks).
+int small_batch_rows();
+// Outlier columns whose weights and activations the tensor-core path gathers once per call.
 constexpr int kStagedOutliers = 64;
 // cuBLASLt workspace reserved in the fused op's scratch.
 constexpr size_t kGemmWorkspaceBytes = size_t{8} << 20;

@@ -10,6 +10,7 @@
 // match an x86 build of kernels_cpu.cc bit for bit (see kExactCpuRounding).
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <string>
 #include <type_traits>
 
@@ -685,6 +686,137 @@ struct LinearEpilogue {
 };
 
 // =============================================================================================
+// 4a. Small-batch preparation in one launch (M <= kSmallBatchRows, K % 8 == 0, K <= kPrepMaxK):
+//     replaces the memset + mask + quantize + compaction launches, whose launch overhead and
+//     gaps dominate at decode sizes. Block b quantizes row b. Every block first finds the outlier
+//     columns of the whole (small) batch itself, into shared memory (a few hundred KiB of L2
+//     reads in all, no grid-wide sync); block 0 also writes them out compacted in ascending
+//     order. Same values as those kernels (max is order-independent).
+// =============================================================================================
+
+constexpr int kPrepThreads = 1024;
+constexpr int kPrepVec = 8;  // consecutive columns per thread and step
+constexpr int64_t kPrepMaxK = 32768;  // the block's shared-memory copy of the mask
+
+template <typename T>
+__device__ __forceinline__ void load8(const T* p, float (&f)[8]) {
+  float a[4], b[4];
+  load4(p, a);
+  load4(p + 4, b);
+#pragma unroll
+  for (int e = 0; e < 4; ++e) {
+    f[e] = a[e];
+    f[4 + e] = b[e];
+  }
+}
+
+__device__ __forceinline__ bool mask_bit(const uint2& mk, int e) {
+  return ((e < 4 ? mk.x : mk.y) >> (8 * (e & 3))) & 0xffu;
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kPrepThreads)
+    prepare_small_batch_kernel(const T* __restrict__ x, int M, int64_t K, float threshold,
+                               int32_t* __restrict__ idx, int32_t* __restrict__ count,
+                               int8_t* __restrict__ q, float* __restrict__ row_scale) {
+  extern __shared__ uint2 smask[];  // K bytes: 1 for outlier columns
+  __shared__ int warp_total[kPrepThreads / 32];
+  __shared__ float partial[kPrepThreads / 32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const bool writer = blockIdx.x == 0;
+
+  // (1) Outlier columns of the batch.
+  int64_t carry = 0;
+  for (int64_t base = 0; base < K; base += int64_t{kPrepThreads} * kPrepVec) {
+    const int64_t k0 = base + static_cast<int64_t>(threadIdx.x) * kPrepVec;
+    uint32_t flags = 0;  // bit e: column k0 + e is an outlier column
+    if (threshold > 0.0f && k0 < K) {
+#pragma unroll 4
+      for (int m = 0; m < M; ++m) {
+        float f[8];
+        load8(x + m * K + k0, f);
+#pragma unroll
+        for (int e = 0; e < kPrepVec; ++e)
+          if (is_outlier(f[e], threshold)) flags |= 1u << e;
+      }
+    }
+    if (k0 < K) {
+      uint2 bytes = make_uint2(0, 0);
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        bytes.x |= ((flags >> e) & 1u) << (8 * e);
+        bytes.y |= ((flags >> (4 + e)) & 1u) << (8 * e);
+      }
+      smask[k0 / kPrepVec] = bytes;
+    }
+    if (writer) {  // block-uniform branch: compaction in ascending k
+      const int mine = __popc(flags);
+      int incl = mine;  // inclusive warp scan
+#pragma unroll
+      for (int off = 1; off < 32; off <<= 1) {
+        const int y = __shfl_up_sync(0xffffffffu, incl, off);
+        if (lane >= off) incl += y;
+      }
+      if (lane == 31) warp_total[warp] = incl;
+      __syncthreads();
+      int warp_offset = 0, block_total = 0;
+      for (int w = 0; w < kPrepThreads / 32; ++w) {
+        const int t = warp_total[w];
+        if (w < warp) warp_offset += t;
+        block_total += t;
+      }
+      int64_t pos = carry + warp_offset + (incl - mine);
+      while (flags) {
+        const int e = __ffs(flags) - 1;
+        flags &= flags - 1;
+        idx[pos++] = static_cast<int32_t>(k0 + e);
+      }
+      carry += block_total;
+      __syncthreads();  // warp_total is rewritten next step
+    }
+  }
+  if (writer && threadIdx.x == 0) *count = static_cast<int32_t>(carry);
+  __syncthreads();  // smask complete
+
+  // (2) Row blockIdx.x: absmax over the non-outlier columns, then quantize.
+  const int m = blockIdx.x;
+  const T* row = x + static_cast<int64_t>(m) * K;
+  float amax = 0.0f;
+#pragma unroll 2
+  for (int64_t k0 = int64_t{threadIdx.x} * kPrepVec; k0 < K; k0 += int64_t{kPrepThreads} * kPrepVec) {
+    float f[8];
+    load8(row + k0, f);
+    const uint2 mk = smask[k0 / kPrepVec];
+#pragma unroll
+    for (int e = 0; e < kPrepVec; ++e)
+      if (!mask_bit(mk, e)) amax = absmax_step(amax, f[e]);
+  }
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1)
+    amax = absmax_combine(amax, __shfl_xor_sync(0xffffffffu, amax, off));
+  if (lane == 0) partial[warp] = amax;
+  __syncthreads();
+  amax = partial[0];
+  for (int w = 1; w < kPrepThreads / 32; ++w) amax = absmax_combine(amax, partial[w]);
+  if (threadIdx.x == 0) row_scale[m] = amax;
+  int8_t* qrow = q + static_cast<int64_t>(m) * K;
+#pragma unroll 2
+  for (int64_t k0 = int64_t{threadIdx.x} * kPrepVec; k0 < K; k0 += int64_t{kPrepThreads} * kPrepVec) {
+    float f[8];
+    load8(row + k0, f);
+    const uint2 mk = smask[k0 / kPrepVec];
+    uint2 packed = make_uint2(0, 0);
+#pragma unroll
+    for (int e = 0; e < kPrepVec; ++e) {
+      const int8_t qe = mask_bit(mk, e) ? int8_t{0} : quantize_value(f[e], amax);
+      const uint32_t b = static_cast<uint32_t>(static_cast<uint8_t>(qe)) << (8 * (e & 3));
+      if (e < 4) packed.x |= b; else packed.y |= b;
+    }
+    *reinterpret_cast<uint2*>(qrow + k0) = packed;
+  }
+}
+
+// =============================================================================================
 // 4b. Small-M (decode) path of the fused op: memory-bound, so every weight byte is read once
 //     with 16-byte streaming loads. Each warp owns kGemvCols output columns; per K chunk the
 //     block stages the M <= ROWS quantized activation rows in shared memory once, and every
@@ -697,6 +829,7 @@ struct LinearEpilogue {
 constexpr int kGemvCols = 4;     // output columns per warp
 constexpr int kGemvChunk = 128;  // 16-byte words of K per staged chunk (2 KiB per row)
 constexpr int kGemvWordsPerLane = kGemvChunk / 32;
+constexpr int kGemvOutChunk = 32;  // outlier columns staged per step of the epilogue
 
 template <typename T, int ROWS>
 __global__ void __launch_bounds__(256, 2)
@@ -770,7 +903,7 @@ __global__ void __launch_bounds__(256, 2)
       for (int off = 16; off > 0; off >>= 1)
         acc[r][c] += __shfl_xor_sync(0xffffffffu, acc[r][c], off);
 
-  // Epilogue, one thread per output of the block (a plain loop keeps the kernel small).
+  // Epilogue: the warp sums go through shared memory, then every thread finishes kPer outputs.
   __shared__ int32_t sacc[8 * ROWS * kGemvCols];  // [warp][r][col], blockDim.x <= 256
   const int warp = threadIdx.x >> 5;
   if (lane == 0) {
@@ -780,21 +913,54 @@ __global__ void __launch_bounds__(256, 2)
       for (int c = 0; c < kGemvCols; ++c) sacc[(warp * ROWS + r) * kGemvCols + c] = acc[r][c];
   }
   __syncthreads();
+  // Outlier terms: per chunk of kGemvOutChunk outlier columns, the block gathers the weights of
+  // its columns and the activations of its rows into shared memory in parallel (one load
+  // per thread, instead of a chain of dependent gathers per output).
+  constexpr int kPer = (ROWS * kGemvCols + 31) / 32;  // outputs per thread
+  __shared__ float s_w[kGemvOutChunk][8 * kGemvCols];
+  __shared__ float s_x[kGemvOutChunk][ROWS];
   const int count = *outlier_count;
-  const int64_t block_n0 = static_cast<int64_t>(blockIdx.x) * warps * kGemvCols;
-  for (int e = threadIdx.x; e < warps * ROWS * kGemvCols; e += blockDim.x) {
+  const int block_cols = warps * kGemvCols, outputs = warps * ROWS * kGemvCols;
+  const int64_t block_n0 = static_cast<int64_t>(blockIdx.x) * block_cols;
+  float v[kPer];
+#pragma unroll
+  for (int i = 0; i < kPer; ++i) {
+    const int e = threadIdx.x + i * blockDim.x;
     const int col = e % kGemvCols, r = (e / kGemvCols) % ROWS, w = e / (kGemvCols * ROWS);
     const int64_t n = block_n0 + w * kGemvCols + col;
-    if (r >= M || n >= N) continue;
-    const float cs = SCB[n];
-    float v = dequant(sacc[e], row_scale[r], cs);
-    for (int j = 0; j < count; ++j) {
-      const int64_t k = outlier_idx[j];
-      v = __fadd_rn(v, __fmul_rn(to_float(x[static_cast<int64_t>(r) * K + k]),
-                                 weight_value(CB[n * K + k], cs)));
+    v[i] = (e < outputs && r < M && n < N) ? dequant(sacc[e], row_scale[r], SCB[n]) : 0.0f;
+  }
+  for (int j0 = 0; j0 < count; j0 += kGemvOutChunk) {
+    const int len = count - j0 < kGemvOutChunk ? count - j0 : kGemvOutChunk;
+    __syncthreads();
+    for (int e = threadIdx.x; e < len * block_cols; e += blockDim.x) {
+      const int j = e / block_cols, c = e % block_cols;
+      const int64_t n = block_n0 + c;
+      s_w[j][c] = n < N ? weight_value(CB[n * K + outlier_idx[j0 + j]], SCB[n]) : 0.0f;
     }
-    if (bias != nullptr) v = __fadd_rn(v, load_float_any(bias_dtype, bias, n));
-    out[static_cast<int64_t>(r) * N + n] = from_float<T>(v);
+    for (int e = threadIdx.x; e < len * M; e += blockDim.x) {
+      const int j = e / M, r = e % M;
+      s_x[j][r] = to_float(x[static_cast<int64_t>(r) * K + outlier_idx[j0 + j]]);
+    }
+    __syncthreads();
+#pragma unroll
+    for (int i = 0; i < kPer; ++i) {
+      const int e = threadIdx.x + i * blockDim.x;
+      const int col = e % kGemvCols, r = (e / kGemvCols) % ROWS, w = e / (kGemvCols * ROWS);
+      if (e < outputs && r < M)
+        for (int j = 0; j < len; ++j)
+          v[i] = __fadd_rn(v[i], __fmul_rn(s_x[j][r], s_w[j][w * kGemvCols + col]));
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < kPer; ++i) {
+    const int e = threadIdx.x + i * blockDim.x;
+    const int col = e % kGemvCols, r = (e / kGemvCols) % ROWS, w = e / (kGemvCols * ROWS);
+    const int64_t n = block_n0 + w * kGemvCols + col;
+    if (e >= outputs || r >= M || n >= N) continue;
+    float o = v[i];
+    if (bias != nullptr) o = __fadd_rn(o, load_float_any(bias_dtype, bias, n));
+    out[static_cast<int64_t>(r) * N + n] = from_float<T>(o);
   }
 }
 
@@ -826,24 +992,55 @@ Status launch_linear_gemv(cudaStream_t st, const int8_t* q, const T* x, const in
 // =============================================================================================
 // 4c. Epilogue of the tensor-core path (cuBLASLt int8 GEMM into int32 scratch), per output
 //     (m, n), in the CPU reference's order: dequant, outlier terms in ascending k, bias.
-//     The first kStagedOutliers outlier columns of the dequantized weight are gathered once per
-//     call into Wo (count x N floats, coalesced reads later); beyond that they are read from CB.
+//     The first kStagedOutliers outlier columns of the dequantized weight and of x are gathered
+//     once per call into Wo (count x N) and Xo (M x kStagedOutliers), read coalesced later;
+//     further outlier columns (rare) are gathered from CB and x directly.
 // =============================================================================================
 
 constexpr int kEpiThreads = 256;  // one output column per thread
 constexpr int kEpiRows = 32;      // rows per block
 constexpr int kEpiChunk = 8;      // outlier columns per shared-memory stage
 
+// One thread per (n, j): independent gathers instead of a chain of count dependent ones.
 __global__ void __launch_bounds__(kThreads)
     stage_outlier_weights_kernel(const int8_t* __restrict__ CB, const float* __restrict__ SCB,
                                  const int32_t* __restrict__ outlier_idx,
                                  const int32_t* __restrict__ outlier_count, int64_t N, int64_t K,
                                  float* __restrict__ Wo) {
   const int64_t n = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (n >= N) return;
+  const int j = blockIdx.y;  // < kStagedOutliers
+  if (n >= N || j >= *outlier_count) return;
+  Wo[j * N + n] = weight_value(CB[n * K + outlier_idx[j]], SCB[n]);
+}
+
+// Xo[m, j] = x[m, idx[j]], one thread per (j, m) pair; rows of Xo are then read coalesced.
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    stage_outlier_activations_kernel(const T* __restrict__ x,
+                                     const int32_t* __restrict__ outlier_idx,
+                                     const int32_t* __restrict__ outlier_count, int64_t M,
+                                     int64_t K, float* __restrict__ Xo) {
   const int count = min(*outlier_count, kStagedOutliers);
-  const float cs = SCB[n];
-  for (int j = 0; j < count; ++j) Wo[j * N + n] = weight_value(CB[n * K + outlier_idx[j]], cs);
+  const int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t m = t / kStagedOutliers;
+  const int j = static_cast<int>(t % kStagedOutliers);
+  if (m >= M || j >= count) return;
+  Xo[m * kStagedOutliers + j] = to_float(x[m * K + outlier_idx[j]]);
+}
+
+// v += sum_j x[j] * w[j] for j < len, in ascending j, as separate IEEE mul and add.
+template <int CHUNK>
+__device__ __forceinline__ void epi_row_terms(float& v, const float (&x)[CHUNK],
+                                              const float (&w)[CHUNK], int len) {
+  float xr[CHUNK];
+#pragma unroll
+  for (int j4 = 0; j4 < CHUNK; j4 += 4) {
+    const float4 q4 = *reinterpret_cast<const float4*>(&x[j4]);
+    xr[j4] = q4.x; xr[j4 + 1] = q4.y; xr[j4 + 2] = q4.z; xr[j4 + 3] = q4.w;
+  }
+#pragma unroll
+  for (int j = 0; j < CHUNK; ++j)
+    if (j < len) v = __fadd_rn(v, __fmul_rn(xr[j], w[j]));
 }
 
 template <typename T>
@@ -853,9 +1050,12 @@ __global__ void __launch_bounds__(kEpiThreads)
                            const float* __restrict__ row_scale,
                            const int32_t* __restrict__ outlier_idx,
                            const int32_t* __restrict__ outlier_count, const float* __restrict__ Wo,
-                           DType bias_dtype, const void* __restrict__ bias, int64_t M, int64_t N,
-                           int64_t K, T* __restrict__ out) {
-  __shared__ float sx[kEpiRows][kEpiChunk + 1];
+                           const float* __restrict__ Xo, DType bias_dtype,
+                           const void* __restrict__ bias, int64_t M, int64_t N, int64_t K,
+                           T* __restrict__ out) {
+  // All threads read the same sx element at a time (broadcast): rows of kEpiChunk floats, read
+  // as float4.
+  __shared__ __align__(16) float sx[kEpiRows][kEpiChunk];
   const int64_t n = static_cast<int64_t>(blockIdx.x) * kEpiThreads + threadIdx.x;
   const int64_t m0 = static_cast<int64_t>(blockIdx.y) * kEpiRows;
   const int rows = static_cast<int>(M - m0 < kEpiRows ? M - m0 : kEpiRows);
@@ -871,8 +1071,12 @@ __global__ void __launch_bounds__(kEpiThreads)
     const int len = count - j0 < kEpiChunk ? count - j0 : kEpiChunk;
     __syncthreads();
     for (int e = threadIdx.x; e < kEpiRows * kEpiChunk; e += kEpiThreads) {
-      const int r = e / kEpiChunk, j = e % kEpiChunk;
-      sx[r][j] = (r < rows && j < len) ? to_float(x[(m0 + r) * K + outlier_idx[j0 + j]]) : 0.0f;
+      const int r = e / kEpiChunk, j = e % kEpiChunk, jj = j0 + j;
+      float xv = 0.0f;
+      if (r < rows && j < len)
+        xv = jj < kStagedOutliers ? Xo[(m0 + r) * kStagedOutliers + jj]
+                                  : to_float(x[(m0 + r) * K + outlier_idx[jj]]);
+      sx[r][j] = xv;
     }
     __syncthreads();
     if (!live) continue;
@@ -884,11 +1088,16 @@ __global__ void __launch_bounds__(kEpiThreads)
              : jj < kStagedOutliers ? Wo[jj * N + n]
                                     : weight_value(CB[n * K + outlier_idx[jj]], cs);
     }
+    // Padding terms are exact zeros (x = w = 0), but adding +0 would turn a -0 result into +0,
+    // so partial chunks and tiles keep their guards; full ones (the common case) skip them.
+    if (len == kEpiChunk && rows == kEpiRows) {
 #pragma unroll
-    for (int r = 0; r < kEpiRows; ++r)
+      for (int r = 0; r < kEpiRows; ++r) epi_row_terms<kEpiChunk>(v[r], sx[r], w, kEpiChunk);
+    } else {
 #pragma unroll
-      for (int j = 0; j < kEpiChunk; ++j)
-        if (r < rows && j < len) v[r] = __fadd_rn(v[r], __fmul_rn(sx[r][j], w[j]));
+      for (int r = 0; r < kEpiRows; ++r)
+        if (r < rows) epi_row_terms<kEpiChunk>(v[r], sx[r], w, len);
+    }
   }
   if (!live) return;
   const float b = bias != nullptr ? load_float_any(bias_dtype, bias, n) : 0.0f;
@@ -908,17 +1117,23 @@ bool launch_linear_tensor_core(cudaStream_t st, const T* x, const int8_t* CB, co
   if (!cublaslt_int8_gemm(st, s.q, CB, M, N, K, s.acc, s.gemm_ws, s.gemm_ws_bytes, err))
     return false;
   if (threshold > 0.0f) {
-    stage_outlier_weights_kernel<<<elementwise_blocks(N), kThreads, 0, st>>>(
+    const dim3 grid(static_cast<unsigned>(ceil_div(N, int64_t{kThreads})), kStagedOutliers);
+    stage_outlier_weights_kernel<<<grid, kThreads, 0, st>>>(
         CB, SCB, s.outlier_idx, s.outlier_count, N, K, s.outlier_w);
+    const int64_t pairs = M * kStagedOutliers;
+    stage_outlier_activations_kernel<T><<<static_cast<unsigned>(ceil_div(pairs, int64_t{kThreads})),
+                                          kThreads, 0, st>>>(x, s.outlier_idx, s.outlier_count,
+                                                             M, K, s.outlier_x);
     if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) {
-      *err = cuda_error(e, "stage_outlier_weights_kernel");
+      *err = cuda_error(e, "stage_outlier_kernels");
       return false;
     }
   }
   const dim3 grid(static_cast<unsigned>(ceil_div(N, int64_t{kEpiThreads})),
                   static_cast<unsigned>(ceil_div(M, int64_t{kEpiRows})));
   linear_epilogue_kernel<T><<<grid, kEpiThreads, 0, st>>>(
-      s.acc, x, CB, SCB, s.row_scale, s.outlier_idx, s.outlier_count, s.outlier_w, bias_dtype,
+      s.acc, x, CB, SCB, s.row_scale, s.outlier_idx, s.outlier_count, s.outlier_w, s.outlier_x,
+      bias_dtype,
       bias, M, N, K, out);
   if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) {
     *err = cuda_error(e, "linear_epilogue_kernel");
@@ -1176,6 +1391,18 @@ Status int8_linear(const Exec& ex, DType x_dtype, const void* x, const int8_t* C
       return Status::Ok();
     }
 
+    // Decode sizes: one preparation launch, then the memory-bound GEMV that reads each weight
+    // byte once: two launches in all.
+    const bool gemv = M <= small_batch_rows() && K % 16 == 0 && is_aligned(CB, 16) &&
+                      is_aligned(s.q, 16);
+    if (gemv && K <= kPrepMaxK && is_aligned(xt, 4 * sizeof(T))) {
+      prepare_small_batch_kernel<T><<<static_cast<unsigned>(M), kPrepThreads, K, st>>>(
+          xt, static_cast<int>(M), K, threshold, s.outlier_idx, s.outlier_count, s.q,
+          s.row_scale);
+      LT8_CHECK_LAUNCH("prepare_small_batch_kernel");
+      return launch_linear_gemv<T>(st, s.q, xt, CB, SCB, s, bias_dtype, bias, M, N, K, o);
+    }
+
     // (1) quantize x into the scratch.
     Status qs = launch_quantize<T>(st, xt, M, K, threshold, s.q, s.row_scale, s.mask);
     if (!qs.ok()) return qs;
@@ -1191,7 +1418,7 @@ Status int8_linear(const Exec& ex, DType x_dtype, const void* x, const int8_t* C
     }
 
     // (3a) decode sizes: a memory-bound GEMV that reads each weight byte once.
-    if (M <= kSmallBatchRows && K % 16 == 0 && is_aligned(CB, 16) && is_aligned(s.q, 16))
+    if (gemv)
       return launch_linear_gemv<T>(st, s.q, xt, CB, SCB, s, bias_dtype, bias, M, N, K, o);
 
     // (3b) larger batches: int8 tensor cores (cuBLASLt) into int32 scratch, then the epilogue.

@@ -52,7 +52,8 @@ def test_quantize_rows(device, rng, dtype, threshold, shape):
     np.testing.assert_array_equal(scale.cpu().numpy(), scale_ref.astype(np.float32))
     diff = np.abs(q.cpu().numpy().astype(np.int32) - q_ref.astype(np.int32))
     assert diff.max(initial=0) <= 1  # float32 vs float64 rounding can differ at exact ties only
-    assert (diff > 0).mean() < 1e-3
+    # float32 inputs: x * 127 is inexact, so a quotient within an ulp of a tie may flip (rare).
+    assert (diff > 0).sum() <= max(2, 1e-3 * diff.size)
     if threshold > 0:
         assert mask_ref.any(), "the input generator must plant outliers"
         assert np.all(q.cpu().numpy()[..., mask_ref] == 0)

@@ -31,13 +31,16 @@ def _stream_of(device: torch.device) -> int:
 
 
 def eligible(x: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:
-    """True when the direct call gives exactly what the registered op would: no gradient is
-    needed, torch is not compiling/tracing, and ``x`` is a plain tensor on the CPU or a GPU."""
+    """True when the direct call gives exactly what the registered op would: ``x`` is a plain
+    tensor (not a subclass or a fake), no gradient is needed and torch is not compiling."""
+    if type(x) is not torch.Tensor:
+        return False
     if torch.is_grad_enabled() and (x.requires_grad or (bias is not None and bias.requires_grad)):
         return False
-    if type(x) is not torch.Tensor or torch.compiler.is_compiling():
-        return False
-    return x.device.type in ("cuda", "cpu")
+    return not _is_compiling()
+
+
+_is_compiling = torch.compiler.is_compiling
 
 
 class PreparedWeight:
@@ -60,8 +63,9 @@ class PreparedWeight:
 
     @staticmethod
     def usable(CB: torch.Tensor, SCB: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:
-        """Contiguous weights only (the registered op copies the rare strided ones per call)."""
-        return CB.is_contiguous() and SCB.is_contiguous() and (bias is None or bias.is_contiguous())
+        """Contiguous CPU/CUDA weights only (the registered op handles the rest)."""
+        return (CB.device.type in ("cpu", "cuda") and CB.is_contiguous() and SCB.is_contiguous()
+                and (bias is None or bias.is_contiguous()))
 
     def matches(self, CB: torch.Tensor, SCB: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:
         r_cb, r_scb, r_b = self.refs
