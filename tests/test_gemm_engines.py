@@ -88,3 +88,19 @@ def test_offset_pointers_still_exact(rng):
     out = torch.ops.lt8.int8_linear(x, CB, SCB, None, 6.0).cpu()
     cpu = torch.ops.lt8.int8_linear(x.cpu(), CB.cpu(), SCB.cpu(), None, 6.0)
     assert torch.equal(out, cpu)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("M,K,N,n_outliers", [(1, 2080, 70, 3), (5, 4096, 33, 40), (9, 2080, 70, 0),
+                                               (12, 512, 1000, 35), (16, 16 * 129, 40, 5)])
+def test_decode_gemvs_agree_with_cpu(rng, dtype, M, K, N, n_outliers):
+    """The decode path (M <= 16, K % 16 == 0): fused preparation kernel, then the dp4a GEMV
+    (M <= 8) or the mma.sync GEMV (M > 8); chunk tails in K, N not a multiple of the block's
+    columns, more outlier columns than one epilogue stage (32)."""
+    _, CB, SCB = weight(rng, N, K, "cpu")
+    bias = torch.from_numpy(rng.standard_normal(N).astype(np.float32)).to(dtype)
+    x = activations(rng, (M, K), 6.0, n_outlier_cols=n_outliers, dtype=dtype)
+    for threshold in (0.0, 6.0):
+        cpu = torch.ops.lt8.int8_linear(x, CB, SCB, bias, threshold)
+        gpu = torch.ops.lt8.int8_linear(x.cuda(), CB.cuda(), SCB.cuda(), bias.cuda(), threshold).cpu()
+        assert torch.equal(cpu, gpu), f"threshold={threshold}"
