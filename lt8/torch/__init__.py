@@ -8,6 +8,7 @@ from lt8.torch import _kernels, _ops  # noqa: F401  (define and register the ops
 from lt8.torch import functional
 from lt8.torch.autograd import MatmulLtState, matmul
 from lt8.torch.nn import Int8Params, Linear8bitLt, load_quantized, replace_linear, save_quantized
+from lt8.torch import parallel  # noqa: F401  (tensor-parallel layers)
 
 __all__ = [
     "Int8Params",
