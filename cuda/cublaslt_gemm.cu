@@ -33,6 +33,7 @@ struct LtHeuristic {
   int reserved[4];
 };
 constexpr int kLtSuccess = 0;
+constexpr int kLtNotSupported = 15;        // CUBLAS_STATUS_NOT_SUPPORTED (nothing was enqueued)
 constexpr int kCompute32I = 72;            // CUBLAS_COMPUTE_32I
 constexpr int kDescTransA = 3;             // CUBLASLT_MATMUL_DESC_TRANSA
 constexpr int kOpT = 1;                    // CUBLAS_OP_T
@@ -212,16 +213,22 @@ bool cublaslt_int8_gemm(cudaStream_t stream, const int8_t* A, const int8_t* B, i
                          (log2_of(alignment_of(C)) << 16);
   const PlanKey key{device, M, N, K, workspace_bytes, align};
   auto it = t_state.plans.find(key);
+  // Pointers that are not even 4-byte aligned (offset views) go to lt8's own GEMM.
+  if (alignment_of(A) < 4 || alignment_of(B) < 4 || alignment_of(C) < 4) return false;
   if (it == t_state.plans.end()) {
     if (t_state.plans.size() >= kMaxPlans) t_state.plans.clear();  // leaks a few descriptors; rare
     it = t_state.plans.emplace(key, make_plan(h, M, N, K, workspace_bytes, align)).first;
   }
-  const Plan& p = it->second;
+  Plan& p = it->second;
   if (!p.ok) return false;
   const int32_t one = 1, zero = 0;
   // cuBLAS's A is lt8's weight B (N, K), cuBLAS's B is lt8's activations A (M, K).
   const int st = api().matmul(h, p.desc, &one, B, p.a, A, p.b, &zero, C, p.c, C, p.c, &p.algo,
                               workspace, workspace_bytes, stream);
+  if (st == kLtNotSupported) {  // the heuristic's pick declined these operands: never again
+    p.ok = false;
+    return false;
+  }
   if (st != kLtSuccess) {
     *err = Status::Internal("cublasLtMatmul failed with status " + std::to_string(st));
     return false;

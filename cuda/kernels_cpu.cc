@@ -145,9 +145,12 @@ void weight_linear_impl(const T* x, const int8_t* CB, const float* SCB, DType bi
       for (int64_t k = 0; k < K; ++k) xf[k] = load(x[m * K + k]);
       for (int64_t n = 0; n < N; ++n) {
         const int8_t* wrow = CB + n * K;
+        // Dequantized weight inside the sum: partial sums stay at the result's scale (scaling
+        // afterwards would overflow for huge activations and tiny weights).
+        const float scale = SCB[n];
         float acc = 0.0f;
-        for (int64_t k = 0; k < K; ++k) acc += xf[k] * static_cast<float>(wrow[k]);
-        float v = acc * (SCB[n] * kInv127);
+        for (int64_t k = 0; k < K; ++k) acc += xf[k] * weight_value(wrow[k], scale);
+        float v = acc;
         if (bias != nullptr) v += load_any(bias_dtype, bias, n);
         out[m * N + n] = store<T>(v);
       }

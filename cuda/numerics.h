@@ -32,6 +32,12 @@ LT8_HD bool quantizable(float absmax) { return absmax > 0.0f && absmax <= 3.4028
 // exact ties, which coarse fp16/bf16 inputs hit often).
 LT8_HD int8_t quantize_value(float x, float absmax) {
   if (!quantizable(absmax)) return 0;
+  // x * 127 overflows float32 for |x| > FLT_MAX / 127 (float32/bfloat16 inputs): scaling x and
+  // absmax by 2^-8 is exact there and leaves the quotient, so the result is unchanged.
+  if (absmax > 0x1p120f) {
+    x *= 0x1p-8f;
+    absmax *= 0x1p-8f;
+  }
   float v = (x * 127.0f) / absmax;
   if (!(v == v)) return 0;
   v = v > 127.0f ? 127.0f : (v < -127.0f ? -127.0f : v);

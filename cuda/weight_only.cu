@@ -1,4 +1,4 @@
-// Weight-only int8 linear on CUDA (the force_no_igemmlt path): out = (x @ CB^T) * SCB/127 + bias.
+// Weight-only int8 linear on CUDA (the force_no_igemmlt path): out = x @ (CB * SCB/127)^T + bias.
 // One warp per output column n and a block of kRows activation rows: the warp streams the int8
 // weight row once per block and reuses it for kRows rows of x. Built for small M (decode);
 // correctness first, tuned later.
@@ -24,7 +24,6 @@ __global__ void weight_linear_kernel(const T* __restrict__ x, const int8_t* __re
   const int64_t n = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
   if (n >= N) return;
   const int8_t* w = CB + n * K;
-  const float s = SCB[n] * kInv127;
   const float b = bias != nullptr ? load_float_any(bias_dtype, bias, n) : 0.0f;
   // Grid-stride over blocks of kRows rows, so any M fits in gridDim.y.
   for (int64_t m0 = static_cast<int64_t>(blockIdx.y) * kRows; m0 < M;
@@ -34,7 +33,7 @@ __global__ void weight_linear_kernel(const T* __restrict__ x, const int8_t* __re
 #pragma unroll
     for (int r = 0; r < kRows; ++r) acc[r] = 0.0f;
     for (int64_t k = lane; k < K; k += 32) {
-      const float wk = static_cast<float>(w[k]);
+      const float wk = weight_value(w[k], SCB[n]);  // dequantized: sums stay at result scale
 #pragma unroll
       for (int r = 0; r < kRows; ++r)
         if (r < rows) acc[r] += to_float(x[(m0 + r) * K + k]) * wk;
@@ -45,7 +44,7 @@ __global__ void weight_linear_kernel(const T* __restrict__ x, const int8_t* __re
       for (int off = 16; off > 0; off >>= 1) acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], off);
     if (lane == 0) {
       for (int r = 0; r < rows; ++r) {
-        float v = acc[r] * s;
+        float v = acc[r];
         if (bias != nullptr) v += b;
         out[(m0 + r) * N + n] = from_float<T>(v);
       }

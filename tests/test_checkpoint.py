@@ -387,6 +387,15 @@ def _edit(tensors: dict, how: str) -> dict:
         t["layers.2.weight_format"] = np.array(0, np.int64)
     elif how == "unexpected key":
         t["layers.0.extra"] = np.zeros(3, np.float32)
+    elif how == "weight float next to SCB":
+        t["layers.0.weight"] = t["layers.0.weight"].astype(np.float32)
+    elif how == "SCB 2-D":
+        t["layers.1.SCB"] = t["layers.1.SCB"][None]
+    elif how == "weight_format float":
+        t["layers.0.weight_format"] = np.array(0.0, np.float32)
+    elif how == "float weight shape":
+        del t["layers.2.SCB"], t["layers.2.weight_format"]
+        t["layers.2.weight"] = np.zeros((16, 41), np.float32)
     else:
         raise AssertionError(how)
     return t
@@ -405,6 +414,10 @@ BAD = {  # edit -> what the error must name
     "weight_format 9": r"layers\.2\.weight_format: expected one of \[0, 1, 2, 3\].*got 9",
     "weight_format int64": r"layers\.2\.weight_format: expected a uint8 scalar",
     "unexpected key": r"unexpected keys: 'layers\.0\.extra'",
+    "weight float next to SCB": r"layers\.0\.weight: expected int8 \(next to 'layers\.0\.SCB'\), got float32",
+    "SCB 2-D": r"layers\.1\.SCB: expected float32 of shape \(40,\)",
+    "weight_format float": r"layers\.0\.weight_format: expected a uint8 scalar, got float32",
+    "float weight shape": r"layers\.2\.weight: expected shape \(out, in\) = \(16, 40\), got \(16, 41\)",
 }
 
 
@@ -593,3 +606,203 @@ def test_bfloat16_tensors_round_trip(tmp_path):
     back, _ = ckpt.load_file(path)
     assert back["a"].dtype.name == "bfloat16"
     assert torch.equal(lt8.torch.nn._torch_from_numpy(back["a"]), t["a"])
+
+
+# --- every bad file leaves an NNX module as it was -------------------------------------------------
+
+# The key each edit of _edit breaks (the JAX loaders word some messages their own way).
+BAD_KEY = {"missing bias": "layers.1.bias", "missing SCB": "layers.1.weight", "missing weight": "layers.2.weight",
+           "weight shape": "layers.0.weight", "SCB shape": "layers.2.SCB", "bias shape": "layers.2.bias",
+           "weight int16": "layers.1.weight", "SCB float16": "layers.1.SCB", "bias int32": "layers.0.bias",
+           "weight_format 9": "layers.2.weight_format", "weight_format int64": "layers.2.weight_format",
+           "unexpected key": "layers.0.extra", "weight float next to SCB": "layers.0.weight",
+           "SCB 2-D": "layers.1.SCB", "weight_format float": "layers.0.weight_format",
+           "float weight shape": "layers.2.weight"}
+
+
+def nnx_mlp(seed: int):
+    """An NNX twin of TorchMLP: Linear8bit layers in an nnx.List (checkpoint keys layers.i.*)."""
+    nnx = pytest.importorskip("flax.nnx")
+    from lt8.jax.nnx import Linear8bit
+
+    gen = np.random.default_rng(seed)
+
+    def init(key, shape, dtype):
+        return jnp.asarray(gen.standard_normal(shape), dtype)
+
+    class NnxMLP(nnx.Module):
+        def __init__(self):
+            self.layers = nnx.List([Linear8bit(a, b, threshold=THRESHOLD, kernel_init=init, bias_init=init,
+                                               rngs=nnx.Rngs(seed)) for a, b in zip(SIZES[:-1], SIZES[1:])])
+
+    return NnxMLP()
+
+
+def nnx_snapshot(module) -> list:
+    nnx = pytest.importorskip("flax.nnx")
+    return [(path, np.array(leaf)) for path, leaf in jax.tree_util.tree_leaves_with_path(nnx.state(module))]
+
+
+def assert_nnx_unchanged(module, before: list) -> None:
+    after = nnx_snapshot(module)
+    assert [p for p, _ in after] == [p for p, _ in before]
+    for (path, a), (_, b) in zip(after, before):
+        assert a.dtype == b.dtype and np.array_equal(a, b), f"{jax.tree_util.keystr(path)} changed"
+
+
+def test_bad_keys_cover_every_edit():
+    assert set(BAD_KEY) == set(BAD)
+
+
+@pytest.mark.parametrize("how", list(BAD))
+def test_bad_file_leaves_nnx_module_unchanged(saved, tmp_path, how):
+    import re
+
+    _, path = saved
+    tensors, _ = ckpt.load_file(path)
+    bad = tmp_path / "bad.safetensors"
+    ckpt.save_file(_edit(tensors, how), bad)
+    module = nnx_mlp(3)
+    before = nnx_snapshot(module)
+    with pytest.raises(ValueError, match=re.escape(BAD_KEY[how])):
+        lt8.jax.load_variables(bad, like=module)
+    assert_nnx_unchanged(module, before)
+
+
+def test_truncated_file_leaves_nnx_module_unchanged(saved, tmp_path):
+    _, path = saved
+    data = path.read_bytes()
+    module = nnx_mlp(3)
+    before = nnx_snapshot(module)
+    for n in (len(data) - 1, len(data) // 2, 9):
+        cut = tmp_path / f"cut{n}.safetensors"
+        cut.write_bytes(data[:n])
+        with pytest.raises(ValueError, match="truncated or corrupt"):
+            lt8.jax.load_variables(cut, like=module)
+        assert_nnx_unchanged(module, before)
+    assert lt8.jax.load_variables(path, like=module) is module  # the good file still loads
+
+
+def test_int8_file_into_float_master_weights_is_refused(saved):
+    """A model converted with has_fp16_weights=True keeps float weights: an int8 file cannot go
+    there, and the model stays as it was."""
+    _, path = saved
+    torch.manual_seed(3)
+    model = lt8.torch.replace_linear(TorchMLP(), threshold=THRESHOLD, skip_modules=(), has_fp16_weights=True)
+    before = snapshot(model)
+    with pytest.raises(ValueError, match="not quantized"):
+        lt8.torch.load_quantized(model, path)
+    assert_unchanged(model, before)
+
+
+# --- Linear8bitLt.load_state_dict: atomic per layer ------------------------------------------------
+
+
+def one_layer(seed: int, has_fp16_weights: bool = False, bias: bool = True):
+    torch.manual_seed(seed)
+    layer = lt8.nn.Linear8bitLt(24, 10, bias=bias, has_fp16_weights=has_fp16_weights, threshold=THRESHOLD)
+    return layer if has_fp16_weights else layer.to("cpu")
+
+
+def _drop(sd, *keys):
+    return {k: v for k, v in sd.items() if k not in keys}
+
+
+GOOD = one_layer(100).state_dict()
+FLOAT_GOOD = nn.Linear(24, 10).state_dict()
+LAYER_BAD = {  # state dict -> (error type, what the message must name)
+    "missing weight": (_drop(GOOD, "weight"), RuntimeError, r'Missing key\(s\) in state_dict: "weight"'),
+    "missing bias": (_drop(GOOD, "bias"), RuntimeError, r'(?s)nothing was loaded.*Missing key\(s\) in state_dict: "bias"'),
+    "missing SCB": (_drop(GOOD, "SCB", "weight_format"), RuntimeError, r"weight: an int8 weight without SCB"),
+    "unexpected key": ({**GOOD, "extra": torch.zeros(2)}, RuntimeError, r'Unexpected key\(s\) in state_dict: "extra"'),
+    "weight shape": ({**GOOD, "weight": torch.zeros(10, 23, dtype=torch.int8)}, RuntimeError,
+                     r"weight: expected shape \(10, 24\), got \(10, 23\)"),
+    "weight int16": ({**GOOD, "weight": torch.zeros(10, 24, dtype=torch.int16)}, RuntimeError,
+                     r"weight: expected an int8 tensor next to SCB, got torch\.int16"),
+    "weight int32, no SCB": (_drop({**GOOD, "weight": torch.zeros(10, 24, dtype=torch.int32)}, "SCB", "weight_format"),
+                             RuntimeError, r"weight: a torch\.int32 weight without SCB"),
+    "SCB shape": ({**GOOD, "SCB": torch.ones(9)}, RuntimeError, r"SCB: expected a float tensor of shape \(10,\)"),
+    "SCB int": ({**GOOD, "SCB": torch.ones(10, dtype=torch.int32)}, RuntimeError, r"SCB: expected a float tensor"),
+    "bias shape": ({**GOOD, "bias": torch.zeros(3)}, RuntimeError, r"bias: expected a float tensor of shape \(10,\)"),
+    "bias int": ({**GOOD, "bias": torch.zeros(10, dtype=torch.int64)}, RuntimeError, r"bias: expected a float tensor"),
+    "weight_format 9": ({**GOOD, "weight_format": torch.tensor(9, dtype=torch.uint8)}, RuntimeError,
+                        r"weight_format: expected an integer scalar tensor, one of \[0, 1, 2, 3\]"),
+    "weight_format float": ({**GOOD, "weight_format": torch.tensor(0.5)}, RuntimeError, r"weight_format: expected an integer"),
+    "weight_format 2 values": ({**GOOD, "weight_format": torch.zeros(2, dtype=torch.uint8)}, RuntimeError,
+                               r"weight_format: expected an integer scalar"),
+    "tiled weight size": ({**GOOD, "weight_format": torch.tensor(1, dtype=torch.uint8)}, RuntimeError,
+                          r"weight: a col32 weight of \(10, 24\) needs 320 elements, got 240"),
+    "float weight shape": ({**FLOAT_GOOD, "weight": torch.zeros(10, 25)}, RuntimeError,
+                           r"weight: expected shape \(10, 24\), got \(10, 25\)"),
+    "float bias shape": ({**FLOAT_GOOD, "bias": torch.zeros(11)}, RuntimeError, r"bias: expected a float tensor of shape"),
+    "float checkpoint, bias missing": (_drop(FLOAT_GOOD, "bias"), RuntimeError, r'Missing key\(s\).*"bias"'),
+}
+
+
+@pytest.mark.parametrize("how", list(LAYER_BAD))
+def test_layer_load_state_dict_is_atomic(how):
+    """Every bad state dict raises naming the key and leaves weight, SCB and bias as they were."""
+    sd, exc, match = LAYER_BAD[how]
+    layer = one_layer(0)
+    before = snapshot(layer)
+    with pytest.raises(exc, match=match):
+        layer.load_state_dict(sd)
+    assert_unchanged(layer, before)
+    x = torch.randn(3, 24)
+    with torch.no_grad():  # the layer still computes with its own weight and scales
+        ref = torch.ops.lt8.int8_linear(x, before["weight"], before["SCB"], before["bias"], THRESHOLD)
+        assert torch.equal(layer(x), ref)
+
+
+@pytest.mark.parametrize("has_fp16_weights", [False, True], ids=["unquantized", "fp16_weights"])
+def test_int8_state_dict_into_a_float_layer_is_refused(has_fp16_weights):
+    torch.manual_seed(1)
+    layer = lt8.nn.Linear8bitLt(24, 10, has_fp16_weights=has_fp16_weights, threshold=THRESHOLD)  # not moved
+    before = snapshot(layer)
+    match = "has_fp16_weights=True" if has_fp16_weights else "has not been quantized yet"
+    with pytest.raises(RuntimeError, match=match):
+        layer.load_state_dict(GOOD)
+    with pytest.raises(RuntimeError, match="int8 weight without SCB"):  # would copy int8 values as floats
+        layer.load_state_dict(_drop(GOOD, "SCB", "weight_format"))
+    assert_unchanged(layer, before)
+
+
+def test_layer_load_state_dict_good_cases():
+    """What must load: the same layer's state dict (exactly), a float one (quantized on the way
+    in), a non-strict one without bias (the rest loads), and with assign=True."""
+    src = one_layer(7)
+    for kw in ({}, {"assign": True}):
+        layer = one_layer(0)
+        layer.load_state_dict(src.state_dict(), **kw)
+        assert isinstance(layer.weight, lt8.nn.Int8Params)
+        assert_unchanged(layer, snapshot(src))
+    fp = nn.Linear(24, 10)
+    layer = one_layer(0)
+    layer.load_state_dict({k: v.double() for k, v in fp.state_dict().items()})  # float64 too
+    CB, SCB, _ = torch.ops.lt8.quantize_rows(fp.weight.detach(), 0.0)
+    assert torch.equal(layer.weight.data, CB) and torch.equal(layer.weight.SCB, SCB)
+    layer = one_layer(0)
+    bias = layer.bias.detach().clone()
+    result = layer.load_state_dict(_drop(src.state_dict(), "bias"), strict=False)
+    assert result.missing_keys == ["bias"]
+    assert torch.equal(layer.weight.data, src.weight.data) and torch.equal(layer.bias, bias)
+    before = snapshot(layer)
+    with pytest.raises(RuntimeError, match="checkpoint has SCB but no weight"):  # even when not strict
+        layer.load_state_dict(_drop(GOOD, "weight"), strict=False)
+    assert_unchanged(layer, before)
+
+
+def test_variables_from_torch_bad_state_dicts():
+    sd = {k: v.numpy() for k, v in GOOD.items()}
+    with pytest.raises(ValueError, match=r"weight is int8 but the state dict has no SCB"):
+        Dense8bit.variables_from_torch(_drop(sd, "SCB"))
+    with pytest.raises(ValueError, match=r"SCB must be 1-D"):
+        Dense8bit.variables_from_torch({**sd, "SCB": sd["SCB"][None]})
+    with pytest.raises(ValueError, match=r"weight must be int8 next to SCB"):
+        Dense8bit.variables_from_torch({**sd, "weight": sd["weight"].astype(np.float32)})
+    with pytest.raises(ValueError, match=r"weight_format must be one of"):
+        Dense8bit.variables_from_torch({**sd, "weight_format": np.array(7, np.uint8)})
+    with pytest.raises(ValueError, match=r"pass in_features"):
+        Dense8bit.variables_from_torch({**sd, "weight_format": np.array(2, np.uint8)})
+    with pytest.raises(KeyError, match=r"no 'fc\.weight'"):
+        Dense8bit.variables_from_torch(sd, prefix="fc.")

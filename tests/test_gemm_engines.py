@@ -78,11 +78,16 @@ def test_int8_gemm_engines_exact(rng, M, K, N):
         assert torch.equal(C_.to(torch.int64), exact), f"cublaslt={enabled}"
 
 
-def test_offset_pointers_still_exact(rng):
-    """Views that start at odd byte offsets reach cuBLASLt with less than 256-byte alignment."""
+@pytest.mark.parametrize("offset", [1, 4])
+def test_offset_pointers_still_exact(rng, offset):
+    """Contiguous views that start at odd byte offsets reach the GEMM engines with less than
+    256-byte alignment (cuBLASLt takes 4-byte aligned ones, lt8's GEMM the rest)."""
     M, K, N = 48, 512, 96
-    base = torch.from_numpy(rng.integers(-127, 128, (N * K + 4,), dtype=np.int8)).cuda()
-    CB = base[4:].view(N, K)  # 4-byte aligned only
+    base = torch.from_numpy(rng.integers(-127, 128, (N * K + offset,), dtype=np.int8)).cuda()
+    CB = base[offset:].view(N, K)
+    A = base[offset:offset + 8 * K].view(8, K)
+    exact = A.cpu().to(torch.int64) @ CB.cpu().to(torch.int64).T
+    assert torch.equal(torch.ops.lt8.int8_gemm(A, CB).cpu().to(torch.int64), exact)
     SCB = torch.rand(N, device="cuda") + 0.5
     x = activations(rng, (M, K), 6.0, n_outlier_cols=2, dtype=torch.float16).cuda()
     out = torch.ops.lt8.int8_linear(x, CB, SCB, None, 6.0).cpu()

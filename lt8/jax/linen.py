@@ -23,7 +23,7 @@ Array = Any
 
 def _compute_dtype(x: Array, dtype: Any, param_dtype: Any) -> Any:
     if dtype is not None:
-        return dtype
+        return ops._check_out_dtype(dtype, "dtype (the compute dtype)")
     return x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else param_dtype
 
 
@@ -142,7 +142,8 @@ class Dense8bit(nn.Module):
         CB = self.variable(INT8_COLLECTION, "CB", lambda: CB0).value
         SCB = self.variable(INT8_COLLECTION, "SCB", lambda: SCB0).value
         if CB.shape != (self.features, K):
-            raise ValueError(f"int8 weight CB has shape {CB.shape}, expected (features, in) = {(self.features, K)}")
+            raise ValueError(f"x has {K} features but the int8 weight CB has shape {CB.shape}; expected "
+                             f"(features, in_features) = {(self.features, K)}")
         return CB, SCB
 
     # -- conversions ---------------------------------------------------------------------------

@@ -10,6 +10,9 @@ dimensions of one call) is multiplied in higher precision; ``threshold=0`` disab
 ``jax.vmap`` each mapped element gets its own outlier columns, as vmap's semantics require: with
 ``threshold > 0`` a vmapped call therefore runs one kernel call per element (``lax.map``), while
 ``threshold == 0`` folds the mapped axis into the kernel's rows (one call).
+
+NaN and +-inf reach exactly the output rows (of an activation) or columns (of a weight) they
+touch; docs/NUMERICS.md states the policy and the numeric range.
 """
 
 from __future__ import annotations
@@ -77,9 +80,11 @@ def _check_out_dtype(dtype: Any, name: str = "dtype") -> jnp.dtype:
 
 
 def _threshold(threshold: Any) -> float:
+    if threshold is None or isinstance(threshold, (bool, str, bytes)):
+        raise TypeError(f"threshold must be a static Python number >= 0 (0 disables outliers), got {threshold!r}")
     try:
         t = float(threshold)
-    except (TypeError, jax.errors.ConcretizationTypeError):
+    except (TypeError, ValueError, jax.errors.ConcretizationTypeError):
         raise TypeError(
             f"threshold must be a static Python number (it selects the kernel's code path), got {threshold!r}"
         ) from None
@@ -189,9 +194,13 @@ def quantize_weight(w: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 def dequantize_weight(CB: jax.Array, SCB: jax.Array, dtype: Any = jnp.float32) -> jax.Array:
     """``CB * SCB / 127`` as a (out, in) array of ``dtype``."""
-    CB = _array(CB, "CB")
+    CB, SCB = _array(CB, "CB"), _array(SCB, "SCB")
+    _check_dtype(CB, "CB", jnp.int8)
+    _check_dtype(SCB, "SCB", jnp.float32)
     if CB.ndim != 2:
         raise ValueError(f"CB must be 2-D (out_features, in_features), got shape {CB.shape}")
+    if SCB.shape != CB.shape[:1]:
+        raise ValueError(f"SCB must have shape ({CB.shape[0]},) (CB's rows), got {SCB.shape}")
     return _dequantize_rows(CB, SCB, dtype)
 
 
@@ -325,7 +334,9 @@ def _linear_fp_bwd(threshold, res, g):
     x, w, bias = res
     mm = functools.partial(jnp.einsum, preferred_element_type=jnp.float32, precision=jax.lax.Precision.HIGHEST)
     grad_x = mm("...n,nk->...k", g, w).astype(x.dtype)
-    grad_w = mm("mn,mk->nk", g.reshape(-1, g.shape[-1]), x.reshape(-1, x.shape[-1])).astype(w.dtype)
+    # Contract the leading dimensions directly: a reshape to (-1, N) is ambiguous when N or K is 0.
+    lead = "".join(chr(ord("A") + i) for i in range(g.ndim - 1))
+    grad_w = mm(f"{lead}n,{lead}k->nk", g, x).astype(w.dtype)
     grad_bias = None if bias is None else _sum_rows(g, bias.dtype)
     return grad_x, grad_w, grad_bias
 
@@ -393,6 +404,8 @@ def transform(a: jax.Array, to_order: str, from_order: str = "row",
         if shape is None:
             raise ValueError(f"converting from {from_order!r} needs shape=(rows, cols), the logical shape")
         rows, cols = (int(s) for s in shape)
+        if rows < 0 or cols < 0:
+            raise ValueError(f"shape must be (rows, cols) with both >= 0, got {tuple(shape)}")
         need = int(np.prod(padded_shape(from_order, rows, cols)))
         if a.size != need:
             raise ValueError(f"a {from_order} buffer of a ({rows}, {cols}) matrix has {need} elements, got {a.size}")

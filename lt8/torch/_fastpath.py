@@ -17,6 +17,7 @@ import torch
 
 from lt8._native import DEVICE_CPU, DEVICE_CUDA, DTYPE_BF16, DTYPE_F16, DTYPE_F32, C
 from lt8.torch import _ops as ops
+from lt8.torch._kernels import check_cuda_device
 
 _DTYPE_CODES = {torch.float32: DTYPE_F32, torch.float16: DTYPE_F16, torch.bfloat16: DTYPE_BF16}
 
@@ -55,6 +56,8 @@ class PreparedWeight:
             raise ValueError(f"CB must be 2-D (out_features, in_features), got shape {tuple(CB.shape)}")
         ops.check_weight(CB, SCB, bias, CB.shape[1])
         ops.check_same_device(CB=CB, SCB=SCB, bias=bias)
+        if CB.device.type == "cuda":
+            check_cuda_device(CB.device)  # a clear error on builds without usable CUDA kernels
         self.refs = (weakref.ref(CB), weakref.ref(SCB), None if bias is None else weakref.ref(bias))
         self.ptrs = _ptrs(CB, SCB, bias)
         self.N, self.K = CB.shape

@@ -13,16 +13,43 @@ from lt8._native import (
     DTYPE_F32,
     LAYOUT_CODES,
     C,
+    cuda_archs,
+    has_cuda,
 )
 from lt8.torch import _ops as ops
 from lt8.torch._ops import lib
 
 _DTYPE_CODES = {torch.float32: DTYPE_F32, torch.float16: DTYPE_F16, torch.bfloat16: DTYPE_BF16}
 
+_HAS_CUDA = has_cuda()
+_CUDA_READY: set = set()  # device indices whose GPU this build has kernels for (checked once)
+
+
+def check_cuda_device(device: torch.device) -> None:
+    """Raises a clear RuntimeError when this build of lt8 cannot run on the GPU ``device``: no
+    CUDA kernels at all, or none old enough for its compute capability (a kernel built for
+    sm_XY runs on GPUs of capability >= X.Y only). Checked once per device index."""
+    if not _HAS_CUDA:
+        raise RuntimeError(
+            f"got a tensor on {device} but this lt8 build has no CUDA kernels "
+            "(lt8.has_cuda() is False): rebuild lt8 with a CUDA toolkit (LT8_CUDA=ON pip install "
+            "--no-build-isolation -e .) or move the tensors to the CPU")
+    index = torch.cuda.current_device() if device.index is None else device.index
+    major, minor = torch.cuda.get_device_capability(index)
+    archs = [int("".join(ch for ch in a if ch.isdigit()) or 0) for a in cuda_archs()]
+    if archs and major * 10 + minor < min(archs):
+        raise RuntimeError(
+            f"{device} has compute capability {major}.{minor} but this lt8 build has CUDA kernels "
+            f"for sm_{', sm_'.join(cuda_archs())} only: rebuild with LT8_CUDA_ARCHS including "
+            f"{major}{minor}")
+    _CUDA_READY.add(device.index)
+
 
 def _exec(t: torch.Tensor) -> tuple[int, int, int]:
     """(device code, stream handle, device index) for the tensor's device."""
     if t.device.type == "cuda":
+        if t.device.index not in _CUDA_READY:
+            check_cuda_device(t.device)
         return DEVICE_CUDA, torch.cuda.current_stream(t.device).cuda_stream, t.device.index
     if t.device.type != "cpu":
         raise ValueError(f"lt8 runs on cpu and cuda tensors, got a tensor on {t.device}")
@@ -30,6 +57,7 @@ def _exec(t: torch.Tensor) -> tuple[int, int, int]:
 
 
 def _rows(x: torch.Tensor) -> tuple[int, int]:
+    """(rows, K) of x (..., K): every leading dimension is a batch of rows (K may be 0)."""
     K = x.shape[-1]
     return (x.numel() // K if K else int(torch.Size(x.shape[:-1]).numel())), K
 
@@ -42,10 +70,12 @@ def _bias_arg(bias):
     return bias, _DTYPE_CODES[bias.dtype], bias.data_ptr()
 
 
+# Each kernel validates (the same checks as its fake), makes its inputs contiguous (strided and
+# transposed inputs are computed, not rejected) and calls lt8._C.
+
+
 def quantize_rows(x, threshold=0.0):
-    ops.check_float(x, "x")
-    ops.check_matrix(x, "x")
-    ops.check_threshold(threshold)
+    ops.check_quantize_rows(x, threshold)
     x = x.contiguous()
     M, K = _rows(x)
     q = torch.empty(x.shape, dtype=torch.int8, device=x.device)
@@ -57,13 +87,7 @@ def quantize_rows(x, threshold=0.0):
 
 
 def dequantize_rows(q, row_scale, dtype=torch.float32):
-    ops.check_dtype(q, "q", torch.int8)
-    ops.check_dtype(row_scale, "row_scale", torch.float32)
-    if dtype not in _DTYPE_CODES:
-        raise TypeError(f"dtype must be float32, float16 or bfloat16, got {dtype}")
-    if tuple(row_scale.shape) != tuple(q.shape[:-1]):
-        raise ValueError(f"row_scale must have shape {tuple(q.shape[:-1])}, got {tuple(row_scale.shape)}")
-    ops.check_same_device(q=q, row_scale=row_scale)
+    ops.check_dequantize_rows(q, row_scale, dtype)
     q, row_scale = q.contiguous(), row_scale.contiguous()
     M, K = _rows(q)
     out = torch.empty(q.shape, dtype=dtype, device=q.device)
@@ -73,11 +97,7 @@ def dequantize_rows(q, row_scale, dtype=torch.float32):
 
 
 def int8_gemm(A, B):
-    ops.check_dtype(A, "A", torch.int8)
-    ops.check_dtype(B, "B", torch.int8)
-    if B.dim() != 2 or B.shape[1] != A.shape[-1]:
-        raise ValueError(f"B must have shape (N, {A.shape[-1]}), got {tuple(B.shape)}")
-    ops.check_same_device(A=A, B=B)
+    ops.check_int8_gemm(A, B)
     A, B = A.contiguous(), B.contiguous()
     M, K = _rows(A)
     N = B.shape[0]
@@ -87,22 +107,8 @@ def int8_gemm(A, B):
 
 
 def dequant_epilogue(C_, row_scale, col_scale, bias=None, dtype=torch.float16):
-    ops.check_dtype(C_, "C", torch.int32)
-    ops.check_dtype(row_scale, "row_scale", torch.float32)
-    ops.check_dtype(col_scale, "col_scale", torch.float32)
-    if dtype not in _DTYPE_CODES:
-        raise TypeError(f"dtype must be float32, float16 or bfloat16, got {dtype}")
+    ops.check_dequant_epilogue(C_, row_scale, col_scale, bias, dtype)
     M, N = _rows(C_)
-    if row_scale.numel() != M or col_scale.numel() != N:
-        raise ValueError(
-            f"row_scale must have {M} elements and col_scale {N}, got {row_scale.numel()} and "
-            f"{col_scale.numel()}"
-        )
-    if bias is not None:
-        ops.check_float(bias, "bias")
-        if bias.numel() != N:
-            raise ValueError(f"bias must have {N} elements, got {bias.numel()}")
-    ops.check_same_device(C=C_, row_scale=row_scale, col_scale=col_scale, bias=bias)
     C_, row_scale, col_scale = C_.contiguous(), row_scale.contiguous(), col_scale.contiguous()
     bias, bias_code, bias_ptr = _bias_arg(bias)
     out = torch.empty(C_.shape, dtype=dtype, device=C_.device)
@@ -112,17 +118,7 @@ def dequant_epilogue(C_, row_scale, col_scale, bias=None, dtype=torch.float16):
 
 
 def transform_layout(x, rows, cols, from_order, to_order):
-    ops.check_dtype(x, "x", torch.int8)
-    ops.check_layout(from_order, "from_order")
-    ops.check_layout(to_order, "to_order")
-    if rows < 0 or cols < 0:
-        raise ValueError(f"rows and cols must be >= 0, got {rows} and {cols}")
-    in_rows, in_cols = ops.padded_shape(from_order, rows, cols)
-    if x.numel() != in_rows * in_cols:
-        raise ValueError(
-            f"x has {x.numel()} elements but a {from_order} matrix of logical shape ({rows}, {cols}) "
-            f"has {in_rows * in_cols}"
-        )
+    ops.check_transform_layout(x, rows, cols, from_order, to_order)
     x = x.contiguous()
     out = torch.empty(ops.padded_shape(to_order, rows, cols), dtype=torch.int8, device=x.device)
     C.transform_layout(*_exec(x), x.data_ptr(), out.data_ptr(), rows, cols,
@@ -131,14 +127,9 @@ def transform_layout(x, rows, cols, from_order, to_order):
 
 
 def int8_linear(x, CB, SCB, bias=None, threshold=0.0):
-    ops.check_float(x, "x")
-    ops.check_matrix(x, "x")
-    K = x.shape[-1]
-    ops.check_weight(CB, SCB, bias, K)
-    ops.check_threshold(threshold)
-    ops.check_same_device(x=x, CB=CB, SCB=SCB, bias=bias)
+    ops.check_linear(x, CB, SCB, bias, threshold)
     x, CB, SCB = x.contiguous(), CB.contiguous(), SCB.contiguous()
-    M = x.numel() // K if K else int(torch.Size(x.shape[:-1]).numel())
+    M, K = _rows(x)
     N = CB.shape[0]
     out = torch.empty((*x.shape[:-1], N), dtype=x.dtype, device=x.device)
     ws_bytes = C.linear_workspace_size(M, N, K)
@@ -152,13 +143,9 @@ def int8_linear(x, CB, SCB, bias=None, threshold=0.0):
 
 
 def int8_weight_linear(x, CB, SCB, bias=None):
-    ops.check_float(x, "x")
-    ops.check_matrix(x, "x")
-    K = x.shape[-1]
-    ops.check_weight(CB, SCB, bias, K)
-    ops.check_same_device(x=x, CB=CB, SCB=SCB, bias=bias)
+    ops.check_weight_linear(x, CB, SCB, bias)
     x, CB, SCB = x.contiguous(), CB.contiguous(), SCB.contiguous()
-    M, _ = _rows(x)
+    M, K = _rows(x)
     N = CB.shape[0]
     out = torch.empty((*x.shape[:-1], N), dtype=x.dtype, device=x.device)
     bias, bias_code, bias_ptr = _bias_arg(bias)
@@ -168,18 +155,10 @@ def int8_weight_linear(x, CB, SCB, bias=None):
 
 
 def int8_linear_grad_input(grad_out, CB, SCB):
-    ops.check_float(grad_out, "grad_out")
-    ops.check_dtype(CB, "CB", torch.int8)
-    ops.check_dtype(SCB, "SCB", torch.float32)
-    N, K = CB.shape
-    if grad_out.shape[-1] != N or SCB.shape != (N,):
-        raise ValueError(
-            f"grad_out's last dimension ({grad_out.shape[-1]}) and SCB {tuple(SCB.shape)} must match "
-            f"CB's {N} rows"
-        )
-    ops.check_same_device(grad_out=grad_out, CB=CB, SCB=SCB)
+    ops.check_grad_input(grad_out, CB, SCB)
     grad_out, CB, SCB = grad_out.contiguous(), CB.contiguous(), SCB.contiguous()
-    M = grad_out.numel() // N if N else int(torch.Size(grad_out.shape[:-1]).numel())
+    M, N = _rows(grad_out)
+    K = CB.shape[1]
     grad_x = torch.empty((*grad_out.shape[:-1], K), dtype=grad_out.dtype, device=grad_out.device)
     C.int8_linear_grad_input(*_exec(grad_out), _DTYPE_CODES[grad_out.dtype], grad_out.data_ptr(),
                              CB.data_ptr(), SCB.data_ptr(), M, N, K, grad_x.data_ptr())

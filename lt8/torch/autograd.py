@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -9,6 +10,7 @@ import torch
 
 import lt8.torch._kernels  # noqa: F401  (registers the kernels)
 from lt8.core.layouts import get_inverse_transform_indices, undo_layout  # noqa: F401
+from lt8.torch._ops import _sum_rows, as_threshold, check_float, check_matrix
 
 __all__ = ["MatmulLtState", "matmul", "get_inverse_transform_indices", "undo_layout"]
 
@@ -48,13 +50,29 @@ class MatmulLtState:
         self.CxBt = self.SBt = self.CBt = None
 
 
+def _master_weight_for_quantization(W: torch.Tensor, x: torch.Tensor, names: tuple) -> torch.Tensor:
+    """Checks a float master weight against x; float64 is rounded to float32 for quantization
+    (int8 rows with float32 scales keep less than float32 does). ``names``: (x's, W's)."""
+    x_name, name = names
+    if W.dtype == torch.float64:
+        W = W.to(torch.float32)
+    check_float(W, name)
+    if W.dim() != 2:
+        raise ValueError(f"{name} must be 2-D (out_features, in_features), got shape {tuple(W.shape)}")
+    check_matrix(x, x_name)
+    if W.shape[1] != x.shape[-1]:
+        raise ValueError(f"{x_name} has {x.shape[-1]} features but {name} expects {W.shape[1]} "
+                         f"({name} shape {tuple(W.shape)})")
+    return W
+
+
 class _MatMulFp16Weight(torch.autograd.Function):
     """LLM.int8() forward with a floating-point master weight (``has_fp16_weights=True``): the
     weight is quantized in every forward; gradients are the ordinary ones of ``x @ W.T + b``."""
 
     @staticmethod
-    def forward(ctx, x, W, bias, threshold, weight_only=False):
-        CB, SCB, _ = torch.ops.lt8.quantize_rows(W, 0.0)
+    def forward(ctx, x, W, bias, threshold, weight_only=False, names=("x", "weight")):
+        CB, SCB, _ = torch.ops.lt8.quantize_rows(_master_weight_for_quantization(W, x, names), 0.0)
         if weight_only:
             out = torch.ops.lt8.int8_weight_linear(x, CB, SCB, bias)
         else:
@@ -67,15 +85,15 @@ class _MatMulFp16Weight(torch.autograd.Function):
     def backward(ctx, grad):
         x, W = ctx.saved_tensors
         grad_x = grad_W = grad_bias = None
-        g2 = grad.reshape(-1, grad.shape[-1])
+        (N, K), M = W.shape, math.prod(grad.shape[:-1])
+        g2 = grad.reshape(M, N)  # explicit sizes: a -1 is ambiguous when N or K is 0
         if ctx.needs_input_grad[0]:
-            grad_x = (g2 @ W.to(grad.dtype)).reshape(*grad.shape[:-1], W.shape[1])
+            grad_x = (g2 @ W.to(grad.dtype)).reshape(*grad.shape[:-1], K)
         if ctx.needs_input_grad[1]:
-            x2 = x.reshape(-1, x.shape[-1])
-            grad_W = (g2.t().to(W.dtype) @ x2.to(W.dtype))
+            grad_W = g2.t().to(W.dtype) @ x.reshape(M, K).to(W.dtype)
         if ctx.needs_input_grad[2]:
-            grad_bias = g2.sum(0, dtype=torch.float32).to(ctx.bias_dtype)
-        return grad_x, grad_W, grad_bias, None, None
+            grad_bias = _sum_rows(grad).to(ctx.bias_dtype)
+        return grad_x, grad_W, grad_bias, None, None, None
 
 
 def matmul(A: torch.Tensor, B: torch.Tensor, out: torch.Tensor | None = None,
@@ -86,13 +104,16 @@ def matmul(A: torch.Tensor, B: torch.Tensor, out: torch.Tensor | None = None,
     With ``state.has_fp16_weights`` (the default) ``B`` is a floating-point (out, in) weight that
     is quantized on the fly and receives an ordinary gradient. Otherwise the int8 weight is
     ``state.CB`` (or ``B`` itself when it is int8) with scales ``state.SCB``; then only ``A`` and
-    ``bias`` get gradients.
+    ``bias`` get gradients. ``threshold > 0`` sets ``state.threshold``; negative or NaN raises.
     """
+    threshold = as_threshold(threshold)
+    check_float(A, "A")
     state = state or MatmulLtState()
     if threshold > 0.0:
         state.threshold = threshold
     if state.has_fp16_weights and B.dtype != torch.int8:
-        result = _MatMulFp16Weight.apply(A, B, bias, float(state.threshold), state.force_no_igemmlt)
+        result = _MatMulFp16Weight.apply(A, B, bias, float(state.threshold), state.force_no_igemmlt,
+                                         ("A", "B"))
     else:
         CB = state.CB if state.CB is not None else B
         SCB = state.SCB if state.SCB is not None else getattr(B, "SCB", None)

@@ -11,6 +11,7 @@ import torch
 
 import lt8.torch._kernels  # noqa: F401  (registers the kernels)
 from lt8.core.layouts import get_inverse_transform_indices, undo_layout  # noqa: F401
+from lt8.torch._ops import as_threshold, check_dtype, check_float
 
 __all__ = [
     "int8_vectorwise_quant",
@@ -33,13 +34,17 @@ def int8_vectorwise_quant(A: torch.Tensor, threshold: float = 0.0):
     float32 absmax of each row over the non-outlier columns, and the indices of the outlier
     columns (``None`` when ``threshold == 0``), as in bitsandbytes.
     """
-    q, row_stats, mask = torch.ops.lt8.quantize_rows(A, float(threshold))
+    check_float(A, "A")
+    threshold = as_threshold(threshold)
+    q, row_stats, mask = torch.ops.lt8.quantize_rows(A, threshold)
     outlier_cols = mask.nonzero().view(-1) if threshold > 0 else None
     return q, row_stats, outlier_cols
 
 
 def int8_vectorwise_dequant(A: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`int8_vectorwise_quant` (without outliers): float32 ``A * stats / 127``."""
+    check_dtype(A, "A", torch.int8)
+    check_dtype(stats, "stats", torch.float32)
     return torch.ops.lt8.dequantize_rows(A, stats, torch.float32)
 
 
@@ -58,6 +63,9 @@ def int8_mm_dequant(A: torch.Tensor, row_stats: torch.Tensor, col_stats: torch.T
                     out: torch.Tensor | None = None, bias: torch.Tensor | None = None,
                     dtype: torch.dtype = torch.float16) -> torch.Tensor:
     """Dequantize an int32 product: ``A * row_stats * col_stats / 127**2 (+ bias)``."""
+    check_dtype(A, "A", torch.int32)
+    check_dtype(row_stats, "row_stats", torch.float32)
+    check_dtype(col_stats, "col_stats", torch.float32)
     result = torch.ops.lt8.dequant_epilogue(A, row_stats, col_stats, bias, dtype)
     if out is not None:
         return out.copy_(result)
@@ -73,6 +81,7 @@ def double_quant(A: torch.Tensor, col_stats=None, row_stats=None, out_col=None, 
     """
     if A.dim() != 2:
         raise ValueError(f"A must be 2-D, got shape {tuple(A.shape)}")
+    check_float(A, "A")
     q_row, r_stats, outlier_cols = int8_vectorwise_quant(A, threshold)
     q_col_t, c_stats, _ = torch.ops.lt8.quantize_rows(A.t(), 0.0)
     q_col = q_col_t.t().contiguous()
@@ -93,6 +102,8 @@ def transform(A: torch.Tensor, to_order: str, from_order: str = "row", out=None,
     Tiled outputs are 2-D with cuBLASLt's padded shape.
     """
     del ld  # accepted for bitsandbytes compatibility; lt8 always uses the minimal leading dim
+    if A.dim() < 1:
+        raise ValueError("A must be an int8 matrix, got a scalar")
     if from_order == "row":
         if A.dim() != 2:
             A = A.reshape(-1, A.shape[-1])
@@ -117,6 +128,7 @@ def quantize_weight(W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Quantizes a (out, in) weight row-wise: returns int8 ``CB`` and float32 ``SCB``."""
     if W.dim() != 2:
         raise ValueError(f"W must be 2-D (out_features, in_features), got shape {tuple(W.shape)}")
+    check_float(W, "W")
     CB, SCB, _ = torch.ops.lt8.quantize_rows(W, 0.0)
     return CB, SCB
 
@@ -126,4 +138,4 @@ def int8_linear(x: torch.Tensor, CB: torch.Tensor, SCB: torch.Tensor,
     """The fused LLM.int8() linear op: ``x @ (CB * SCB / 127).T + bias`` with outlier columns of x
     (any |value| >= threshold) multiplied in higher precision. Differentiable in ``x`` and
     ``bias``; output has x's dtype; no host synchronisation."""
-    return torch.ops.lt8.int8_linear(x, CB, SCB, bias, float(threshold))
+    return torch.ops.lt8.int8_linear(x, CB, SCB, bias, as_threshold(threshold))

@@ -15,10 +15,20 @@ import lt8.torch._kernels  # noqa: F401  (registers the kernels)
 from lt8.core import checkpoint as ckpt
 from lt8.core.checkpoint import WEIGHT_FORMATS, format_name
 from lt8.torch import _fastpath
-from lt8.torch._ops import padded_shape
+from lt8.torch._ops import as_threshold, padded_shape
 from lt8.torch.autograd import MatmulLtState, _MatMulFp16Weight
 
 __all__ = ["Int8Params", "Linear8bitLt", "load_quantized", "replace_linear", "save_quantized"]
+
+
+def _float_weight(W: torch.Tensor, name: str, device: torch.device | None = None) -> torch.Tensor:
+    """A floating-point weight ready for row-wise quantization on ``device``: contiguous, and
+    float64 rounded to float32 (the int8 rows and float32 scales keep less than float32)."""
+    if not W.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point weight to quantize (float32, float16, "
+                        f"bfloat16 or float64), got {W.dtype}")
+    dtype = torch.float32 if W.dtype == torch.float64 else None
+    return W.to(device=device, dtype=dtype).contiguous()
 
 
 def _rebuild_int8_params(data, requires_grad, has_fp16_weights, SCB):
@@ -60,8 +70,7 @@ class Int8Params(nn.Parameter):
             self.data = value
 
     def _quantize(self, device: torch.device) -> "Int8Params":
-        W = self.data.to(device=device).contiguous()
-        CB, SCB, _ = torch.ops.lt8.quantize_rows(W, 0.0)
+        CB, SCB, _ = torch.ops.lt8.quantize_rows(_float_weight(self.data, "weight", device), 0.0)
         self.requires_grad_(False)
         self.data = CB
         self.SCB = SCB
@@ -133,9 +142,8 @@ class Linear8bitLt(nn.Linear):
                  has_fp16_weights: bool = True, memory_efficient_backward: bool = False,
                  threshold: float = 0.0, index=None, device=None):
         super().__init__(input_features, output_features, bias, device=device)
-        if not threshold >= 0.0:
-            raise ValueError(f"threshold must be a number >= 0, got {threshold}")
-        self.state = MatmulLtState(threshold=float(threshold), has_fp16_weights=has_fp16_weights,
+        threshold = as_threshold(threshold)
+        self.state = MatmulLtState(threshold=threshold, has_fp16_weights=has_fp16_weights,
                                    memory_efficient_backward=memory_efficient_backward)
         self.index = index
         self.weight = Int8Params(self.weight.data, has_fp16_weights=has_fp16_weights,
@@ -184,7 +192,7 @@ class Linear8bitLt(nn.Linear):
                 raise RuntimeError("Linear8bitLt has an int8 weight without scales (SCB); load a checkpoint with SCB")
             return w, w.SCB
         # Not quantized yet (never moved to a device): quantize for this call only.
-        CB, SCB, _ = torch.ops.lt8.quantize_rows(w.detach(), 0.0)
+        CB, SCB, _ = torch.ops.lt8.quantize_rows(_float_weight(w.detach(), "weight"), 0.0)
         return CB, SCB
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -216,10 +224,37 @@ class Linear8bitLt(nn.Linear):
             destination[prefix + "SCB"] = SCB if keep_vars else SCB.detach()
             destination[prefix + "weight_format"] = torch.tensor(WEIGHT_FORMATS["row"], dtype=torch.uint8)
 
+    def load_state_dict(self, state_dict: Mapping[str, torch.Tensor], strict: bool = True,
+                        assign: bool = False):
+        """As ``nn.Module.load_state_dict``, and atomic for this layer: every key, shape and
+        dtype is checked before anything is copied, so a checkpoint that raises leaves the layer
+        exactly as it was. (A model's ``load_state_dict`` copies module after module, as torch
+        does: use :func:`load_quantized` for whole models.)
+
+        Accepted: an 8-bit checkpoint (``weight`` int8 with ``SCB`` and optionally
+        ``weight_format``, bitsandbytes' keys; the layer must be quantized already) or a float
+        one (``weight``, quantized on the way in when the layer is)."""
+        if strict:
+            optional = {"SCB", "weight_format"}
+            own = set(self.state_dict(keep_vars=True))
+            missing = sorted(own - optional - set(state_dict))
+            unexpected = sorted(set(state_dict) - own - optional)
+            problems = []
+            if missing:
+                problems.append("Missing key(s) in state_dict: " + ", ".join(f'"{k}"' for k in missing) + ".")
+            if unexpected:
+                problems.append("Unexpected key(s) in state_dict: " + ", ".join(f'"{k}"' for k in unexpected) + ".")
+            if problems:
+                raise RuntimeError(f"Error(s) in loading state_dict for {type(self).__name__} (nothing was "
+                                   "loaded):\n\t" + "\n\t".join(problems))
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
-        w_key, scb_key, fmt_key = prefix + "weight", prefix + "SCB", prefix + "weight_format"
-        incoming = dict(state_dict) if (scb_key in state_dict or fmt_key in state_dict) else state_dict
+        w_key, b_key, scb_key, fmt_key = (prefix + k for k in ("weight", "bias", "SCB", "weight_format"))
+        # Everything this layer takes is checked before anything is copied (a RuntimeError
+        # naming the key), so a bad checkpoint leaves the layer as it was.
+        incoming = state_dict
         if scb_key in state_dict:
             self._check_int8_checkpoint(state_dict, w_key, scb_key, fmt_key)
             CB = state_dict[w_key]
@@ -227,15 +262,20 @@ class Linear8bitLt(nn.Linear):
             if fmt != WEIGHT_FORMATS["row"]:
                 out_f, in_f = self.weight.shape
                 CB = torch.ops.lt8.transform_layout(CB.to(self.weight.device), out_f, in_f, format_name(fmt), "row")
-            incoming[w_key] = CB
-        elif w_key in state_dict and self.weight.dtype == torch.int8 and state_dict[w_key].is_floating_point():
-            # A floating-point checkpoint loaded into a quantized layer: quantize it on the way in.
-            W = state_dict[w_key]
-            if tuple(W.shape) != tuple(self.weight.shape):
-                raise RuntimeError(f"{w_key}: expected shape {tuple(self.weight.shape)}, got {tuple(W.shape)}")
-            CB, SCB, _ = torch.ops.lt8.quantize_rows(W.to(self.weight.device).contiguous(), 0.0)
             incoming = dict(state_dict)
-            incoming[w_key], incoming[scb_key] = CB, SCB
+            incoming[w_key] = CB
+        elif w_key in state_dict:
+            self._check_plain_checkpoint(state_dict, w_key, b_key, scb_key)
+            if self.weight.dtype == torch.int8:
+                # A floating-point checkpoint loaded into a quantized layer: quantize it on the way in.
+                W = _float_weight(state_dict[w_key], w_key, self.weight.device)
+                CB, SCB, _ = torch.ops.lt8.quantize_rows(W, 0.0)
+                incoming = dict(state_dict)
+                incoming[w_key], incoming[scb_key] = CB, SCB
+        if scb_key in incoming and local_metadata.get("assign_to_params_buffers", False):
+            # load_state_dict(assign=True) installs the incoming tensor itself: keep it an Int8Params.
+            incoming[w_key] = Int8Params(incoming[w_key], requires_grad=False, has_fp16_weights=False,
+                                         SCB=incoming[scb_key].to(torch.float32))
         n_errors = len(error_msgs)
         super()._load_from_state_dict(incoming, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
@@ -247,9 +287,36 @@ class Linear8bitLt(nn.Linear):
                 self.weight.SCB.copy_(incoming[scb_key])
         self._sync_state()
 
+    def _check_plain_checkpoint(self, sd, w_key, b_key, scb_key) -> None:
+        """A checkpoint without SCB: a float weight (quantized on load into an int8 layer)."""
+        W = sd[w_key]
+        if not isinstance(W, torch.Tensor):
+            raise RuntimeError(f"{w_key}: expected a tensor, got {type(W).__name__}")
+        if not W.is_floating_point():
+            kind = "an int8" if W.dtype == torch.int8 else f"a {W.dtype}"
+            raise RuntimeError(
+                f"{w_key}: {kind} weight without {scb_key}: an 8-bit checkpoint needs the weight's "
+                f"scales ({scb_key}), a float checkpoint a floating-point weight")
+        if tuple(W.shape) != tuple(self.weight.shape):
+            raise RuntimeError(f"{w_key}: expected shape {tuple(self.weight.shape)}, got {tuple(W.shape)}")
+        self._check_bias(sd, b_key)
+
+    def _check_bias(self, sd, b_key) -> None:
+        if self.bias is None or b_key not in sd:
+            return
+        b = sd[b_key]
+        if not isinstance(b, torch.Tensor) or not b.is_floating_point() or tuple(b.shape) != (self.out_features,):
+            got = f"{b.dtype} {tuple(b.shape)}" if isinstance(b, torch.Tensor) else type(b).__name__
+            raise RuntimeError(f"{b_key}: expected a float tensor of shape ({self.out_features},), got {got}")
+
     def _check_int8_checkpoint(self, sd, w_key, scb_key, fmt_key) -> None:
         """Validates an 8-bit checkpoint before anything is copied, so a bad one changes nothing."""
         if self.weight.dtype != torch.int8 or self.weight.SCB is None:
+            if self.state.has_fp16_weights:
+                raise RuntimeError(
+                    f"{scb_key}: an 8-bit (int8) checkpoint cannot be loaded into a Linear8bitLt "
+                    "that keeps a floating-point master weight (has_fp16_weights=True): create it "
+                    "with has_fp16_weights=False and move it to its device first")
             raise RuntimeError(
                 "Loading a quantized (int8) checkpoint into a Linear8bitLt that has not been "
                 "quantized yet is not supported: move the module to its device first "
@@ -260,15 +327,19 @@ class Linear8bitLt(nn.Linear):
         if w_key not in sd:
             raise RuntimeError(f"checkpoint has {scb_key} but no {w_key}")
         CB, SCB = sd[w_key], sd[scb_key]
-        if CB.dtype != torch.int8:
-            raise RuntimeError(f"{w_key}: expected an int8 tensor next to {scb_key}, got {CB.dtype}")
-        if not SCB.is_floating_point() or tuple(SCB.shape) != (out_f,):
-            raise RuntimeError(f"{scb_key}: expected a float tensor of shape ({out_f},), got {SCB.dtype} {tuple(SCB.shape)}")
+        if not isinstance(CB, torch.Tensor) or CB.dtype != torch.int8:
+            got = CB.dtype if isinstance(CB, torch.Tensor) else type(CB).__name__
+            raise RuntimeError(f"{w_key}: expected an int8 tensor next to {scb_key}, got {got}")
+        if not isinstance(SCB, torch.Tensor) or not SCB.is_floating_point() or tuple(SCB.shape) != (out_f,):
+            got = f"{SCB.dtype} {tuple(SCB.shape)}" if isinstance(SCB, torch.Tensor) else type(SCB).__name__
+            raise RuntimeError(f"{scb_key}: expected a float tensor of shape ({out_f},), got {got}")
         fmt = WEIGHT_FORMATS["row"]
         if fmt_key in sd:
             f = sd[fmt_key]
-            if not isinstance(f, torch.Tensor) or f.numel() != 1 or int(f) not in WEIGHT_FORMATS.values():
-                raise RuntimeError(f"{fmt_key}: expected one of {sorted(WEIGHT_FORMATS.values())} ({list(WEIGHT_FORMATS)}), got {f!r}")
+            if (not isinstance(f, torch.Tensor) or f.numel() != 1 or f.is_floating_point()
+                    or f.is_complex() or int(f) not in WEIGHT_FORMATS.values()):
+                raise RuntimeError(f"{fmt_key}: expected an integer scalar tensor, one of "
+                                   f"{sorted(WEIGHT_FORMATS.values())} ({list(WEIGHT_FORMATS)}), got {f!r}")
             fmt = int(f)
         if fmt == WEIGHT_FORMATS["row"]:
             if tuple(CB.shape) != (out_f, in_f):
@@ -276,10 +347,9 @@ class Linear8bitLt(nn.Linear):
         else:
             pr, pc = padded_shape(format_name(fmt), out_f, in_f)
             if CB.numel() != pr * pc:
-                raise RuntimeError(f"{w_key}: a {format_name(fmt)} weight of ({out_f}, {in_f}) needs {pr * pc} elements, got {CB.numel()}")
-        bias_key = w_key[: -len("weight")] + "bias"
-        if self.bias is not None and bias_key in sd and tuple(sd[bias_key].shape) != (out_f,):
-            raise RuntimeError(f"{bias_key}: expected shape ({out_f},), got {tuple(sd[bias_key].shape)}")
+                raise RuntimeError(f"{w_key}: a {format_name(fmt)} weight of ({out_f}, {in_f}) needs "
+                                   f"{pr * pc} elements, got {CB.numel()}")
+        self._check_bias(sd, w_key[: -len("weight")] + "bias")
 
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, threshold={self.state.threshold}, "
