@@ -11,37 +11,17 @@ cuBLASLt on/off, at threshold 0 and 6, each through a CUDA graph of 4 rotated in
 from __future__ import annotations
 
 import argparse
-import statistics
 
 import torch
 
 import lt8.torch  # noqa: F401  (registers torch.ops.lt8)
 from lt8._native import C
 
-from bench_linear import realistic_inputs
+from bench_linear import graph_time, realistic_inputs
 
 
-def graph_us(fn, inputs, iters=30) -> float:
-    static = [x.clone() for x in inputs]
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for x in static:
-            fn(x)
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for x in static:
-            fn(x)
-    times = []
-    for _ in range(iters):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b) * 1e3 / len(static))
-    return statistics.median(times)
+def graph_us(fn, inputs) -> float:
+    return graph_time(fn, inputs) * 1e6
 
 
 def main() -> None:

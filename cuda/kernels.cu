@@ -336,6 +336,39 @@ __global__ void __launch_bounds__(kThreads)
 // 3. Outlier column compaction: idx[0..count) = ascending k with mask[k] != 0. One block.
 // =============================================================================================
 
+// One step of an ordered block-wide compaction. Bit p of each thread's `flags` marks column
+// k0 + p; the marked columns are appended to idx in ascending order after the `carry` entries
+// already there (threads own ascending column ranges). Returns the block's count for this step.
+// Every thread of the block must call it; warp_total holds THREADS / 32 ints.
+template <int THREADS>
+__device__ __forceinline__ int compact_step(uint32_t flags, int64_t k0, int64_t carry,
+                                            int* warp_total, int32_t* __restrict__ idx) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int mine = __popc(flags);
+  int incl = mine;  // inclusive warp scan
+#pragma unroll
+  for (int off = 1; off < 32; off <<= 1) {
+    const int y = __shfl_up_sync(0xffffffffu, incl, off);
+    if (lane >= off) incl += y;
+  }
+  if (lane == 31) warp_total[warp] = incl;
+  __syncthreads();
+  int warp_offset = 0, block_total = 0;
+  for (int w = 0; w < THREADS / 32; ++w) {
+    const int t = warp_total[w];
+    if (w < warp) warp_offset += t;
+    block_total += t;
+  }
+  int64_t pos = carry + warp_offset + (incl - mine);
+  while (flags) {
+    const int p = __ffs(flags) - 1;
+    flags &= flags - 1;
+    idx[pos++] = static_cast<int32_t>(k0 + p);
+  }
+  __syncthreads();  // warp_total is rewritten by the next step
+  return block_total;
+}
+
 constexpr int kCompactThreads = 1024;
 constexpr int kCompactPerThread = 16;
 
@@ -343,8 +376,6 @@ __global__ void __launch_bounds__(kCompactThreads)
     compact_outliers_kernel(const uint8_t* __restrict__ mask, int64_t K,
                             int32_t* __restrict__ idx, int32_t* __restrict__ count) {
   __shared__ int warp_total[kCompactThreads / 32];
-  const int lane = threadIdx.x % 32;
-  const int warp = threadIdx.x / 32;
   const bool mask_vec_ok = (reinterpret_cast<uintptr_t>(mask) % 16) == 0;
   int64_t carry = 0;
   for (int64_t base = 0; base < K; base += int64_t{kCompactThreads} * kCompactPerThread) {
@@ -361,30 +392,7 @@ __global__ void __launch_bounds__(kCompactThreads)
       for (int p = 0; p < kCompactPerThread; ++p)
         if (k0 + p < K && mask[k0 + p]) flags |= 1u << p;
     }
-    const int mine = __popc(flags);
-    // Inclusive warp scan.
-    int incl = mine;
-#pragma unroll
-    for (int off = 1; off < 32; off <<= 1) {
-      const int y = __shfl_up_sync(0xffffffffu, incl, off);
-      if (lane >= off) incl += y;
-    }
-    if (lane == 31) warp_total[warp] = incl;
-    __syncthreads();
-    int warp_offset = 0, block_total = 0;
-    for (int w = 0; w < kCompactThreads / 32; ++w) {
-      const int t = warp_total[w];
-      if (w < warp) warp_offset += t;
-      block_total += t;
-    }
-    int64_t pos = carry + warp_offset + (incl - mine);
-    while (flags) {
-      const int p = __ffs(flags) - 1;
-      flags &= flags - 1;
-      idx[pos++] = static_cast<int32_t>(k0 + p);
-    }
-    carry += block_total;
-    __syncthreads();  // warp_total is rewritten next iteration
+    carry += compact_step<kCompactThreads>(flags, k0, carry, warp_total, idx);
   }
   if (threadIdx.x == 0) *count = static_cast<int32_t>(carry);
 }
@@ -749,31 +757,8 @@ __global__ void __launch_bounds__(kPrepThreads)
       }
       smask[k0 / kPrepVec] = bytes;
     }
-    if (writer) {  // block-uniform branch: compaction in ascending k
-      const int mine = __popc(flags);
-      int incl = mine;  // inclusive warp scan
-#pragma unroll
-      for (int off = 1; off < 32; off <<= 1) {
-        const int y = __shfl_up_sync(0xffffffffu, incl, off);
-        if (lane >= off) incl += y;
-      }
-      if (lane == 31) warp_total[warp] = incl;
-      __syncthreads();
-      int warp_offset = 0, block_total = 0;
-      for (int w = 0; w < kPrepThreads / 32; ++w) {
-        const int t = warp_total[w];
-        if (w < warp) warp_offset += t;
-        block_total += t;
-      }
-      int64_t pos = carry + warp_offset + (incl - mine);
-      while (flags) {
-        const int e = __ffs(flags) - 1;
-        flags &= flags - 1;
-        idx[pos++] = static_cast<int32_t>(k0 + e);
-      }
-      carry += block_total;
-      __syncthreads();  // warp_total is rewritten next step
-    }
+    if (writer)  // block-uniform branch: compaction in ascending k
+      carry += compact_step<kPrepThreads>(flags, k0, carry, warp_total, idx);
   }
   if (writer && threadIdx.x == 0) *count = static_cast<int32_t>(carry);
   __syncthreads();  // smask complete
