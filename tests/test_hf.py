@@ -66,8 +66,8 @@ def _sentence_batch(tok, rng, n_random: int = 6) -> dict:
 def _embed(model, batch) -> np.ndarray:
     """sentence-transformers' pipeline for this model: mean pooling over the mask, L2 norm."""
     with torch.no_grad():
-        h = model(**batch).last_hidden_state.double()
-    m = batch["attention_mask"].unsqueeze(-1).double()
+        h = model(**batch).last_hidden_state.double().cpu()
+    m = batch["attention_mask"].unsqueeze(-1).double().cpu()
     e = (h * m).sum(1) / m.sum(1)
     return (e / e.norm(dim=1, keepdim=True)).numpy()
 
@@ -93,6 +93,27 @@ def test_minilm_8bit_embeddings_match_fp32(minilm, rng):
     cos = (e32 * e8).sum(1)
     assert cos.min() > MIN_COS_MINILM, cos
     assert not np.array_equal(e32, e8)  # really computed in 8 bits
+
+
+@pytest.mark.cuda
+def test_minilm_8bit_on_cuda(minilm, rng):
+    """The converted model runs on the GPU: its int8 layers give the CPU's bits (same kernels),
+    and its embeddings stay as close to fp32 as on the CPU."""
+    from conftest import require_cuda
+
+    require_cuda()
+    _, tok, fp32 = minilm
+    int8 = hf.convert_hf_model(copy.deepcopy(fp32), threshold=6.0)
+    batch = _sentence_batch(tok, rng)
+    e8_cpu = _embed(int8, batch)
+    e8_gpu = _embed(int8.cuda(), {k: v.cuda() for k, v in batch.items()})
+    e32 = _embed(fp32, batch)
+    assert (e32 * e8_gpu).sum(1).min() > MIN_COS_MINILM
+    assert (e8_cpu * e8_gpu).sum(1).min() > 0.9999  # only the float glue differs by platform
+    layer = int8.encoder.layer[0].attention.self.query
+    x = torch.randn(5, layer.in_features, device="cuda")
+    with torch.no_grad():
+        assert torch.equal(layer(x).cpu(), layer.cpu()(x.cpu()))
 
 
 def test_minilm_save_reload_bit_identical(minilm, rng, tmp_path):

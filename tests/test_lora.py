@@ -121,14 +121,14 @@ def _train_torch(torch, model, params, x, target):
     return losses
 
 
-def test_torch_lora_trains_on_frozen_int8(tlora, rng):
+def test_torch_lora_trains_on_frozen_int8(tlora, rng, device):
     torch, lora = tlora
-    model = _torch_int8_mlp(torch, _float_mlp(rng))
+    model = _torch_int8_mlp(torch, _float_mlp(rng)).to(device)
     x_np, shift = _task(rng)
-    x = torch.from_numpy(x_np)
+    x = torch.from_numpy(x_np).to(device)
     with torch.no_grad():
         y0 = model(x)
-    target = y0 + torch.from_numpy(shift)
+    target = y0 + torch.from_numpy(shift).to(device)
     snap = _frozen_snapshot(torch, model)
 
     lora.add_lora(model, r=RANK, alpha=ALPHA)
@@ -201,16 +201,16 @@ def test_torch_lora_errors(tlora):
         lora.add_lora(torch.nn.Sequential(torch.nn.Linear(4, 4)), target_modules="0")
 
 
-def test_peft_lora_trains_on_frozen_int8(rng):
+def test_peft_lora_trains_on_frozen_int8(rng, device):
     torch = pytest.importorskip("torch")
     peft = pytest.importorskip("peft", reason="peft is not installed (optional; lt8.torch.lora needs no PEFT)")
     from lt8.torch import Linear8bitLt
 
-    model = _torch_int8_mlp(torch, _float_mlp(rng))
+    model = _torch_int8_mlp(torch, _float_mlp(rng)).to(device)
     x_np, shift = _task(rng)
-    x = torch.from_numpy(x_np)
+    x = torch.from_numpy(x_np).to(device)
     with torch.no_grad():
-        target = model(x) + torch.from_numpy(shift)
+        target = model(x) + torch.from_numpy(shift).to(device)
     snap = _frozen_snapshot(torch, model)
     pm = peft.get_peft_model(model, peft.LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=["fc1", "fc2"]))
     bases = [m for m in pm.modules() if isinstance(m, Linear8bitLt)]
