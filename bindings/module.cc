@@ -46,6 +46,8 @@ T* ptr(uintptr_t p) { return reinterpret_cast<T*>(p); }
 
 }  // namespace
 
+// The kernel entry points take raw pointers and never touch Python objects, so they release the
+// GIL: forwards from several Python threads run their kernels concurrently.
 NB_MODULE(_C, m) {
   m.doc() = "lt8 native kernels (CPU always; CUDA when built with a CUDA toolkit)";
 
@@ -70,7 +72,8 @@ NB_MODULE(_C, m) {
           raise_if_error(lt8::quantize_rows(make_exec(device, stream, dev_idx), to_dtype(x_dtype),
                                             ptr<const void>(x), M, K, threshold, ptr<int8_t>(q),
                                             ptr<float>(row_scale), ptr<uint8_t>(mask)));
-        });
+        },
+        nb::call_guard<nb::gil_scoped_release>());
 
   m.def("dequantize_rows",
         [](int device, uintptr_t stream, int dev_idx, uintptr_t q, uintptr_t row_scale, int64_t M,
@@ -78,13 +81,15 @@ NB_MODULE(_C, m) {
           raise_if_error(lt8::dequantize_rows(make_exec(device, stream, dev_idx),
                                               ptr<const int8_t>(q), ptr<const float>(row_scale), M,
                                               K, to_dtype(out_dtype), ptr<void>(out)));
-        });
+        },
+        nb::call_guard<nb::gil_scoped_release>());
 
   m.def("int8_gemm", [](int device, uintptr_t stream, int dev_idx, uintptr_t A, uintptr_t B,
                         int64_t M, int64_t N, int64_t K, uintptr_t C) {
     raise_if_error(lt8::int8_gemm(make_exec(device, stream, dev_idx), ptr<const int8_t>(A),
                                   ptr<const int8_t>(B), M, N, K, ptr<int32_t>(C)));
-  });
+  },
+        nb::call_guard<nb::gil_scoped_release>());
 
   m.def("dequant_epilogue",
         [](int device, uintptr_t stream, int dev_idx, uintptr_t C, uintptr_t row_scale,
@@ -94,7 +99,8 @@ NB_MODULE(_C, m) {
               make_exec(device, stream, dev_idx), ptr<const int32_t>(C),
               ptr<const float>(row_scale), ptr<const float>(col_scale), to_dtype(bias_dtype),
               ptr<const void>(bias), M, N, to_dtype(out_dtype), ptr<void>(out)));
-        });
+        },
+        nb::call_guard<nb::gil_scoped_release>());
 
   m.def("layout_padded_shape", [](int layout, int64_t rows, int64_t cols) {
     if (layout < 0 || layout > 3) throw std::invalid_argument("unknown layout code");
@@ -109,7 +115,8 @@ NB_MODULE(_C, m) {
                                          ptr<int8_t>(out), rows, cols,
                                          static_cast<lt8::Layout>(from),
                                          static_cast<lt8::Layout>(to)));
-  });
+  },
+        nb::call_guard<nb::gil_scoped_release>());
 
   m.def("linear_workspace_size", &lt8::int8_linear_workspace_size,
         "Bytes of scratch the fused linear op needs for (M, N, K).");
@@ -123,7 +130,8 @@ NB_MODULE(_C, m) {
               ptr<const int8_t>(CB), ptr<const float>(SCB), to_dtype(bias_dtype),
               ptr<const void>(bias), M, N, K, threshold, ptr<void>(out), ptr<void>(workspace),
               workspace_bytes));
-        });
+        },
+        nb::call_guard<nb::gil_scoped_release>());
 
   m.def("int8_weight_linear",
         [](int device, uintptr_t stream, int dev_idx, int x_dtype, uintptr_t x, uintptr_t CB,
@@ -133,7 +141,8 @@ NB_MODULE(_C, m) {
               make_exec(device, stream, dev_idx), to_dtype(x_dtype), ptr<const void>(x),
               ptr<const int8_t>(CB), ptr<const float>(SCB), to_dtype(bias_dtype),
               ptr<const void>(bias), M, N, K, ptr<void>(out)));
-        });
+        },
+        nb::call_guard<nb::gil_scoped_release>());
 
   m.def("int8_linear_grad_input",
         [](int device, uintptr_t stream, int dev_idx, int g_dtype, uintptr_t grad_out,
@@ -141,7 +150,8 @@ NB_MODULE(_C, m) {
           raise_if_error(lt8::int8_linear_grad_input(
               make_exec(device, stream, dev_idx), to_dtype(g_dtype), ptr<const void>(grad_out),
               ptr<const int8_t>(CB), ptr<const float>(SCB), M, N, K, ptr<void>(grad_x)));
-        });
+        },
+        nb::call_guard<nb::gil_scoped_release>());
 
   m.def("registrations", [] {
     nb::dict platforms;
