@@ -15,20 +15,9 @@ from typing import Optional
 
 import torch
 
-from lt8._native import DEVICE_CPU, DEVICE_CUDA, DTYPE_BF16, DTYPE_F16, DTYPE_F32, C
+from lt8._native import DTYPE_F32, C
 from lt8.torch import _ops as ops
-from lt8.torch._kernels import check_cuda_device
-
-_DTYPE_CODES = {torch.float32: DTYPE_F32, torch.float16: DTYPE_F16, torch.bfloat16: DTYPE_BF16}
-
-# The raw current-stream getter skips building a torch.cuda.Stream object per call.
-_raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
-
-
-def _stream_of(device: torch.device) -> int:
-    if _raw_stream is not None:
-        return _raw_stream(device.index)
-    return torch.cuda.current_stream(device).cuda_stream
+from lt8.torch._kernels import _DTYPE_CODES, _exec, check_cuda_device
 
 
 def eligible(x: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:
@@ -93,12 +82,8 @@ class PreparedWeight:
         out = torch.empty((*x.shape[:-1], N), dtype=x.dtype, device=x.device)
         ws_bytes = C.linear_workspace_size(M, N, K)
         ws = torch.empty(ws_bytes, dtype=torch.uint8, device=x.device)
-        if x.device.type == "cuda":
-            ex = (DEVICE_CUDA, _stream_of(x.device), x.device.index)
-        else:
-            ex = (DEVICE_CPU, 0, -1)
         cb_ptr, scb_ptr, bias_ptr = self.ptrs
-        C.int8_linear(*ex, code, x.data_ptr(), cb_ptr, scb_ptr, self.bias_code, bias_ptr or 0,
+        C.int8_linear(*_exec(x), code, x.data_ptr(), cb_ptr, scb_ptr, self.bias_code, bias_ptr or 0,
                       M, N, K, threshold, out.data_ptr(), ws.data_ptr(), ws_bytes)
         return out
 

@@ -45,12 +45,22 @@ def check_cuda_device(device: torch.device) -> None:
     _CUDA_READY.add(device.index)
 
 
+# The raw current-stream getter skips building a torch.cuda.Stream object per call.
+_raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+
+
+def _stream_of(device: torch.device) -> int:
+    if _raw_stream is not None:
+        return _raw_stream(device.index)
+    return torch.cuda.current_stream(device).cuda_stream
+
+
 def _exec(t: torch.Tensor) -> tuple[int, int, int]:
     """(device code, stream handle, device index) for the tensor's device."""
     if t.device.type == "cuda":
         if t.device.index not in _CUDA_READY:
             check_cuda_device(t.device)
-        return DEVICE_CUDA, torch.cuda.current_stream(t.device).cuda_stream, t.device.index
+        return DEVICE_CUDA, _stream_of(t.device), t.device.index
     if t.device.type != "cpu":
         raise ValueError(f"lt8 runs on cpu and cuda tensors, got a tensor on {t.device}")
     return DEVICE_CPU, 0, -1
