@@ -97,7 +97,9 @@ def torch_rows(K: int, N: int, M: int, bnb) -> dict[str, float]:
         row["lt8_torch_graph"] = graph_time(q, xs)
         if bnb is not None:
             b = bnb.nn.Linear8bitLt(K, N, has_fp16_weights=False, threshold=THRESHOLD)
-            b.weight = bnb.nn.Int8Params(fp.weight.data.float().cpu(), requires_grad=False, has_fp16_weights=False)
+            b.weight = bnb.nn.Int8Params(
+                fp.weight.data.float().cpu(), requires_grad=False, has_fp16_weights=False
+            )
             b.bias = torch.nn.Parameter(fp.bias.data.clone())
             b = b.cuda()
             row["bnb_eager"] = cuda_time(b, xs)
@@ -124,7 +126,10 @@ def jax_rows(K: int, N: int, M: int) -> dict[str, float]:
     xs = jnp.stack([jnp.asarray(x.cpu().numpy()) for x in realistic_inputs(M, K, layers, seed=1)])
 
     def lt8_net(xs, quant):
-        return [jops.linear(xs[i], *quant[i % n_weights], bias, threshold=THRESHOLD) for i in range(layers)]
+        return [
+            jops.linear(xs[i], *quant[i % n_weights], bias, threshold=THRESHOLD)
+            for i in range(layers)
+        ]
 
     def fp16_net(xs, w16):
         return [xs[i] @ w16[i % n_weights] + bias for i in range(layers)]
@@ -133,14 +138,18 @@ def jax_rows(K: int, N: int, M: int) -> dict[str, float]:
         outs = []
         for i in range(layers):
             xq = jnp.clip(jnp.round(xs[i] * 16.0), -127, 127).astype(jnp.int8)
-            acc = jax.lax.dot_general(xq, w8[i % n_weights], (((1,), (0,)), ((), ())),
-                                      preferred_element_type=jnp.int32)
+            acc = jax.lax.dot_general(
+                xq, w8[i % n_weights], (((1,), (0,)), ((), ())), preferred_element_type=jnp.int32
+            )
             outs.append((acc.astype(jnp.float32) * (1.0 / 2048)).astype(jnp.float16))
         return outs
 
     out = {}
-    for name, fn, weights in (("lt8_jax_jit", lt8_net, quant), ("xla_fp16_dense", fp16_net, w16),
-                              ("xla_int8_dot", int8_net, w8)):
+    for name, fn, weights in (
+        ("lt8_jax_jit", lt8_net, quant),
+        ("xla_fp16_dense", fp16_net, w16),
+        ("xla_int8_dot", int8_net, w8),
+    ):
         f = jax.jit(fn)
         jax.block_until_ready(f(xs, weights))
         times = []
@@ -212,7 +221,10 @@ def main() -> None:
         ms = [int(v) for v in args.ms.split(",")]
     device = torch.cuda.get_device_name()
     mem = memory_rows(8192, 8192, bnb)
-    print("memory, 8192x8192 layer, M=16 forward: " + ", ".join(f"{k}={v:.1f}" for k, v in mem.items()))
+    print(
+        "memory, 8192x8192 layer, M=16 forward: "
+        + ", ".join(f"{k}={v:.1f}" for k, v in mem.items())
+    )
     rows = []
     for K, N in shapes:
         for M in ms:
@@ -236,7 +248,9 @@ def main() -> None:
         w = csv.DictWriter(f, fieldnames=list(mem))
         w.writeheader()
         w.writerow(mem)
-    print(f"\n{device}; median us per layer; ratio = time / fp16 nn.Linear (torch) or XLA fp16 dense (JAX)")
+    print(
+        f"\n{device}; median us per layer; ratio = time / fp16 nn.Linear (torch) or XLA fp16 dense (JAX)"
+    )
     for r in rows:
         print(_fmt(r))
     print(f"wrote {csv_path}")
@@ -257,7 +271,15 @@ def _fmt(r: dict) -> str:
     base = r.get("fp16_linear")
     jbase = r.get("xla_fp16_dense")
     parts = [f"{r['in']:>5}x{r['out']:<5} M={r['M']:<5}"]
-    for k in ("fp16_linear", "lt8_torch_eager", "lt8_torch_graph", "bnb_eager", "xla_fp16_dense", "xla_int8_dot", "lt8_jax_jit"):
+    for k in (
+        "fp16_linear",
+        "lt8_torch_eager",
+        "lt8_torch_graph",
+        "bnb_eager",
+        "xla_fp16_dense",
+        "xla_int8_dot",
+        "lt8_jax_jit",
+    ):
         if k in r:
             ref = jbase if k.startswith(("lt8_jax", "xla")) else base
             parts.append(f"{k} {r[k] * 1e6:8.1f} ({r[k] / ref:4.2f}x)")
@@ -276,7 +298,14 @@ def _plot(rows, path: Path) -> None:
     fig, axes = plt.subplots(1, len(shapes), figsize=(5 * len(shapes), 4), squeeze=False)
     for ax, (K, N) in zip(axes[0], shapes):
         sub = [r for r in rows if (r["in"], r["out"]) == (K, N)]
-        for key in ("fp16_linear", "lt8_torch_eager", "lt8_torch_graph", "bnb_eager", "lt8_jax_jit", "xla_fp16_dense"):
+        for key in (
+            "fp16_linear",
+            "lt8_torch_eager",
+            "lt8_torch_graph",
+            "bnb_eager",
+            "lt8_jax_jit",
+            "xla_fp16_dense",
+        ):
             if key in sub[0]:
                 ax.plot([r["M"] for r in sub], [r[key] * 1e6 for r in sub], marker="o", label=key)
         ax.set(xscale="log", yscale="log", xlabel="M (rows)", ylabel="us", title=f"{K}x{N}")

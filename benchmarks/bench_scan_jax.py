@@ -54,8 +54,11 @@ def main() -> None:
         return [jops.linear(xs[i], CB[i], SCB[i], bias[i], threshold=6.0) for i in range(L)]
 
     def lt8_scan(xs, CB, SCB, bias):
-        return jax.lax.scan(lambda c, a: (c, jops.linear(a[0], a[1], a[2], a[3], threshold=6.0)),
-                            0, (xs, CB, SCB, bias))[1]
+        return jax.lax.scan(
+            lambda c, a: (c, jops.linear(a[0], a[1], a[2], a[3], threshold=6.0)),
+            0,
+            (xs, CB, SCB, bias),
+        )[1]
 
     def dense(x, w, b):  # x @ w.T without materialising the transpose
         return jax.lax.dot_general(x, w, (((1,), (1,)), ((), ()))) + b
@@ -66,7 +69,9 @@ def main() -> None:
     def fp16_scan(xs, W, bias):
         return jax.lax.scan(lambda c, a: (c, dense(*a)), 0, (xs, W, bias))[1]
 
-    print(f"{jax.devices()[0].device_kind}, {L} layers of {D}x{D}, us per layer (host-timed, one jit)")
+    print(
+        f"{jax.devices()[0].device_kind}, {L} layers of {D}x{D}, us per layer (host-timed, one jit)"
+    )
     for M in (int(v) for v in args.ms.split(",")):
         xs = jnp.asarray(np.random.default_rng(M).standard_normal((L, M, D)), jnp.float16)
         row = {

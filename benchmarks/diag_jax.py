@@ -32,9 +32,15 @@ for M in (1, 16, 256):
         arg = jax.jit(lambda x, cb, s, b: jops.linear(x, cb, s, b, threshold=thr))
         clo = jax.jit(lambda x: jops.linear(x, CB, SCB, bias, threshold=thr))
         nob = jax.jit(lambda x, cb, s: jops.linear(x, cb, s, None, threshold=thr))
-        print(f"M={M} thr={thr}: args {bench(arg, x, CB, SCB, bias):.1f} us, closure {bench(clo, x):.1f} us, "
-              f"no-bias {bench(nob, x, CB, SCB):.1f} us")
-    hlo = jax.jit(lambda x: jops.linear(x, CB, SCB, bias, threshold=6.0)).lower(x).compile().as_text()
-    print(f"M={M} compiled HLO: {len(hlo)} chars, custom-calls {hlo.count('custom-call')}, copies {hlo.count(' copy(')}, constants {hlo.count('constant(')}")
+        print(
+            f"M={M} thr={thr}: args {bench(arg, x, CB, SCB, bias):.1f} us, closure {bench(clo, x):.1f} us, "
+            f"no-bias {bench(nob, x, CB, SCB):.1f} us"
+        )
+    hlo = (
+        jax.jit(lambda x: jops.linear(x, CB, SCB, bias, threshold=6.0)).lower(x).compile().as_text()
+    )
+    print(
+        f"M={M} compiled HLO: {len(hlo)} chars, custom-calls {hlo.count('custom-call')}, copies {hlo.count(' copy(')}, constants {hlo.count('constant(')}"
+    )
     if M == 16:
         print("\n".join(l for l in hlo.splitlines() if "custom-call" in l or "copy" in l)[:3000])

@@ -13,11 +13,10 @@ from __future__ import annotations
 import argparse
 
 import torch
+from bench_linear import graph_time, realistic_inputs
 
 import lt8.torch  # noqa: F401  (registers torch.ops.lt8)
 from lt8._native import C
-
-from bench_linear import graph_time, realistic_inputs
 
 
 def graph_us(fn, inputs) -> float:
@@ -44,9 +43,13 @@ def main() -> None:
         row["lt8 int8_gemm"] = graph_us(lambda q: torch.ops.lt8.int8_gemm(q, CB), qs)
         row["quantize t=6"] = graph_us(lambda x: torch.ops.lt8.quantize_rows(x, 6.0), xs)
         for t in (0.0, 6.0):
-            row[f"linear t={t:g}"] = graph_us(lambda x: torch.ops.lt8.int8_linear(x, CB, SCB, bias, t), xs)
+            row[f"linear t={t:g}"] = graph_us(
+                lambda x: torch.ops.lt8.int8_linear(x, CB, SCB, bias, t), xs
+            )
         C.set_cublaslt_enabled(False)
-        row["linear t=6 dp4a"] = graph_us(lambda x: torch.ops.lt8.int8_linear(x, CB, SCB, bias, 6.0), xs)
+        row["linear t=6 dp4a"] = graph_us(
+            lambda x: torch.ops.lt8.int8_linear(x, CB, SCB, bias, 6.0), xs
+        )
         C.set_cublaslt_enabled(True)
         print(f"M={M:5d} " + " | ".join(f"{k} {v:7.1f}" for k, v in row.items()), flush=True)
 

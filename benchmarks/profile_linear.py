@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 
 import torch
+from bench_linear import realistic_inputs
 
 import lt8.torch  # noqa: F401  (registers torch.ops.lt8)
-from bench_linear import realistic_inputs
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--shape", default="8192x8192")

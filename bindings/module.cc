@@ -37,12 +37,15 @@ lt8::Exec make_exec(int device, uintptr_t stream, int device_index) {
 }
 
 DType to_dtype(int code) {
-  if (code < 0 || code > 5) throw std::invalid_argument("unknown dtype code " + std::to_string(code));
+  if (code < 0 || code > 5)
+    throw std::invalid_argument("unknown dtype code " + std::to_string(code));
   return static_cast<DType>(code);
 }
 
 template <typename T>
-T* ptr(uintptr_t p) { return reinterpret_cast<T*>(p); }
+T* ptr(uintptr_t p) {
+  return reinterpret_cast<T*>(p);
+}
 
 }  // namespace
 
@@ -52,12 +55,15 @@ NB_MODULE(_C, m) {
   m.doc() = "lt8 native kernels (CPU always; CUDA when built with a CUDA toolkit)";
 
   m.def("has_cuda", &lt8::cuda_built, "True when this build contains CUDA kernels.");
-  m.def("cuda_archs", [] { return std::string(lt8::cuda_archs()); },
-        "CUDA architectures compiled in, e.g. '75,80,86,89,90' ('' without CUDA).");
-  m.def("cublaslt_available", &lt8::cublaslt_available,
-        "True when the CUDA kernels can use cuBLASLt's int8 tensor-core GEMM (loaded at run time).");
+  m.def(
+      "cuda_archs", [] { return std::string(lt8::cuda_archs()); },
+      "CUDA architectures compiled in, e.g. '75,80,86,89,90' ('' without CUDA).");
+  m.def(
+      "cublaslt_available", &lt8::cublaslt_available,
+      "True when the CUDA kernels can use cuBLASLt's int8 tensor-core GEMM (loaded at run time).");
   m.def("set_cublaslt_enabled", &lt8::set_cublaslt_enabled, nb::arg("enabled"),
-        "Lets (True, default) or stops (False) the CUDA kernels using cuBLASLt; for tests/benchmarks.");
+        "Lets (True, default) or stops (False) the CUDA kernels using cuBLASLt; for "
+        "tests/benchmarks.");
   m.def("has_ffi", [] {
 #ifdef LT8_WITH_FFI
     return true;
@@ -66,41 +72,46 @@ NB_MODULE(_C, m) {
 #endif
   });
 
-  m.def("quantize_rows",
-        [](int device, uintptr_t stream, int dev_idx, int x_dtype, uintptr_t x, int64_t M,
-           int64_t K, float threshold, uintptr_t q, uintptr_t row_scale, uintptr_t mask) {
-          raise_if_error(lt8::quantize_rows(make_exec(device, stream, dev_idx), to_dtype(x_dtype),
-                                            ptr<const void>(x), M, K, threshold, ptr<int8_t>(q),
-                                            ptr<float>(row_scale), ptr<uint8_t>(mask)));
-        },
-        nb::call_guard<nb::gil_scoped_release>());
+  m.def(
+      "quantize_rows",
+      [](int device, uintptr_t stream, int dev_idx, int x_dtype, uintptr_t x, int64_t M, int64_t K,
+         float threshold, uintptr_t q, uintptr_t row_scale, uintptr_t mask) {
+        raise_if_error(lt8::quantize_rows(make_exec(device, stream, dev_idx), to_dtype(x_dtype),
+                                          ptr<const void>(x), M, K, threshold, ptr<int8_t>(q),
+                                          ptr<float>(row_scale), ptr<uint8_t>(mask)));
+      },
+      nb::call_guard<nb::gil_scoped_release>());
 
-  m.def("dequantize_rows",
-        [](int device, uintptr_t stream, int dev_idx, uintptr_t q, uintptr_t row_scale, int64_t M,
-           int64_t K, int out_dtype, uintptr_t out) {
-          raise_if_error(lt8::dequantize_rows(make_exec(device, stream, dev_idx),
-                                              ptr<const int8_t>(q), ptr<const float>(row_scale), M,
-                                              K, to_dtype(out_dtype), ptr<void>(out)));
-        },
-        nb::call_guard<nb::gil_scoped_release>());
+  m.def(
+      "dequantize_rows",
+      [](int device, uintptr_t stream, int dev_idx, uintptr_t q, uintptr_t row_scale, int64_t M,
+         int64_t K, int out_dtype, uintptr_t out) {
+        raise_if_error(lt8::dequantize_rows(make_exec(device, stream, dev_idx),
+                                            ptr<const int8_t>(q), ptr<const float>(row_scale), M, K,
+                                            to_dtype(out_dtype), ptr<void>(out)));
+      },
+      nb::call_guard<nb::gil_scoped_release>());
 
-  m.def("int8_gemm", [](int device, uintptr_t stream, int dev_idx, uintptr_t A, uintptr_t B,
-                        int64_t M, int64_t N, int64_t K, uintptr_t C) {
-    raise_if_error(lt8::int8_gemm(make_exec(device, stream, dev_idx), ptr<const int8_t>(A),
-                                  ptr<const int8_t>(B), M, N, K, ptr<int32_t>(C)));
-  },
-        nb::call_guard<nb::gil_scoped_release>());
+  m.def(
+      "int8_gemm",
+      [](int device, uintptr_t stream, int dev_idx, uintptr_t A, uintptr_t B, int64_t M, int64_t N,
+         int64_t K, uintptr_t C) {
+        raise_if_error(lt8::int8_gemm(make_exec(device, stream, dev_idx), ptr<const int8_t>(A),
+                                      ptr<const int8_t>(B), M, N, K, ptr<int32_t>(C)));
+      },
+      nb::call_guard<nb::gil_scoped_release>());
 
-  m.def("dequant_epilogue",
-        [](int device, uintptr_t stream, int dev_idx, uintptr_t C, uintptr_t row_scale,
-           uintptr_t col_scale, int bias_dtype, uintptr_t bias, int64_t M, int64_t N,
-           int out_dtype, uintptr_t out) {
-          raise_if_error(lt8::dequant_epilogue(
-              make_exec(device, stream, dev_idx), ptr<const int32_t>(C),
-              ptr<const float>(row_scale), ptr<const float>(col_scale), to_dtype(bias_dtype),
-              ptr<const void>(bias), M, N, to_dtype(out_dtype), ptr<void>(out)));
-        },
-        nb::call_guard<nb::gil_scoped_release>());
+  m.def(
+      "dequant_epilogue",
+      [](int device, uintptr_t stream, int dev_idx, uintptr_t C, uintptr_t row_scale,
+         uintptr_t col_scale, int bias_dtype, uintptr_t bias, int64_t M, int64_t N, int out_dtype,
+         uintptr_t out) {
+        raise_if_error(lt8::dequant_epilogue(
+            make_exec(device, stream, dev_idx), ptr<const int32_t>(C), ptr<const float>(row_scale),
+            ptr<const float>(col_scale), to_dtype(bias_dtype), ptr<const void>(bias), M, N,
+            to_dtype(out_dtype), ptr<void>(out)));
+      },
+      nb::call_guard<nb::gil_scoped_release>());
 
   m.def("layout_padded_shape", [](int layout, int64_t rows, int64_t cols) {
     if (layout < 0 || layout > 3) throw std::invalid_argument("unknown layout code");
@@ -109,63 +120,70 @@ NB_MODULE(_C, m) {
     return std::make_tuple(pr, pc);
   });
 
-  m.def("transform_layout", [](int device, uintptr_t stream, int dev_idx, uintptr_t in,
-                               uintptr_t out, int64_t rows, int64_t cols, int from, int to) {
-    raise_if_error(lt8::transform_layout(make_exec(device, stream, dev_idx), ptr<const int8_t>(in),
-                                         ptr<int8_t>(out), rows, cols,
-                                         static_cast<lt8::Layout>(from),
-                                         static_cast<lt8::Layout>(to)));
-  },
-        nb::call_guard<nb::gil_scoped_release>());
+  m.def(
+      "transform_layout",
+      [](int device, uintptr_t stream, int dev_idx, uintptr_t in, uintptr_t out, int64_t rows,
+         int64_t cols, int from, int to) {
+        raise_if_error(lt8::transform_layout(
+            make_exec(device, stream, dev_idx), ptr<const int8_t>(in), ptr<int8_t>(out), rows, cols,
+            static_cast<lt8::Layout>(from), static_cast<lt8::Layout>(to)));
+      },
+      nb::call_guard<nb::gil_scoped_release>());
 
   m.def("linear_workspace_size", &lt8::int8_linear_workspace_size,
         "Bytes of scratch the fused linear op needs for (M, N, K).");
 
-  m.def("int8_linear",
-        [](int device, uintptr_t stream, int dev_idx, int x_dtype, uintptr_t x, uintptr_t CB,
-           uintptr_t SCB, int bias_dtype, uintptr_t bias, int64_t M, int64_t N, int64_t K,
-           float threshold, uintptr_t out, uintptr_t workspace, size_t workspace_bytes) {
-          raise_if_error(lt8::int8_linear(
-              make_exec(device, stream, dev_idx), to_dtype(x_dtype), ptr<const void>(x),
-              ptr<const int8_t>(CB), ptr<const float>(SCB), to_dtype(bias_dtype),
-              ptr<const void>(bias), M, N, K, threshold, ptr<void>(out), ptr<void>(workspace),
-              workspace_bytes));
-        },
-        nb::call_guard<nb::gil_scoped_release>());
+  m.def(
+      "int8_linear",
+      [](int device, uintptr_t stream, int dev_idx, int x_dtype, uintptr_t x, uintptr_t CB,
+         uintptr_t SCB, int bias_dtype, uintptr_t bias, int64_t M, int64_t N, int64_t K,
+         float threshold, uintptr_t out, uintptr_t workspace, size_t workspace_bytes) {
+        raise_if_error(lt8::int8_linear(make_exec(device, stream, dev_idx), to_dtype(x_dtype),
+                                        ptr<const void>(x), ptr<const int8_t>(CB),
+                                        ptr<const float>(SCB), to_dtype(bias_dtype),
+                                        ptr<const void>(bias), M, N, K, threshold, ptr<void>(out),
+                                        ptr<void>(workspace), workspace_bytes));
+      },
+      nb::call_guard<nb::gil_scoped_release>());
 
-  m.def("int8_weight_linear",
-        [](int device, uintptr_t stream, int dev_idx, int x_dtype, uintptr_t x, uintptr_t CB,
-           uintptr_t SCB, int bias_dtype, uintptr_t bias, int64_t M, int64_t N, int64_t K,
-           uintptr_t out) {
-          raise_if_error(lt8::int8_weight_linear(
-              make_exec(device, stream, dev_idx), to_dtype(x_dtype), ptr<const void>(x),
-              ptr<const int8_t>(CB), ptr<const float>(SCB), to_dtype(bias_dtype),
-              ptr<const void>(bias), M, N, K, ptr<void>(out)));
-        },
-        nb::call_guard<nb::gil_scoped_release>());
+  m.def(
+      "int8_weight_linear",
+      [](int device, uintptr_t stream, int dev_idx, int x_dtype, uintptr_t x, uintptr_t CB,
+         uintptr_t SCB, int bias_dtype, uintptr_t bias, int64_t M, int64_t N, int64_t K,
+         uintptr_t out) {
+        raise_if_error(lt8::int8_weight_linear(
+            make_exec(device, stream, dev_idx), to_dtype(x_dtype), ptr<const void>(x),
+            ptr<const int8_t>(CB), ptr<const float>(SCB), to_dtype(bias_dtype),
+            ptr<const void>(bias), M, N, K, ptr<void>(out)));
+      },
+      nb::call_guard<nb::gil_scoped_release>());
 
-  m.def("int8_linear_grad_input",
-        [](int device, uintptr_t stream, int dev_idx, int g_dtype, uintptr_t grad_out,
-           uintptr_t CB, uintptr_t SCB, int64_t M, int64_t N, int64_t K, uintptr_t grad_x) {
-          raise_if_error(lt8::int8_linear_grad_input(
-              make_exec(device, stream, dev_idx), to_dtype(g_dtype), ptr<const void>(grad_out),
-              ptr<const int8_t>(CB), ptr<const float>(SCB), M, N, K, ptr<void>(grad_x)));
-        },
-        nb::call_guard<nb::gil_scoped_release>());
+  m.def(
+      "int8_linear_grad_input",
+      [](int device, uintptr_t stream, int dev_idx, int g_dtype, uintptr_t grad_out, uintptr_t CB,
+         uintptr_t SCB, int64_t M, int64_t N, int64_t K, uintptr_t grad_x) {
+        raise_if_error(lt8::int8_linear_grad_input(
+            make_exec(device, stream, dev_idx), to_dtype(g_dtype), ptr<const void>(grad_out),
+            ptr<const int8_t>(CB), ptr<const float>(SCB), M, N, K, ptr<void>(grad_x)));
+      },
+      nb::call_guard<nb::gil_scoped_release>());
 
-  m.def("registrations", [] {
-    nb::dict platforms;
+  m.def(
+      "registrations",
+      [] {
+        nb::dict platforms;
 #ifdef LT8_WITH_FFI
-    auto to_dict = [](const std::vector<lt8::ffi::Target>& targets) {
-      nb::dict d;
-      for (const auto& t : targets) d[t.name] = nb::capsule(t.handler);
-      return d;
-    };
-    platforms["cpu"] = to_dict(lt8::ffi::cpu_targets());
+        auto to_dict = [](const std::vector<lt8::ffi::Target>& targets) {
+          nb::dict d;
+          for (const auto& t : targets) d[t.name] = nb::capsule(t.handler);
+          return d;
+        };
+        platforms["cpu"] = to_dict(lt8::ffi::cpu_targets());
 #ifdef LT8_WITH_CUDA
-    platforms["CUDA"] = to_dict(lt8::ffi::cuda_targets());
+        platforms["CUDA"] = to_dict(lt8::ffi::cuda_targets());
 #endif
 #endif
-    return platforms;
-  }, "XLA FFI handlers: {platform: {target_name: capsule}}.");
+        return platforms;
+      },
+      "XLA FFI handlers: {platform: {target_name: capsule}}.");
 }

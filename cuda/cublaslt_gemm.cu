@@ -33,12 +33,12 @@ struct LtHeuristic {
   int reserved[4];
 };
 constexpr int kLtSuccess = 0;
-constexpr int kLtNotSupported = 15;        // CUBLAS_STATUS_NOT_SUPPORTED (nothing was enqueued)
-constexpr int kCompute32I = 72;            // CUBLAS_COMPUTE_32I
-constexpr int kDescTransA = 3;             // CUBLASLT_MATMUL_DESC_TRANSA
-constexpr int kOpT = 1;                    // CUBLAS_OP_T
-constexpr int kPrefMaxWorkspace = 1;       // CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES
-constexpr int kPrefMinAlignA = 5;          // ..._MIN_ALIGNMENT_A_BYTES (B, C, D follow: 6, 7, 8)
+constexpr int kLtNotSupported = 15;   // CUBLAS_STATUS_NOT_SUPPORTED (nothing was enqueued)
+constexpr int kCompute32I = 72;       // CUBLAS_COMPUTE_32I
+constexpr int kDescTransA = 3;        // CUBLASLT_MATMUL_DESC_TRANSA
+constexpr int kOpT = 1;               // CUBLAS_OP_T
+constexpr int kPrefMaxWorkspace = 1;  // CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES
+constexpr int kPrefMinAlignA = 5;     // ..._MIN_ALIGNMENT_A_BYTES (B, C, D follow: 6, 7, 8)
 
 struct LtApi {
   int (*create)(LtHandle*);
@@ -119,7 +119,9 @@ using PlanKey = std::tuple<int, int64_t, int64_t, int64_t, size_t, uint32_t>;
 struct PlanKeyHash {
   size_t operator()(const PlanKey& k) const {
     size_t h = 0;
-    auto mix = [&h](uint64_t v) { h ^= std::hash<uint64_t>()(v) + 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2); };
+    auto mix = [&h](uint64_t v) {
+      h ^= std::hash<uint64_t>()(v) + 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2);
+    };
     mix(static_cast<uint64_t>(std::get<0>(k)));
     mix(static_cast<uint64_t>(std::get<1>(k)));
     mix(static_cast<uint64_t>(std::get<2>(k)));
@@ -194,23 +196,27 @@ uint32_t log2_of(uint32_t a) {
 
 }  // namespace
 
-void set_cublaslt_enabled(bool enabled) { g_enabled.store(enabled); }
-bool cublaslt_available() { return api().ok; }
+void set_cublaslt_enabled(bool enabled) {
+  g_enabled.store(enabled);
+}
+bool cublaslt_available() {
+  return api().ok;
+}
 
 bool cublaslt_int8_gemm(cudaStream_t stream, const int8_t* A, const int8_t* B, int64_t M, int64_t N,
                         int64_t K, int32_t* C, void* workspace, size_t workspace_bytes,
                         Status* err) {
   // int32 accumulation is exact only while K * 127 * 128 < 2^31; cuBLASLt also wants K % 4 == 0.
-  if (!g_enabled.load(std::memory_order_relaxed) || !api().ok || M <= 0 || N <= 0 ||
-      K % 4 != 0 || K <= 0 || K > (int64_t{1} << 17))
+  if (!g_enabled.load(std::memory_order_relaxed) || !api().ok || M <= 0 || N <= 0 || K % 4 != 0 ||
+      K <= 0 || K > (int64_t{1} << 17))
     return false;
   if (workspace == nullptr) workspace_bytes = 0;
   int device = 0;
   if (cudaGetDevice(&device) != cudaSuccess) return false;
   LtHandle h = handle_for(device);
   if (h == nullptr) return false;
-  const uint32_t align = log2_of(alignment_of(B)) | (log2_of(alignment_of(A)) << 8) |
-                         (log2_of(alignment_of(C)) << 16);
+  const uint32_t align =
+      log2_of(alignment_of(B)) | (log2_of(alignment_of(A)) << 8) | (log2_of(alignment_of(C)) << 16);
   const PlanKey key{device, M, N, K, workspace_bytes, align};
   auto it = t_state.plans.find(key);
   // Pointers that are not even 4-byte aligned (offset views) go to lt8's own GEMM.

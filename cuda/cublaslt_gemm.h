@@ -25,7 +25,8 @@ bool cublaslt_available();
 // disabled (set_cublaslt_enabled / LT8_DISABLE_CUBLASLT=1) or has no algorithm for the problem,
 // and false with *err set when a cuBLASLt call fails. Uses the current device.
 bool cublaslt_int8_gemm(cudaStream_t stream, const int8_t* A, const int8_t* B, int64_t M, int64_t N,
-                        int64_t K, int32_t* C, void* workspace, size_t workspace_bytes, Status* err);
+                        int64_t K, int32_t* C, void* workspace, size_t workspace_bytes,
+                        Status* err);
 
 }  // namespace gpu
 }  // namespace lt8

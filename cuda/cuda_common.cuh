@@ -29,11 +29,10 @@ inline Status check_cuda(cudaError_t err, const char* what) {
 }
 
 // Returns a Status::Internal from the enclosing function when `expr` (a cudaError_t) fails.
-#define LT8_CUDA_RETURN_IF_ERROR(expr, what)                      \
-  do {                                                            \
-    cudaError_t lt8_cuda_err_ = (expr);                           \
-    if (lt8_cuda_err_ != cudaSuccess)                             \
-      return ::lt8::gpu::cuda_error(lt8_cuda_err_, (what));       \
+#define LT8_CUDA_RETURN_IF_ERROR(expr, what)                                                \
+  do {                                                                                      \
+    cudaError_t lt8_cuda_err_ = (expr);                                                     \
+    if (lt8_cuda_err_ != cudaSuccess) return ::lt8::gpu::cuda_error(lt8_cuda_err_, (what)); \
   } while (0)
 
 // Use right after a <<<...>>> launch: reports launch-configuration errors.
@@ -75,14 +74,22 @@ class DeviceGuard {
   Status status_;
 };
 
-inline cudaStream_t stream_of(const Exec& ex) { return static_cast<cudaStream_t>(ex.stream); }
+inline cudaStream_t stream_of(const Exec& ex) {
+  return static_cast<cudaStream_t>(ex.stream);
+}
 
 // ---------------------------------------------------------------------------------------------
 // Storage type <-> float. Conversions to 16-bit types round to nearest even.
 
-__host__ __device__ __forceinline__ float to_float(float v) { return v; }
-__host__ __device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
-__host__ __device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+__host__ __device__ __forceinline__ float to_float(float v) {
+  return v;
+}
+__host__ __device__ __forceinline__ float to_float(__half v) {
+  return __half2float(v);
+}
+__host__ __device__ __forceinline__ float to_float(__nv_bfloat16 v) {
+  return __bfloat162float(v);
+}
 
 template <typename T>
 __host__ __device__ __forceinline__ T from_float(float v);
@@ -103,10 +110,14 @@ __host__ __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(floa
 // Non-float dtypes read as NaN (callers validate dtypes on the host).
 __device__ __forceinline__ float load_float_any(DType t, const void* p, int64_t i) {
   switch (t) {
-    case DType::kF32: return static_cast<const float*>(p)[i];
-    case DType::kF16: return __half2float(static_cast<const __half*>(p)[i]);
-    case DType::kBF16: return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
-    default: return __int_as_float(0x7fc00000);
+    case DType::kF32:
+      return static_cast<const float*>(p)[i];
+    case DType::kF16:
+      return __half2float(static_cast<const __half*>(p)[i]);
+    case DType::kBF16:
+      return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
+    default:
+      return __int_as_float(0x7fc00000);
   }
 }
 
@@ -114,10 +125,14 @@ __device__ __forceinline__ float load_float_any(DType t, const void* p, int64_t 
 template <typename Fn>
 inline Status dispatch_float(DType t, Fn&& fn) {
   switch (t) {
-    case DType::kF32: return fn(float{});
-    case DType::kF16: return fn(__half{});
-    case DType::kBF16: return fn(__nv_bfloat16{});
-    default: return Status::Invalid(std::string("unsupported floating dtype ") + dtype_name(t));
+    case DType::kF32:
+      return fn(float{});
+    case DType::kF16:
+      return fn(__half{});
+    case DType::kBF16:
+      return fn(__nv_bfloat16{});
+    default:
+      return Status::Invalid(std::string("unsupported floating dtype ") + dtype_name(t));
   }
 }
 

@@ -8,38 +8,64 @@
 namespace lt8 {
 
 #ifdef LT8_WITH_CUDA
-bool cuda_built() { return true; }
-const char* cuda_archs() { return LT8_CUDA_ARCHS; }
+bool cuda_built() {
+  return true;
+}
+const char* cuda_archs() {
+  return LT8_CUDA_ARCHS;
+}
 namespace gpu {
 void set_cublaslt_enabled(bool enabled);
 bool cublaslt_available();
 }  // namespace gpu
-void set_cublaslt_enabled(bool enabled) { gpu::set_cublaslt_enabled(enabled); }
-bool cublaslt_available() { return gpu::cublaslt_available(); }
+void set_cublaslt_enabled(bool enabled) {
+  gpu::set_cublaslt_enabled(enabled);
+}
+bool cublaslt_available() {
+  return gpu::cublaslt_available();
+}
 #else
-bool cuda_built() { return false; }
-const char* cuda_archs() { return ""; }
+bool cuda_built() {
+  return false;
+}
+const char* cuda_archs() {
+  return "";
+}
 void set_cublaslt_enabled(bool) {}
-bool cublaslt_available() { return false; }
+bool cublaslt_available() {
+  return false;
+}
 #endif
 
 size_t dtype_size(DType t) {
   switch (t) {
-    case DType::kF32: case DType::kI32: return 4;
-    case DType::kF16: case DType::kBF16: return 2;
-    case DType::kI8: case DType::kU8: return 1;
+    case DType::kF32:
+    case DType::kI32:
+      return 4;
+    case DType::kF16:
+    case DType::kBF16:
+      return 2;
+    case DType::kI8:
+    case DType::kU8:
+      return 1;
   }
   return 0;
 }
 
 const char* dtype_name(DType t) {
   switch (t) {
-    case DType::kF32: return "float32";
-    case DType::kF16: return "float16";
-    case DType::kBF16: return "bfloat16";
-    case DType::kI8: return "int8";
-    case DType::kI32: return "int32";
-    case DType::kU8: return "uint8";
+    case DType::kF32:
+      return "float32";
+    case DType::kF16:
+      return "float16";
+    case DType::kBF16:
+      return "bfloat16";
+    case DType::kI8:
+      return "int8";
+    case DType::kI32:
+      return "int32";
+    case DType::kU8:
+      return "uint8";
   }
   return "unknown";
 }
@@ -47,9 +73,13 @@ const char* dtype_name(DType t) {
 namespace {
 
 constexpr size_t kAlign = 256;
-size_t align_up(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
+size_t align_up(size_t n) {
+  return (n + kAlign - 1) / kAlign * kAlign;
+}
 
-bool is_float(DType t) { return t == DType::kF32 || t == DType::kF16 || t == DType::kBF16; }
+bool is_float(DType t) {
+  return t == DType::kF32 || t == DType::kF16 || t == DType::kBF16;
+}
 
 Status check_float(DType t, const char* what) {
   if (is_float(t)) return Status::Ok();
@@ -59,7 +89,8 @@ Status check_float(DType t, const char* what) {
 
 Status check_dims(std::initializer_list<std::pair<const char*, int64_t>> dims) {
   for (auto& [name, v] : dims) {
-    if (v < 0) return Status::Invalid(std::string(name) + " must be >= 0, got " + std::to_string(v));
+    if (v < 0)
+      return Status::Invalid(std::string(name) + " must be >= 0, got " + std::to_string(v));
     // Kernels index with int64 but grid sizes and row lengths fit in int32.
     if (v > (int64_t{1} << 31) - 1)
       return Status::Invalid(std::string(name) + " is too large: " + std::to_string(v));
@@ -80,18 +111,16 @@ Status no_cuda() {
       "tensors");
 }
 
-#define LT8_TRY(expr)            \
-  do {                           \
-    Status _s = (expr);          \
-    if (!_s.ok()) return _s;     \
+#define LT8_TRY(expr)        \
+  do {                       \
+    Status _s = (expr);      \
+    if (!_s.ok()) return _s; \
   } while (0)
 
 #ifdef LT8_WITH_CUDA
-#define LT8_ROUTE(cpu_call, gpu_call) \
-  return ex.device == Device::kCUDA ? (gpu_call) : (cpu_call)
+#define LT8_ROUTE(cpu_call, gpu_call) return ex.device == Device::kCUDA ? (gpu_call) : (cpu_call)
 #else
-#define LT8_ROUTE(cpu_call, gpu_call) \
-  return ex.device == Device::kCUDA ? no_cuda() : (cpu_call)
+#define LT8_ROUTE(cpu_call, gpu_call) return ex.device == Device::kCUDA ? no_cuda() : (cpu_call)
 #endif
 
 }  // namespace
@@ -191,7 +220,9 @@ Status dequant_epilogue(const Exec& ex, const int32_t* C, const float* row_scale
 Status transform_layout(const Exec& ex, const int8_t* in, int8_t* out, int64_t rows, int64_t cols,
                         Layout from, Layout to) {
   LT8_TRY(check_dims({{"rows", rows}, {"cols", cols}}));
-  auto valid = [](Layout l) { return static_cast<int32_t>(l) >= 0 && static_cast<int32_t>(l) <= 3; };
+  auto valid = [](Layout l) {
+    return static_cast<int32_t>(l) >= 0 && static_cast<int32_t>(l) <= 3;
+  };
   if (!valid(from) || !valid(to)) return Status::Invalid("unknown layout code");
   if (from != Layout::kRow && to != Layout::kRow)
     return Status::Invalid("one side of a layout transform must be row-major");
@@ -215,9 +246,9 @@ Status int8_linear(const Exec& ex, DType x_dtype, const void* x, const int8_t* C
                            std::to_string(workspace_bytes));
   LinearScratch s;
   carve_linear_scratch(workspace, M, N, K, &s);
-  LT8_ROUTE(cpu::int8_linear(x_dtype, x, CB, SCB, bias_dtype, bias, M, N, K, threshold, out, s),
-            gpu::int8_linear(ex, x_dtype, x, CB, SCB, bias_dtype, bias, M, N, K, threshold, out,
-                             s));
+  LT8_ROUTE(
+      cpu::int8_linear(x_dtype, x, CB, SCB, bias_dtype, bias, M, N, K, threshold, out, s),
+      gpu::int8_linear(ex, x_dtype, x, CB, SCB, bias_dtype, bias, M, N, K, threshold, out, s));
 }
 
 Status int8_weight_linear(const Exec& ex, DType x_dtype, const void* x, const int8_t* CB,
@@ -232,9 +263,8 @@ Status int8_weight_linear(const Exec& ex, DType x_dtype, const void* x, const in
             gpu::int8_weight_linear(ex, x_dtype, x, CB, SCB, bias_dtype, bias, M, N, K, out));
 }
 
-Status int8_linear_grad_input(const Exec& ex, DType g_dtype, const void* grad_out,
-                              const int8_t* CB, const float* SCB, int64_t M, int64_t N, int64_t K,
-                              void* grad_x) {
+Status int8_linear_grad_input(const Exec& ex, DType g_dtype, const void* grad_out, const int8_t* CB,
+                              const float* SCB, int64_t M, int64_t N, int64_t K, void* grad_x) {
   LT8_TRY(check_float(g_dtype, "grad_out"));
   LT8_TRY(check_dims({{"M", M}, {"N", N}, {"K", K}}));
   LT8_TRY(check_ptrs({{"grad_x", grad_x}}, M * K > 0));

@@ -8,16 +8,16 @@ namespace lt8 {
 // Scratch carved out of the caller's workspace for the fused linear op. Every piece is aligned to
 // 256 bytes so CUDA kernels may use vector loads on it.
 struct LinearScratch {
-  int8_t* q = nullptr;           // (M, K) quantized activations, outlier columns zeroed
-  float* row_scale = nullptr;    // (M,)
-  uint8_t* mask = nullptr;       // (K,) outlier column flags
-  int32_t* outlier_idx = nullptr;  // (K,) compacted outlier column indices (first *count valid)
+  int8_t* q = nullptr;               // (M, K) quantized activations, outlier columns zeroed
+  float* row_scale = nullptr;        // (M,)
+  uint8_t* mask = nullptr;           // (K,) outlier column flags
+  int32_t* outlier_idx = nullptr;    // (K,) compacted outlier column indices (first *count valid)
   int32_t* outlier_count = nullptr;  // (1,)
   // Only when M > small_batch_rows() (the GPU's tensor-core path; the CPU ignores them):
-  int32_t* acc = nullptr;        // (M, N) int32 GEMM result
-  float* outlier_w = nullptr;    // (kStagedOutliers, N) gathered outlier columns of W
-  float* outlier_x = nullptr;    // (M, kStagedOutliers) gathered outlier columns of x
-  void* gemm_ws = nullptr;       // cuBLASLt workspace
+  int32_t* acc = nullptr;      // (M, N) int32 GEMM result
+  float* outlier_w = nullptr;  // (kStagedOutliers, N) gathered outlier columns of W
+  float* outlier_x = nullptr;  // (M, kStagedOutliers) gathered outlier columns of x
+  void* gemm_ws = nullptr;     // cuBLASLt workspace
   size_t gemm_ws_bytes = 0;
 };
 
@@ -38,14 +38,17 @@ size_t carve_linear_scratch(void* base, int64_t M, int64_t N, int64_t K, LinearS
 float half_bits_to_float(uint16_t h);
 uint16_t float_to_half_bits(float f);
 inline float bf16_bits_to_float(uint16_t b) {
-  union { uint32_t u; float f; } v{static_cast<uint32_t>(b) << 16};
+  union {
+    uint32_t u;
+    float f;
+  } v{static_cast<uint32_t>(b) << 16};
   return v.f;
 }
 uint16_t float_to_bf16_bits(float f);
 
 namespace cpu {
-Status quantize_rows(DType x_dtype, const void* x, int64_t M, int64_t K, float threshold,
-                     int8_t* q, float* row_scale, uint8_t* outlier_mask);
+Status quantize_rows(DType x_dtype, const void* x, int64_t M, int64_t K, float threshold, int8_t* q,
+                     float* row_scale, uint8_t* outlier_mask);
 Status dequantize_rows(const int8_t* q, const float* row_scale, int64_t M, int64_t K,
                        DType out_dtype, void* out);
 Status int8_gemm(const int8_t* A, const int8_t* B, int64_t M, int64_t N, int64_t K, int32_t* C);
@@ -72,19 +75,18 @@ Status quantize_rows(const Exec& ex, DType x_dtype, const void* x, int64_t M, in
                      float threshold, int8_t* q, float* row_scale, uint8_t* outlier_mask);
 Status dequantize_rows(const Exec& ex, const int8_t* q, const float* row_scale, int64_t M,
                        int64_t K, DType out_dtype, void* out);
-Status int8_gemm(const Exec& ex, const int8_t* A, const int8_t* B, int64_t M, int64_t N,
-                 int64_t K, int32_t* C);
+Status int8_gemm(const Exec& ex, const int8_t* A, const int8_t* B, int64_t M, int64_t N, int64_t K,
+                 int32_t* C);
 Status dequant_epilogue(const Exec& ex, const int32_t* C, const float* row_scale,
                         const float* col_scale, DType bias_dtype, const void* bias, int64_t M,
                         int64_t N, DType out_dtype, void* out);
 Status transform_layout(const Exec& ex, const int8_t* in, int8_t* out, int64_t rows, int64_t cols,
                         Layout from, Layout to);
-Status int8_linear(const Exec& ex, DType x_dtype, const void* x, const int8_t* CB,
-                   const float* SCB, DType bias_dtype, const void* bias, int64_t M, int64_t N,
-                   int64_t K, float threshold, void* out, const LinearScratch& s);
-Status int8_linear_grad_input(const Exec& ex, DType g_dtype, const void* grad_out,
-                              const int8_t* CB, const float* SCB, int64_t M, int64_t N, int64_t K,
-                              void* grad_x);
+Status int8_linear(const Exec& ex, DType x_dtype, const void* x, const int8_t* CB, const float* SCB,
+                   DType bias_dtype, const void* bias, int64_t M, int64_t N, int64_t K,
+                   float threshold, void* out, const LinearScratch& s);
+Status int8_linear_grad_input(const Exec& ex, DType g_dtype, const void* grad_out, const int8_t* CB,
+                              const float* SCB, int64_t M, int64_t N, int64_t K, void* grad_x);
 Status int8_weight_linear(const Exec& ex, DType x_dtype, const void* x, const int8_t* CB,
                           const float* SCB, DType bias_dtype, const void* bias, int64_t M,
                           int64_t N, int64_t K, void* out);

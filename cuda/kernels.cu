@@ -41,7 +41,9 @@ constexpr int64_t kMaxGridYZ = 65535;
 // Cap for the grid of grid-stride elementwise kernels.
 constexpr int64_t kMaxElementwiseBlocks = int64_t{1} << 20;
 
-inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+inline int64_t ceil_div(int64_t a, int64_t b) {
+  return (a + b - 1) / b;
+}
 inline bool is_aligned(const void* p, size_t a) {
   return reinterpret_cast<uintptr_t>(p) % a == 0;
 }
@@ -62,7 +64,9 @@ template <>
 __device__ __forceinline__ __nv_bfloat16 from_bits16<__nv_bfloat16>(unsigned short b) {
   return __ushort_as_bfloat16(b);
 }
-__device__ __forceinline__ unsigned short to_bits16(__half h) { return __half_as_ushort(h); }
+__device__ __forceinline__ unsigned short to_bits16(__half h) {
+  return __half_as_ushort(h);
+}
 __device__ __forceinline__ unsigned short to_bits16(__nv_bfloat16 h) {
   return __bfloat16_as_ushort(h);
 }
@@ -71,7 +75,10 @@ template <typename T>
 __device__ __forceinline__ void load4(const T* p, float (&f)[4]) {
   if constexpr (std::is_same_v<T, float>) {
     float4 v = *reinterpret_cast<const float4*>(p);
-    f[0] = v.x; f[1] = v.y; f[2] = v.z; f[3] = v.w;
+    f[0] = v.x;
+    f[1] = v.y;
+    f[2] = v.z;
+    f[3] = v.w;
   } else {
     uint2 u = *reinterpret_cast<const uint2*>(p);
     f[0] = to_float(from_bits16<T>(static_cast<unsigned short>(u.x & 0xffffu)));
@@ -133,7 +140,9 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // NaN-winning absmax of two partial results (both >= 0 or NaN).
-__device__ __forceinline__ float absmax_combine(float a, float b) { return absmax_step(a, b); }
+__device__ __forceinline__ float absmax_combine(float a, float b) {
+  return absmax_step(a, b);
+}
 
 // One group of TPR threads per row (TPR = 32: a warp per row, TPR = 256: a block per row),
 // grid-stride over rows. VEC: K % 4 == 0 and x / q / mask aligned for 4-element accesses.
@@ -223,8 +232,8 @@ Status launch_quantize(cudaStream_t st, const T* x, int64_t M, int64_t K, float 
     }
   }
   if (M == 0) return Status::Ok();
-  const bool vec = K % 4 == 0 && is_aligned(x, 4 * sizeof(T)) && is_aligned(q, 4) &&
-                   is_aligned(mask, 4);
+  const bool vec =
+      K % 4 == 0 && is_aligned(x, 4 * sizeof(T)) && is_aligned(q, 4) && is_aligned(mask, 4);
   const bool warp_per_row = K <= 1024;
   const int64_t rows_per_block = warp_per_row ? kThreads / 32 : 1;
   const unsigned blocks =
@@ -373,8 +382,8 @@ constexpr int kCompactThreads = 1024;
 constexpr int kCompactPerThread = 16;
 
 __global__ void __launch_bounds__(kCompactThreads)
-    compact_outliers_kernel(const uint8_t* __restrict__ mask, int64_t K,
-                            int32_t* __restrict__ idx, int32_t* __restrict__ count) {
+    compact_outliers_kernel(const uint8_t* __restrict__ mask, int64_t K, int32_t* __restrict__ idx,
+                            int32_t* __restrict__ count) {
   __shared__ int warp_total[kCompactThreads / 32];
   const bool mask_vec_ok = (reinterpret_cast<uintptr_t>(mask) % 16) == 0;
   int64_t carry = 0;
@@ -434,7 +443,10 @@ __device__ __forceinline__ void gemm_load(const int8_t* __restrict__ p, int lim,
     for (int h = 0; h < 2; ++h) {
       if (16 * h < lim) {
         const uint4 v = __ldg(reinterpret_cast<const uint4*>(p + 16 * h));
-        w[4 * h + 0] = v.x; w[4 * h + 1] = v.y; w[4 * h + 2] = v.z; w[4 * h + 3] = v.w;
+        w[4 * h + 0] = v.x;
+        w[4 * h + 1] = v.y;
+        w[4 * h + 2] = v.z;
+        w[4 * h + 3] = v.w;
       }
     }
   } else if constexpr (VEC == 4) {
@@ -509,8 +521,10 @@ __global__ void __launch_bounds__(kGemmThreads, 2)
         const int buf = kt & 1;
         const bool has_next = kt + 1 < num_k;
         if (has_next) {
-          pa += kBK; lim_a -= kBK;
-          pb += kBK; lim_b -= kBK;
+          pa += kBK;
+          lim_a -= kBK;
+          pb += kBK;
+          lim_b -= kBK;
           gemm_load<VEC>(pa, lim_a, ra);
           gemm_load<VEC>(pb, lim_b, rb);
         }
@@ -522,13 +536,11 @@ __global__ void __launch_bounds__(kGemmThreads, 2)
           const uint4 a1 = *reinterpret_cast<const uint4*>(as + k4 * kBM + 64 + ty * 4);
           const uint4 b0 = *reinterpret_cast<const uint4*>(bs + k4 * kBN + tx * 4);
           const uint4 b1 = *reinterpret_cast<const uint4*>(bs + k4 * kBN + 64 + tx * 4);
-          const int a[8] = {static_cast<int>(a0.x), static_cast<int>(a0.y),
-                            static_cast<int>(a0.z), static_cast<int>(a0.w),
-                            static_cast<int>(a1.x), static_cast<int>(a1.y),
+          const int a[8] = {static_cast<int>(a0.x), static_cast<int>(a0.y), static_cast<int>(a0.z),
+                            static_cast<int>(a0.w), static_cast<int>(a1.x), static_cast<int>(a1.y),
                             static_cast<int>(a1.z), static_cast<int>(a1.w)};
-          const int b[8] = {static_cast<int>(b0.x), static_cast<int>(b0.y),
-                            static_cast<int>(b0.z), static_cast<int>(b0.w),
-                            static_cast<int>(b1.x), static_cast<int>(b1.y),
+          const int b[8] = {static_cast<int>(b0.x), static_cast<int>(b0.y), static_cast<int>(b0.z),
+                            static_cast<int>(b0.w), static_cast<int>(b1.x), static_cast<int>(b1.y),
                             static_cast<int>(b1.z), static_cast<int>(b1.w)};
 #pragma unroll
           for (int i = 0; i < 8; ++i)
@@ -608,8 +620,7 @@ struct LinearEpilogue {
   bool vec;  // N % 4 == 0 and out 4 * sizeof(T) aligned
 
   __device__ __forceinline__ void operator()(const int32_t (&acc)[8][8], int64_t m0, int64_t n0,
-                                             int tid, int ty, int tx,
-                                             unsigned char* smem) const {
+                                             int tid, int ty, int tx, unsigned char* smem) const {
     float rs[8];
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
@@ -703,7 +714,7 @@ struct LinearEpilogue {
 // =============================================================================================
 
 constexpr int kPrepThreads = 1024;
-constexpr int kPrepVec = 8;  // consecutive columns per thread and step
+constexpr int kPrepVec = 8;           // consecutive columns per thread and step
 constexpr int64_t kPrepMaxK = 32768;  // the block's shared-memory copy of the mask
 
 template <typename T>
@@ -768,7 +779,8 @@ __global__ void __launch_bounds__(kPrepThreads)
   const T* row = x + static_cast<int64_t>(m) * K;
   float amax = 0.0f;
 #pragma unroll 2
-  for (int64_t k0 = int64_t{threadIdx.x} * kPrepVec; k0 < K; k0 += int64_t{kPrepThreads} * kPrepVec) {
+  for (int64_t k0 = int64_t{threadIdx.x} * kPrepVec; k0 < K;
+       k0 += int64_t{kPrepThreads} * kPrepVec) {
     float f[8];
     load8(row + k0, f);
     const uint2 mk = smask[k0 / kPrepVec];
@@ -786,7 +798,8 @@ __global__ void __launch_bounds__(kPrepThreads)
   if (threadIdx.x == 0) row_scale[m] = amax;
   int8_t* qrow = q + static_cast<int64_t>(m) * K;
 #pragma unroll 2
-  for (int64_t k0 = int64_t{threadIdx.x} * kPrepVec; k0 < K; k0 += int64_t{kPrepThreads} * kPrepVec) {
+  for (int64_t k0 = int64_t{threadIdx.x} * kPrepVec; k0 < K;
+       k0 += int64_t{kPrepThreads} * kPrepVec) {
     float f[8];
     load8(row + k0, f);
     const uint2 mk = smask[k0 / kPrepVec];
@@ -795,7 +808,10 @@ __global__ void __launch_bounds__(kPrepThreads)
     for (int e = 0; e < kPrepVec; ++e) {
       const int8_t qe = mask_bit(mk, e) ? int8_t{0} : quantize_value(f[e], amax);
       const uint32_t b = static_cast<uint32_t>(static_cast<uint8_t>(qe)) << (8 * (e & 3));
-      if (e < 4) packed.x |= b; else packed.y |= b;
+      if (e < 4)
+        packed.x |= b;
+      else
+        packed.y |= b;
     }
     *reinterpret_cast<uint2*>(qrow + k0) = packed;
   }
@@ -823,12 +839,14 @@ constexpr int kGemvOutChunk = 32;  // outlier columns staged per step of the epi
 // thread, instead of a chain of dependent gathers per output). Order as the CPU: dequant,
 // outlier terms in ascending k, bias.
 template <typename T, int ROWS, int COLS>
-__device__ __forceinline__ void gemv_epilogue(
-    const int32_t* sacc, const T* __restrict__ x, const int8_t* __restrict__ CB,
-    const float* __restrict__ SCB, const float* __restrict__ row_scale,
-    const int32_t* __restrict__ outlier_idx, const int32_t* __restrict__ outlier_count,
-    DType bias_dtype, const void* __restrict__ bias, int M, int64_t N, int64_t K,
-    T* __restrict__ out) {
+__device__ __forceinline__ void gemv_epilogue(const int32_t* sacc, const T* __restrict__ x,
+                                              const int8_t* __restrict__ CB,
+                                              const float* __restrict__ SCB,
+                                              const float* __restrict__ row_scale,
+                                              const int32_t* __restrict__ outlier_idx,
+                                              const int32_t* __restrict__ outlier_count,
+                                              DType bias_dtype, const void* __restrict__ bias,
+                                              int M, int64_t N, int64_t K, T* __restrict__ out) {
   constexpr int kPer = (ROWS * COLS + 31) / 32;  // outputs per thread
   constexpr int kMaxBlockCols = 32;
   __shared__ float s_w[kGemvOutChunk][kMaxBlockCols];
@@ -976,8 +994,7 @@ constexpr int kTcStride = kGemvChunk + 4;  // padded row stride in words: confli
 constexpr int kTcUnroll = 8;               // weight loads in flight per lane
 
 __device__ __forceinline__ void mma_s8_16x8x32(int32_t (&c)[4], uint32_t a0, uint32_t a1,
-                                               uint32_t a2, uint32_t a3, uint32_t b0,
-                                               uint32_t b1) {
+                                               uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   asm volatile(
       "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
@@ -1031,7 +1048,7 @@ __global__ void __launch_bounds__(kTcWarps * 32)
         const bool ok = cc < len;
         const int4 xa = ok ? sq[g * kTcStride + cc] : make_int4(0, 0, 0, 0);
         const int4 xb = ok ? sq[(g + 8) * kTcStride + cc] : make_int4(0, 0, 0, 0);
-        int32_t(&acc)[4] = (u & 1) ? c1 : c;
+        int32_t (&acc)[4] = (u & 1) ? c1 : c;
         mma_s8_16x8x32(acc, xa.x, xb.x, xa.y, xb.y, wv[u].x, wv[u].y);
         mma_s8_16x8x32(acc, xa.z, xb.z, xa.w, xb.w, wv[u].z, wv[u].w);
       }
@@ -1083,8 +1100,7 @@ Status launch_linear_gemv(cudaStream_t st, const int8_t* q, const T* x, const in
   if (M > 8 && tensor_core_gemv()) {
     const unsigned tc_blocks = static_cast<unsigned>(ceil_div(N, int64_t{kTcWarps} * kTcCols));
     linear_gemv_tc_kernel<T><<<tc_blocks, kTcWarps * 32, 0, st>>>(
-        q, x, CB, SCB, s.row_scale, s.outlier_idx, s.outlier_count, bias_dtype, bias, m, N, K,
-        out);
+        q, x, CB, SCB, s.row_scale, s.outlier_idx, s.outlier_count, bias_dtype, bias, m, N, K, out);
     LT8_CHECK_LAUNCH("linear_gemv_tc_kernel");
     return Status::Ok();
   }
@@ -1093,10 +1109,15 @@ Status launch_linear_gemv(cudaStream_t st, const int8_t* q, const T* x, const in
   const int warps = ceil_div(N, cols8) >= 256 ? 8 : 4;
   const unsigned blocks = static_cast<unsigned>(ceil_div(N, int64_t{warps} * kGemvCols));
   const int threads = warps * 32;
-  if (M == 1) launch_gemv_rows<T, 1>(st, blocks, threads, q, x, CB, SCB, s, bias_dtype, bias, m, N, K, out);
-  else if (M <= 4) launch_gemv_rows<T, 4>(st, blocks, threads, q, x, CB, SCB, s, bias_dtype, bias, m, N, K, out);
-  else if (M <= 8) launch_gemv_rows<T, 8>(st, blocks, threads, q, x, CB, SCB, s, bias_dtype, bias, m, N, K, out);
-  else launch_gemv_rows<T, kSmallBatchRows>(st, blocks, threads, q, x, CB, SCB, s, bias_dtype, bias, m, N, K, out);
+  if (M == 1)
+    launch_gemv_rows<T, 1>(st, blocks, threads, q, x, CB, SCB, s, bias_dtype, bias, m, N, K, out);
+  else if (M <= 4)
+    launch_gemv_rows<T, 4>(st, blocks, threads, q, x, CB, SCB, s, bias_dtype, bias, m, N, K, out);
+  else if (M <= 8)
+    launch_gemv_rows<T, 8>(st, blocks, threads, q, x, CB, SCB, s, bias_dtype, bias, m, N, K, out);
+  else
+    launch_gemv_rows<T, kSmallBatchRows>(st, blocks, threads, q, x, CB, SCB, s, bias_dtype, bias, m,
+                                         N, K, out);
   LT8_CHECK_LAUNCH("linear_gemv_kernel");
   return Status::Ok();
 }
@@ -1148,7 +1169,10 @@ __device__ __forceinline__ void epi_row_terms(float& v, const float (&x)[CHUNK],
 #pragma unroll
   for (int j4 = 0; j4 < CHUNK; j4 += 4) {
     const float4 q4 = *reinterpret_cast<const float4*>(&x[j4]);
-    xr[j4] = q4.x; xr[j4 + 1] = q4.y; xr[j4 + 2] = q4.z; xr[j4 + 3] = q4.w;
+    xr[j4] = q4.x;
+    xr[j4 + 1] = q4.y;
+    xr[j4 + 2] = q4.z;
+    xr[j4 + 3] = q4.w;
   }
 #pragma unroll
   for (int j = 0; j < CHUNK; ++j)
@@ -1196,7 +1220,7 @@ __global__ void __launch_bounds__(kEpiThreads)
 #pragma unroll
     for (int j = 0; j < kEpiChunk; ++j) {
       const int jj = j0 + j;
-      w[j] = j >= len ? 0.0f
+      w[j] = j >= len               ? 0.0f
              : jj < kStagedOutliers ? Wo[jj * N + n]
                                     : weight_value(CB[n * K + outlier_idx[jj]], cs);
     }
@@ -1215,7 +1239,8 @@ __global__ void __launch_bounds__(kEpiThreads)
   const float b = bias != nullptr ? load_float_any(bias_dtype, bias, n) : 0.0f;
 #pragma unroll
   for (int r = 0; r < kEpiRows; ++r)
-    if (r < rows) out[(m0 + r) * N + n] = from_float<T>(bias != nullptr ? __fadd_rn(v[r], b) : v[r]);
+    if (r < rows)
+      out[(m0 + r) * N + n] = from_float<T>(bias != nullptr ? __fadd_rn(v[r], b) : v[r]);
 }
 
 // The tensor-core path: cuBLASLt GEMM, then the epilogue. Returns false (nothing enqueued) when
@@ -1230,12 +1255,12 @@ bool launch_linear_tensor_core(cudaStream_t st, const T* x, const int8_t* CB, co
     return false;
   if (threshold > 0.0f) {
     const dim3 grid(static_cast<unsigned>(ceil_div(N, int64_t{kThreads})), kStagedOutliers);
-    stage_outlier_weights_kernel<<<grid, kThreads, 0, st>>>(
-        CB, SCB, s.outlier_idx, s.outlier_count, N, K, s.outlier_w);
+    stage_outlier_weights_kernel<<<grid, kThreads, 0, st>>>(CB, SCB, s.outlier_idx, s.outlier_count,
+                                                            N, K, s.outlier_w);
     const int64_t pairs = M * kStagedOutliers;
-    stage_outlier_activations_kernel<T><<<static_cast<unsigned>(ceil_div(pairs, int64_t{kThreads})),
-                                          kThreads, 0, st>>>(x, s.outlier_idx, s.outlier_count,
-                                                             M, K, s.outlier_x);
+    stage_outlier_activations_kernel<T>
+        <<<static_cast<unsigned>(ceil_div(pairs, int64_t{kThreads})), kThreads, 0, st>>>(
+            x, s.outlier_idx, s.outlier_count, M, K, s.outlier_x);
     if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) {
       *err = cuda_error(e, "stage_outlier_kernels");
       return false;
@@ -1243,10 +1268,9 @@ bool launch_linear_tensor_core(cudaStream_t st, const T* x, const int8_t* CB, co
   }
   const dim3 grid(static_cast<unsigned>(ceil_div(N, int64_t{kEpiThreads})),
                   static_cast<unsigned>(ceil_div(M, int64_t{kEpiRows})));
-  linear_epilogue_kernel<T><<<grid, kEpiThreads, 0, st>>>(
-      s.acc, x, CB, SCB, s.row_scale, s.outlier_idx, s.outlier_count, s.outlier_w, s.outlier_x,
-      bias_dtype,
-      bias, M, N, K, out);
+  linear_epilogue_kernel<T>
+      <<<grid, kEpiThreads, 0, st>>>(s.acc, x, CB, SCB, s.row_scale, s.outlier_idx, s.outlier_count,
+                                     s.outlier_w, s.outlier_x, bias_dtype, bias, M, N, K, out);
   if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) {
     *err = cuda_error(e, "linear_epilogue_kernel");
     return false;
@@ -1266,11 +1290,9 @@ Status launch_gemm(cudaStream_t st, const int8_t* A, const int8_t* B, int64_t M,
     int8_gemm_kernel<16, Epi>
         <<<blocks, kGemmThreads, 0, st>>>(A, B, M, N, K, tiles_m, tiles_n, epi);
   } else if (K % 4 == 0 && is_aligned(A, 4) && is_aligned(B, 4)) {
-    int8_gemm_kernel<4, Epi>
-        <<<blocks, kGemmThreads, 0, st>>>(A, B, M, N, K, tiles_m, tiles_n, epi);
+    int8_gemm_kernel<4, Epi><<<blocks, kGemmThreads, 0, st>>>(A, B, M, N, K, tiles_m, tiles_n, epi);
   } else {
-    int8_gemm_kernel<1, Epi>
-        <<<blocks, kGemmThreads, 0, st>>>(A, B, M, N, K, tiles_m, tiles_n, epi);
+    int8_gemm_kernel<1, Epi><<<blocks, kGemmThreads, 0, st>>>(A, B, M, N, K, tiles_m, tiles_n, epi);
   }
   LT8_CHECK_LAUNCH(name);
   return Status::Ok();
@@ -1388,8 +1410,7 @@ __global__ void __launch_bounds__(kGemmThreads, 2)
         const int64_t k = k0 + h * 64 + tx * 4;
         if (k >= K) continue;
         T* p = grad_x + m * K + k;
-        const float f[4] = {acc[i][4 * h], acc[i][4 * h + 1], acc[i][4 * h + 2],
-                            acc[i][4 * h + 3]};
+        const float f[4] = {acc[i][4 * h], acc[i][4 * h + 1], acc[i][4 * h + 2], acc[i][4 * h + 3]};
         if (vec) {
           store4(p, f);
         } else {
@@ -1442,8 +1463,8 @@ Status dequantize_rows(const Exec& ex, const int8_t* q, const float* row_scale, 
   });
 }
 
-Status int8_gemm(const Exec& ex, const int8_t* A, const int8_t* B, int64_t M, int64_t N,
-                 int64_t K, int32_t* C) {
+Status int8_gemm(const Exec& ex, const int8_t* A, const int8_t* B, int64_t M, int64_t N, int64_t K,
+                 int32_t* C) {
   if (M == 0 || N == 0) return Status::Ok();
   DeviceGuard guard(ex);
   if (!guard.ok()) return guard.status();
@@ -1483,9 +1504,9 @@ Status dequant_epilogue(const Exec& ex, const int32_t* C, const float* row_scale
   });
 }
 
-Status int8_linear(const Exec& ex, DType x_dtype, const void* x, const int8_t* CB,
-                   const float* SCB, DType bias_dtype, const void* bias, int64_t M, int64_t N,
-                   int64_t K, float threshold, void* out, const LinearScratch& s) {
+Status int8_linear(const Exec& ex, DType x_dtype, const void* x, const int8_t* CB, const float* SCB,
+                   DType bias_dtype, const void* bias, int64_t M, int64_t N, int64_t K,
+                   float threshold, void* out, const LinearScratch& s) {
   return dispatch_float(x_dtype, [&](auto tag) -> Status {
     using T = decltype(tag);
     // The scratch is internal: with no output there is nothing observable to compute.
@@ -1505,12 +1526,11 @@ Status int8_linear(const Exec& ex, DType x_dtype, const void* x, const int8_t* C
 
     // Decode sizes: one preparation launch, then the memory-bound GEMV that reads each weight
     // byte once: two launches in all.
-    const bool gemv = M <= small_batch_rows() && K % 16 == 0 && is_aligned(CB, 16) &&
-                      is_aligned(s.q, 16);
+    const bool gemv =
+        M <= small_batch_rows() && K % 16 == 0 && is_aligned(CB, 16) && is_aligned(s.q, 16);
     if (gemv && K <= kPrepMaxK && is_aligned(xt, 4 * sizeof(T))) {
       prepare_small_batch_kernel<T><<<static_cast<unsigned>(M), kPrepThreads, K, st>>>(
-          xt, static_cast<int>(M), K, threshold, s.outlier_idx, s.outlier_count, s.q,
-          s.row_scale);
+          xt, static_cast<int>(M), K, threshold, s.outlier_idx, s.outlier_count, s.q, s.row_scale);
       LT8_CHECK_LAUNCH("prepare_small_batch_kernel");
       return launch_linear_gemv<T>(st, s.q, xt, CB, SCB, s, bias_dtype, bias, M, N, K, o);
     }
@@ -1530,8 +1550,7 @@ Status int8_linear(const Exec& ex, DType x_dtype, const void* x, const int8_t* C
     }
 
     // (3a) decode sizes: a memory-bound GEMV that reads each weight byte once.
-    if (gemv)
-      return launch_linear_gemv<T>(st, s.q, xt, CB, SCB, s, bias_dtype, bias, M, N, K, o);
+    if (gemv) return launch_linear_gemv<T>(st, s.q, xt, CB, SCB, s, bias_dtype, bias, M, N, K, o);
 
     // (3b) larger batches: int8 tensor cores (cuBLASLt) into int32 scratch, then the epilogue.
     Status err;
@@ -1541,16 +1560,25 @@ Status int8_linear(const Exec& ex, DType x_dtype, const void* x, const int8_t* C
     if (!err.ok()) return err;
 
     // (3c) fallback: lt8's dp4a GEMM with the fused dequant + outlier + bias epilogue.
-    LinearEpilogue<T> epi{xt,     CB,         SCB,  s.row_scale, s.outlier_idx, s.outlier_count,
-                          bias_dtype, bias, o,    M,           N,             K,
+    LinearEpilogue<T> epi{xt,
+                          CB,
+                          SCB,
+                          s.row_scale,
+                          s.outlier_idx,
+                          s.outlier_count,
+                          bias_dtype,
+                          bias,
+                          o,
+                          M,
+                          N,
+                          K,
                           N % 4 == 0 && is_aligned(o, 4 * sizeof(T))};
     return launch_gemm(st, s.q, CB, M, N, K, epi, "int8_gemm_kernel<LinearEpilogue>");
   });
 }
 
-Status int8_linear_grad_input(const Exec& ex, DType g_dtype, const void* grad_out,
-                              const int8_t* CB, const float* SCB, int64_t M, int64_t N, int64_t K,
-                              void* grad_x) {
+Status int8_linear_grad_input(const Exec& ex, DType g_dtype, const void* grad_out, const int8_t* CB,
+                              const float* SCB, int64_t M, int64_t N, int64_t K, void* grad_x) {
   return dispatch_float(g_dtype, [&](auto tag) -> Status {
     using T = decltype(tag);
     if (M == 0 || K == 0) return Status::Ok();
@@ -1568,9 +1596,8 @@ Status int8_linear_grad_input(const Exec& ex, DType g_dtype, const void* grad_ou
       return Status::Invalid("int8_linear_grad_input: grad_x too large for one launch");
     const unsigned blocks = static_cast<unsigned>(tiles_m * tiles_k);
     const bool vec = K % 4 == 0 && is_aligned(gx, 4 * sizeof(T));
-    grad_input_kernel<T><<<blocks, kGemmThreads, 0, st>>>(static_cast<const T*>(grad_out), CB,
-                                                          SCB, M, N, K, tiles_m, tiles_k, vec,
-                                                          gx);
+    grad_input_kernel<T><<<blocks, kGemmThreads, 0, st>>>(static_cast<const T*>(grad_out), CB, SCB,
+                                                          M, N, K, tiles_m, tiles_k, vec, gx);
     LT8_CHECK_LAUNCH("grad_input_kernel");
     return Status::Ok();
   });

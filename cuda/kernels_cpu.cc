@@ -109,9 +109,8 @@ void quantize_impl(const T* x, int64_t M, int64_t K, float threshold, int8_t* q,
 }
 
 template <typename T>
-void linear_impl(const T* x, const int8_t* CB, const float* SCB, DType bias_dtype,
-                 const void* bias, int64_t M, int64_t N, int64_t K, float threshold, T* out,
-                 const LinearScratch& s) {
+void linear_impl(const T* x, const int8_t* CB, const float* SCB, DType bias_dtype, const void* bias,
+                 int64_t M, int64_t N, int64_t K, float threshold, T* out, const LinearScratch& s) {
   quantize_impl(x, M, K, threshold, s.q, s.row_scale, s.mask);
   int32_t count = 0;
   for (int64_t k = 0; k < K; ++k)
@@ -177,8 +176,8 @@ void grad_input_impl(const T* g, const int8_t* CB, const float* SCB, int64_t M, 
 
 }  // namespace
 
-Status quantize_rows(DType x_dtype, const void* x, int64_t M, int64_t K, float threshold,
-                     int8_t* q, float* row_scale, uint8_t* outlier_mask) {
+Status quantize_rows(DType x_dtype, const void* x, int64_t M, int64_t K, float threshold, int8_t* q,
+                     float* row_scale, uint8_t* outlier_mask) {
   return dispatch_float(x_dtype, [&](auto tag) {
     using T = decltype(tag);
     quantize_impl(static_cast<const T*>(x), M, K, threshold, q, row_scale, outlier_mask);

@@ -27,15 +27,15 @@ constexpr int kThreads = 256;
 // one 32-bit load and one 32-bit store; otherwise units move byte by byte.
 template <class I, bool kToTiled, bool kVec>
 __global__ void __launch_bounds__(kThreads)
-    transform_layout_kernel(const int8_t* __restrict__ in, int8_t* __restrict__ out, I rows,
-                            I cols, I padded_rows, I groups, I chunks, Layout tiled) {
+    transform_layout_kernel(const int8_t* __restrict__ in, int8_t* __restrict__ out, I rows, I cols,
+                            I padded_rows, I groups, I chunks, Layout tiled) {
   const I ld = padded_rows * 32;
   for (I chunk = blockIdx.x; chunk < chunks; chunk += gridDim.x) {
-    const I rb = chunk / groups;           // 32-row block
-    const I g = chunk - rb * groups;       // 32-column group
+    const I rb = chunk / groups;      // 32-row block
+    const I g = chunk - rb * groups;  // 32-column group
     const I in_group = rb * 1024 + threadIdx.x * 4;
-    if (in_group >= ld) continue;          // past the padded rows of a short last chunk
-    const I o = g * ld + in_group;         // byte offset in the tiled buffer
+    if (in_group >= ld) continue;   // past the padded rows of a short last chunk
+    const I o = g * ld + in_group;  // byte offset in the tiled buffer
     if (!kVec) {
       transform_unit_bytes<I>(kToTiled, tiled, in, out, o, rows, cols, padded_rows);
       continue;
@@ -69,7 +69,9 @@ Status launch(const int8_t* in, int8_t* out, int64_t rows, int64_t cols, int64_t
   return Status::Ok();
 }
 
-bool aligned4(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 3u) == 0; }
+bool aligned4(const void* p) {
+  return (reinterpret_cast<uintptr_t>(p) & 3u) == 0;
+}
 
 }  // namespace
 

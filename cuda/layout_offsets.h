@@ -28,9 +28,13 @@ LT8_HD constexpr int64_t layout_row_multiple(Layout l) {
 }
 
 // Column padding multiple: every tiled order stores whole 32-column groups.
-LT8_HD constexpr int64_t layout_col_multiple(Layout l) { return l == Layout::kRow ? 1 : 32; }
+LT8_HD constexpr int64_t layout_col_multiple(Layout l) {
+  return l == Layout::kRow ? 1 : 32;
+}
 
-LT8_HD constexpr int64_t round_up_to(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+LT8_HD constexpr int64_t round_up_to(int64_t v, int64_t m) {
+  return (v + m - 1) / m * m;
+}
 
 // ---- forward: (row, col) -> byte offset --------------------------------------------------
 

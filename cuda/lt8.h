@@ -83,8 +83,8 @@ Status dequantize_rows(const Exec& ex, const int8_t* q, const float* row_scale, 
 
 // ---------------------------------------------------------------------------------------------
 // 2. C (M, N) int32 = A (M, K) int8 @ B (N, K) int8 ^T ("TN", both row-major), exact.
-Status int8_gemm(const Exec& ex, const int8_t* A, const int8_t* B, int64_t M, int64_t N,
-                 int64_t K, int32_t* C);
+Status int8_gemm(const Exec& ex, const int8_t* A, const int8_t* B, int64_t M, int64_t N, int64_t K,
+                 int32_t* C);
 
 // 3. out (M, N) of out_dtype = C * row_scale[m] * col_scale[n] / 127^2 (+ bias[n]).
 //    bias may be null; its dtype is independent of out_dtype.
@@ -122,8 +122,7 @@ Status int8_weight_linear(const Exec& ex, DType x_dtype, const void* x, const in
 // Input gradient of the linear op with a frozen int8 weight:
 //   grad_x (M, K) = grad_out (M, N) @ W,  W = CB * SCB / 127, without materialising W.
 //   grad_x has grad_out's dtype; accumulation is float32.
-Status int8_linear_grad_input(const Exec& ex, DType g_dtype, const void* grad_out,
-                              const int8_t* CB, const float* SCB, int64_t M, int64_t N, int64_t K,
-                              void* grad_x);
+Status int8_linear_grad_input(const Exec& ex, DType g_dtype, const void* grad_out, const int8_t* CB,
+                              const float* SCB, int64_t M, int64_t N, int64_t K, void* grad_x);
 
 }  // namespace lt8

@@ -24,7 +24,9 @@ LT8_HD float absmax_step(float acc, float v) {
 
 // True when a row with this absmax quantizes normally; all-zero rows (and rows whose absmax is
 // inf or NaN) quantize to exact zeros instead of dividing by zero.
-LT8_HD bool quantizable(float absmax) { return absmax > 0.0f && absmax <= 3.4028235e38f; }
+LT8_HD bool quantizable(float absmax) {
+  return absmax > 0.0f && absmax <= 3.4028235e38f;
+}
 
 // q = rint(x * 127 / absmax), round half to even, saturated to [-127, 127]. x * 127 is exact for
 // fp16/bf16 inputs and the division rounds once, so q equals the exactly rounded quotient except
@@ -59,6 +61,8 @@ LT8_HD float dequant(int32_t acc, float row_scale, float col_scale) {
 }
 
 // One element of the dequantized weight W[n, k] = CB[n, k] * SCB[n] / 127.
-LT8_HD float weight_value(int8_t cb, float scb) { return static_cast<float>(cb) * (scb * kInv127); }
+LT8_HD float weight_value(int8_t cb, float scb) {
+  return static_cast<float>(cb) * (scb * kInv127);
+}
 
 }  // namespace lt8

@@ -18,8 +18,8 @@ constexpr int kRows = 8;   // activation rows per block
 template <typename T>
 __global__ void weight_linear_kernel(const T* __restrict__ x, const int8_t* __restrict__ CB,
                                      const float* __restrict__ SCB, DType bias_dtype,
-                                     const void* __restrict__ bias, int64_t M, int64_t N,
-                                     int64_t K, T* __restrict__ out) {
+                                     const void* __restrict__ bias, int64_t M, int64_t N, int64_t K,
+                                     T* __restrict__ out) {
   const int lane = threadIdx.x & 31;
   const int64_t n = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
   if (n >= N) return;

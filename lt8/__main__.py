@@ -32,7 +32,9 @@ def info() -> int:
 
     print(f"lt8 {lt8.__version__} on Python {platform.python_version()} ({platform.machine()})")
     archs = _native.cuda_archs()
-    print(f"  CUDA kernels built: {'yes, for sm_' + ', sm_'.join(archs) if archs else 'no (CPU-only build)'}")
+    print(
+        f"  CUDA kernels built: {'yes, for sm_' + ', sm_'.join(archs) if archs else 'no (CPU-only build)'}"
+    )
     print(f"  XLA FFI handlers built: {'yes' if _native.has_ffi() else 'no'}")
     for name in ("numpy", "torch", "jax", "jaxlib", "flax", "safetensors"):
         print(f"  {name}: {_version_of(name) or 'not installed'}")
@@ -41,7 +43,9 @@ def info() -> int:
         import torch
 
         if torch.cuda.is_available():
-            names = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
+            names = ", ".join(
+                torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())
+            )
             print(f"  torch sees CUDA {torch.version.cuda}: {names}")
         else:
             print("  torch sees no CUDA device")
@@ -55,7 +59,9 @@ def info() -> int:
     if "jax" in sys.modules:
         import jax
 
-        print(f"  jax backend: {jax.default_backend()} ({', '.join(str(d) for d in jax.devices())})")
+        print(
+            f"  jax backend: {jax.default_backend()} ({', '.join(str(d) for d in jax.devices())})"
+        )
     return 0
 
 
@@ -78,19 +84,31 @@ def bench(args: list[str]) -> int:
 
     script = _bench_script()
     if script is None:
-        print(f"lt8 bench: {BENCH_SCRIPT} ships with lt8's source tree, not with the installed "
-              "package: run it from a clone (pip install -e .)", file=sys.stderr)
+        print(
+            f"lt8 bench: {BENCH_SCRIPT} ships with lt8's source tree, not with the installed "
+            "package: run it from a clone (pip install -e .)",
+            file=sys.stderr,
+        )
         return 1
     try:
         import torch
     except ImportError:
-        print("lt8 bench: the benchmark needs PyTorch with CUDA (torch is not installed)", file=sys.stderr)
+        print(
+            "lt8 bench: the benchmark needs PyTorch with CUDA (torch is not installed)",
+            file=sys.stderr,
+        )
         return 1
     if not torch.cuda.is_available() or not lt8.has_cuda():
-        why = ("torch sees no CUDA device" if not torch.cuda.is_available()
-               else "this lt8 build has no CUDA kernels (built with LT8_CUDA=OFF or without nvcc)")
-        print(f"lt8 bench: the benchmark needs a CUDA GPU and an lt8 build with CUDA kernels: {why}. "
-              "See the README's 'Building for a GPU'.", file=sys.stderr)
+        why = (
+            "torch sees no CUDA device"
+            if not torch.cuda.is_available()
+            else "this lt8 build has no CUDA kernels (built with LT8_CUDA=OFF or without nvcc)"
+        )
+        print(
+            f"lt8 bench: the benchmark needs a CUDA GPU and an lt8 build with CUDA kernels: {why}. "
+            "See the README's 'Building for a GPU'.",
+            file=sys.stderr,
+        )
         return 1
     import runpy
 
@@ -110,16 +128,26 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lt8", description="LLM.int8() for PyTorch and JAX")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="environment diagnostics: versions, CUDA build, frontends")
-    demo_p = sub.add_parser("demo", help="quantize a model with lt8 in torch, run it in torch and JAX")
-    demo_p.add_argument("--model", default=None, help="a safetensors checkpoint or model folder (default: embedded)")
-    demo_p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    sub.add_parser("bench", help="GPU benchmark of lt8's linear layer (benchmarks/bench_linear.py; "
-                                 "further arguments go to it, e.g. --quick); needs a CUDA GPU",
-                   add_help=False)
+    demo_p = sub.add_parser(
+        "demo", help="quantize a model with lt8 in torch, run it in torch and JAX"
+    )
+    demo_p.add_argument(
+        "--model", default=None, help="a safetensors checkpoint or model folder (default: embedded)"
+    )
+    demo_p.add_argument(
+        "--device", default=None, help="torch device (default: cuda if available, else cpu)"
+    )
+    sub.add_parser(
+        "bench",
+        help="GPU benchmark of lt8's linear layer (benchmarks/bench_linear.py; "
+        "further arguments go to it, e.g. --quick); needs a CUDA GPU",
+        add_help=False,
+    )
     from lt8 import cli_convert
 
-    conv_p = sub.add_parser("convert", help="quantize a safetensors checkpoint's Linear weights to lt8's "
-                                            "8-bit format")
+    conv_p = sub.add_parser(
+        "convert", help="quantize a safetensors checkpoint's Linear weights to lt8's 8-bit format"
+    )
     cli_convert.add_arguments(conv_p)
     args, extra = parser.parse_known_args(argv)
     if args.command == "bench":

@@ -20,14 +20,21 @@ import fnmatch
 import json
 import os
 import sys
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
 
 from lt8.core import checkpoint as ckpt
 
-__all__ = ["DEFAULT_SKIP", "ConvertResult", "add_arguments", "convert_checkpoint", "is_linear_weight", "main",
-           "report"]
+__all__ = [
+    "DEFAULT_SKIP",
+    "ConvertResult",
+    "add_arguments",
+    "convert_checkpoint",
+    "is_linear_weight",
+    "main",
+    "report",
+]
 
 #: Layers left in float unless ``--no-default-skip``: language-model heads (``lm_head``,
 #: GPT-NeoX's ``embed_out``) and embedding tables (``*embed*``, GPT-2's ``wte``/``wpe``, T5's
@@ -53,21 +60,27 @@ class ConvertResult:
 
 def _matches(name: str, patterns: Iterable[str]) -> bool:
     parts = name.split(".")
-    return any(fnmatch.fnmatchcase(name, p) or any(fnmatch.fnmatchcase(c, p) for c in parts) for p in patterns)
+    return any(
+        fnmatch.fnmatchcase(name, p) or any(fnmatch.fnmatchcase(c, p) for c in parts)
+        for p in patterns
+    )
 
 
 def is_linear_weight(key: str, dtype_name: str, shape: Sequence[int]) -> bool:
     """Whether a tensor looks like a Linear weight: named ``*.weight`` (or ``weight``), 2-D,
     floating point."""
-    return ((key == ckpt.KEY_WEIGHT or key.endswith(_WEIGHT_SUFFIX)) and len(shape) == 2
-            and dtype_name in ckpt._FLOAT_DTYPES)
+    return (
+        (key == ckpt.KEY_WEIGHT or key.endswith(_WEIGHT_SUFFIX))
+        and len(shape) == 2
+        and dtype_name in ckpt._FLOAT_DTYPES
+    )
 
 
 def _layer(key: str) -> str:
     return key[: -len(ckpt.KEY_WEIGHT)].rstrip(".")
 
 
-def _quantizer(backend: Optional[str]):
+def _quantizer(backend: str | None):
     """A function float (out, in) -> (CB int8, SCB float32), numpy in and out, on lt8's CPU
     kernel through ``backend`` ("torch" or "jax"; None: torch when it is installed, else JAX).
     Both give the same bits."""
@@ -84,41 +97,58 @@ def _quantizer(backend: Optional[str]):
             if backend == "torch":
                 raise
         else:
+
             def quantize(w):
                 if w.dtype.name == "bfloat16":  # ml_dtypes' bfloat16: torch reads its bits
-                    t = torch.from_numpy(np.ascontiguousarray(w).view(np.int16)).view(torch.bfloat16)
+                    t = torch.from_numpy(np.ascontiguousarray(w).view(np.int16)).view(
+                        torch.bfloat16
+                    )
                 else:
                     t = torch.from_numpy(np.ascontiguousarray(w))
                 CB, SCB, _ = torch.ops.lt8.quantize_rows(t, 0.0)
                 return CB.numpy(), SCB.numpy()
+
             return quantize
     try:
         import jax
 
         from lt8.jax import quantize_weight
     except ImportError:
-        raise RuntimeError("lt8 convert needs torch or jax (with lt8's frontend) to quantize") from None
+        raise RuntimeError(
+            "lt8 convert needs torch or jax (with lt8's frontend) to quantize"
+        ) from None
 
     def quantize(w):
         CB, SCB = quantize_weight(jax.device_put(w, jax.devices("cpu")[0]))
         return np.asarray(CB), np.asarray(SCB)
+
     return quantize
 
 
 def _resolve_src(src: Path) -> Path:
     if src.is_dir():
-        if (src / "model.safetensors.index.json").is_file() and not (src / "model.safetensors").is_file():
-            raise ValueError(f"{src}: a sharded checkpoint (model.safetensors.index.json): convert each "
-                             f"shard file on its own")
+        if (src / "model.safetensors.index.json").is_file() and not (
+            src / "model.safetensors"
+        ).is_file():
+            raise ValueError(
+                f"{src}: a sharded checkpoint (model.safetensors.index.json): convert each "
+                f"shard file on its own"
+            )
         src = src / "model.safetensors"
     if not src.is_file():
         raise FileNotFoundError(f"IN: no safetensors file at {os.fspath(src)!r}")
     return src
 
 
-def convert_checkpoint(src: "str | os.PathLike", dst: "str | os.PathLike", *,
-                       skip: Iterable[str] = DEFAULT_SKIP, threshold: float = 6.0,
-                       progress: Optional[bool] = None, backend: Optional[str] = None) -> ConvertResult:
+def convert_checkpoint(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    *,
+    skip: Iterable[str] = DEFAULT_SKIP,
+    threshold: float = 6.0,
+    progress: bool | None = None,
+    backend: str | None = None,
+) -> ConvertResult:
     """Writes ``src``'s tensors to ``dst`` (an lt8 checkpoint) with every Linear weight (see
     :func:`is_linear_weight`) whose layer matches none of the ``skip`` patterns quantized to
     int8. ``src`` may be a folder holding ``model.safetensors``; ``dst`` may be a folder (the
@@ -152,14 +182,21 @@ def convert_checkpoint(src: "str | os.PathLike", dst: "str | os.PathLike", *,
         raise ckpt.CheckpointError(f"{src}: not a readable safetensors file: {e}") from None
     with f:
         keys = list(f.keys())
-        metadata = {k: v for k, v in (f.metadata() or {}).items() if k not in ckpt._RESERVED_METADATA}
+        metadata = {
+            k: v for k, v in (f.metadata() or {}).items() if k not in ckpt._RESERVED_METADATA
+        }
         already = set(ckpt.linear_prefixes(dict.fromkeys(keys)))
         bar = keys
         try:
             from tqdm.auto import tqdm
 
-            bar = tqdm(keys, desc="lt8 convert", unit="tensor",
-                       disable=None if progress is None else not progress, file=sys.stderr)
+            bar = tqdm(
+                keys,
+                desc="lt8 convert",
+                unit="tensor",
+                disable=None if progress is None else not progress,
+                file=sys.stderr,
+            )
         except ImportError:
             pass
         for key in bar:
@@ -179,8 +216,10 @@ def convert_checkpoint(src: "str | os.PathLike", dst: "str | os.PathLike", *,
             out.update(ckpt.write_linear(CB, SCB, prefix=ckpt._key(name, "")))
             result.quantized.append(name)
     if not result.quantized:
-        raise ValueError(f"{src}: no Linear weight to quantize (2-D float '*.weight' tensors outside the "
-                         f"skip patterns {skip}); nothing written")
+        raise ValueError(
+            f"{src}: no Linear weight to quantize (2-D float '*.weight' tensors outside the "
+            f"skip patterns {skip}); nothing written"
+        )
     result.bytes_after = sum(a.nbytes for a in out.values())
     metadata.update({"lt8.converted_from": src.name, "lt8.skip": json.dumps(skip)})
     ckpt.save_file(out, dst, threshold=threshold, metadata=metadata)
@@ -195,24 +234,48 @@ def _mib(n: int) -> str:
 def report(r: ConvertResult, out=None) -> None:
     """Prints what :func:`convert_checkpoint` did: layers, bytes before and after."""
     out = out or sys.stdout
-    shown = ", ".join(r.skipped[:6]) + (f", ... ({len(r.skipped)} in all)" if len(r.skipped) > 6 else "")
+    shown = ", ".join(r.skipped[:6]) + (
+        f", ... ({len(r.skipped)} in all)" if len(r.skipped) > 6 else ""
+    )
     print(f"quantized {len(r.quantized)} Linear weights to int8", file=out)
-    print(f"kept in float {len(r.skipped)} skipped 2-D weights{': ' + shown if r.skipped else ''}", file=out)
-    print(f"tensors: {_mib(r.bytes_before)} -> {_mib(r.bytes_after)} "
-          f"({r.bytes_after / max(r.bytes_before, 1):.3f}x, {r.bytes_before - r.bytes_after:,} bytes saved)", file=out)
-    print(f"file: {os.fspath(r.src)} ({_mib(r.file_before)}) -> {os.fspath(r.dst)} ({_mib(r.file_after)})", file=out)
+    print(
+        f"kept in float {len(r.skipped)} skipped 2-D weights{': ' + shown if r.skipped else ''}",
+        file=out,
+    )
+    print(
+        f"tensors: {_mib(r.bytes_before)} -> {_mib(r.bytes_after)} "
+        f"({r.bytes_after / max(r.bytes_before, 1):.3f}x, {r.bytes_before - r.bytes_after:,} bytes saved)",
+        file=out,
+    )
+    print(
+        f"file: {os.fspath(r.src)} ({_mib(r.file_before)}) -> {os.fspath(r.dst)} ({_mib(r.file_after)})",
+        file=out,
+    )
 
 
 def add_arguments(p) -> None:
     """Adds ``convert``'s arguments to an argparse parser."""
-    p.add_argument("src", metavar="IN", help="a float safetensors checkpoint (or a folder with model.safetensors)")
+    p.add_argument(
+        "src",
+        metavar="IN",
+        help="a float safetensors checkpoint (or a folder with model.safetensors)",
+    )
     p.add_argument("dst", metavar="OUT", help="the lt8 8-bit checkpoint to write (or a folder)")
-    p.add_argument("--skip", action="append", default=[], metavar="PATTERN",
-                   help="leave layers matching PATTERN (fnmatch, on the dotted name or a component) in "
-                        f"float; repeatable; added to the defaults {' '.join(DEFAULT_SKIP)}")
+    p.add_argument(
+        "--skip",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="leave layers matching PATTERN (fnmatch, on the dotted name or a component) in "
+        f"float; repeatable; added to the defaults {' '.join(DEFAULT_SKIP)}",
+    )
     p.add_argument("--no-default-skip", action="store_true", help="drop the default skip patterns")
-    p.add_argument("--threshold", type=float, default=6.0,
-                   help="outlier threshold recorded in the checkpoint (default 6.0)")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=6.0,
+        help="outlier threshold recorded in the checkpoint (default 6.0)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -220,8 +283,13 @@ def main(args) -> int:
     """Runs ``convert`` from parsed arguments; errors are printed, not raised (exit code 1)."""
     skip = ([] if args.no_default_skip else list(DEFAULT_SKIP)) + list(args.skip)
     try:
-        r = convert_checkpoint(args.src, args.dst, skip=skip, threshold=args.threshold,
-                               progress=False if args.no_progress else None)
+        r = convert_checkpoint(
+            args.src,
+            args.dst,
+            skip=skip,
+            threshold=args.threshold,
+            progress=False if args.no_progress else None,
+        )
     except (OSError, ValueError, TypeError, RuntimeError) as err:
         print(f"lt8 convert: error: {err}", file=sys.stderr)
         return 1

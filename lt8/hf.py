@@ -29,8 +29,8 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable, Optional, Union
 
 import torch
 from torch import nn
@@ -38,8 +38,15 @@ from torch import nn
 from lt8.core import checkpoint as ckpt
 from lt8.torch.nn import Linear8bitLt, load_quantized, replace_linear, save_quantized
 
-__all__ = ["DEFAULT_SKIP", "HF_WEIGHTS_NAME", "WEIGHTS_NAME", "convert_hf_model", "default_skip_modules",
-           "from_pretrained_8bit", "save_pretrained_8bit"]
+__all__ = [
+    "DEFAULT_SKIP",
+    "HF_WEIGHTS_NAME",
+    "WEIGHTS_NAME",
+    "convert_hf_model",
+    "default_skip_modules",
+    "from_pretrained_8bit",
+    "save_pretrained_8bit",
+]
 
 #: Module names that stay in float by default: the language-model head, whatever the model calls
 #: its output embeddings (:func:`default_skip_modules` adds that name).
@@ -49,7 +56,7 @@ WEIGHTS_NAME = "lt8_model.safetensors"
 HF_WEIGHTS_NAME = "model.safetensors"
 
 
-def _name_of(model: nn.Module, module: nn.Module) -> Optional[str]:
+def _name_of(model: nn.Module, module: nn.Module) -> str | None:
     for name, m in model.named_modules():
         if m is module:
             return name
@@ -74,19 +81,24 @@ def _skipped(name: str, skip: set) -> bool:
     return name in skip or bool(skip & set(name.split(".")))
 
 
-def _conv1d_to_linear(model: nn.Module, skip: set, only: Optional[set] = None) -> None:
+def _conv1d_to_linear(model: nn.Module, skip: set, only: set | None = None) -> None:
     """Replaces transformers' ``Conv1D`` layers (weight (in, out), GPT-2) by equivalent
     ``nn.Linear`` s (weight (out, in)), so that replace_linear converts them."""
     try:
         from transformers.pytorch_utils import Conv1D
     except ImportError:
         return
-    targets = [(n, m) for n, m in model.named_modules()
-               if isinstance(m, Conv1D) and not _skipped(n, skip) and (only is None or n in only)]
+    targets = [
+        (n, m)
+        for n, m in model.named_modules()
+        if isinstance(m, Conv1D) and not _skipped(n, skip) and (only is None or n in only)
+    ]
     for name, conv in targets:
         in_f, out_f = conv.weight.shape
         lin = nn.Linear(in_f, out_f, bias=conv.bias is not None, device="meta")
-        lin.weight = nn.Parameter(conv.weight.data.t().contiguous(), requires_grad=conv.weight.requires_grad)
+        lin.weight = nn.Parameter(
+            conv.weight.data.t().contiguous(), requires_grad=conv.weight.requires_grad
+        )
         if conv.bias is not None:
             lin.bias = nn.Parameter(conv.bias.data, requires_grad=conv.bias.requires_grad)
         lin.train(conv.training)
@@ -94,9 +106,12 @@ def _conv1d_to_linear(model: nn.Module, skip: set, only: Optional[set] = None) -
         setattr(model.get_submodule(parent_name) if parent_name else model, child, lin)
 
 
-def convert_hf_model(model: nn.Module, threshold: float = 6.0,
-                     skip_modules: Optional[Iterable[str]] = None,
-                     progress: Optional[bool] = None) -> nn.Module:
+def convert_hf_model(
+    model: nn.Module,
+    threshold: float = 6.0,
+    skip_modules: Iterable[str] | None = None,
+    progress: bool | None = None,
+) -> nn.Module:
     """Converts a ``transformers`` model (in place) to LLM.int8(): every ``nn.Linear`` (and
     ``Conv1D``) becomes an lt8 ``Linear8bitLt`` with int8 weights, except the modules named in
     ``skip_modules`` (a module is skipped when its dotted name, or any component of it, is in
@@ -108,14 +123,17 @@ def convert_hf_model(model: nn.Module, threshold: float = 6.0,
     decomposition). Returns the model.
     """
     if isinstance(skip_modules, str):
-        raise TypeError(f"skip_modules must be a list of module names, not one string ({skip_modules!r})")
+        raise TypeError(
+            f"skip_modules must be a list of module names, not one string ({skip_modules!r})"
+        )
     skip = default_skip_modules(model) if skip_modules is None else tuple(skip_modules)
     _conv1d_to_linear(model, set(skip))
     return replace_linear(model, threshold=threshold, skip_modules=skip, progress=progress)
 
 
-def save_pretrained_8bit(model: nn.Module, save_directory: Union[str, os.PathLike], *,
-                         metadata: Optional[dict] = None) -> Path:
+def save_pretrained_8bit(
+    model: nn.Module, save_directory: str | os.PathLike, *, metadata: dict | None = None
+) -> Path:
     """Writes a converted model to ``save_directory`` (created if needed): ``config.json``
     (``model.config.save_pretrained``), ``generation_config.json`` when the model has one, and
     :data:`WEIGHTS_NAME` in lt8's checkpoint format (:func:`lt8.torch.save_quantized`: int8
@@ -123,12 +141,16 @@ def save_pretrained_8bit(model: nn.Module, save_directory: Union[str, os.PathLik
     entries to the file. Save the tokenizer with its own ``save_pretrained``. Returns the
     weights file's path; :func:`from_pretrained_8bit` loads the folder."""
     if not any(isinstance(m, Linear8bitLt) for m in model.modules()):
-        raise ValueError("save_pretrained_8bit: the model has no Linear8bitLt layer: convert it "
-                         "with lt8.hf.convert_hf_model first")
+        raise ValueError(
+            "save_pretrained_8bit: the model has no Linear8bitLt layer: convert it "
+            "with lt8.hf.convert_hf_model first"
+        )
     config = getattr(model, "config", None)
     if config is None or not hasattr(config, "save_pretrained"):
-        raise TypeError(f"save_pretrained_8bit needs a transformers model (with a .config), got "
-                        f"{type(model).__name__}; use lt8.torch.save_quantized for other models")
+        raise TypeError(
+            f"save_pretrained_8bit needs a transformers model (with a .config), got "
+            f"{type(model).__name__}; use lt8.torch.save_quantized for other models"
+        )
     folder = Path(save_directory)
     folder.mkdir(parents=True, exist_ok=True)
     config.architectures = [type(model).__name__]
@@ -165,7 +187,7 @@ def _no_init_weights():
     return contextlib.nullcontext()
 
 
-def _config_dtype(config) -> Optional[torch.dtype]:
+def _config_dtype(config) -> torch.dtype | None:
     for attr in ("dtype", "torch_dtype"):
         d = getattr(config, attr, None)
         if isinstance(d, str):
@@ -190,10 +212,15 @@ def _untied(model: nn.Module, missing: Iterable[str]) -> list:
     return sorted(k for k in missing if id(own[k]) not in loaded_ids)
 
 
-def from_pretrained_8bit(pretrained_directory: Union[str, os.PathLike], model_class=None, *,
-                         device: Union[str, torch.device, None] = None,
-                         dtype: Optional[torch.dtype] = None, threshold: Optional[float] = None,
-                         **config_kwargs) -> nn.Module:
+def from_pretrained_8bit(
+    pretrained_directory: str | os.PathLike,
+    model_class=None,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    threshold: float | None = None,
+    **config_kwargs,
+) -> nn.Module:
     """Loads a folder written by :func:`save_pretrained_8bit` (or by ``save_pretrained`` of a
     converted model): builds the model from ``config.json`` (``model_class``, default the class
     the config names in ``architectures``, else ``AutoModel``), converts exactly the layers
@@ -213,15 +240,21 @@ def from_pretrained_8bit(pretrained_directory: Union[str, os.PathLike], model_cl
     if not weights.is_file():
         weights = folder / HF_WEIGHTS_NAME
     if not (folder / "config.json").is_file() or not weights.is_file():
-        raise FileNotFoundError(f"{os.fspath(folder)!r} must be a folder with config.json and {WEIGHTS_NAME} "
-                                f"(as lt8.hf.save_pretrained_8bit writes) or {HF_WEIGHTS_NAME}; sharded "
-                                f"checkpoints are not supported")
+        raise FileNotFoundError(
+            f"{os.fspath(folder)!r} must be a folder with config.json and {WEIGHTS_NAME} "
+            f"(as lt8.hf.save_pretrained_8bit writes) or {HF_WEIGHTS_NAME}; sharded "
+            f"checkpoints are not supported"
+        )
     info = ckpt.read_info(weights)
     int8 = set(_int8_layers(weights))
     config = AutoConfig.from_pretrained(folder, **{"local_files_only": True, **config_kwargs})
     cls = _model_class(config, model_class)
     with _no_init_weights():
-        model = cls.from_config(config) if cls.__module__.startswith("transformers.models.auto") else cls(config)
+        model = (
+            cls.from_config(config)
+            if cls.__module__.startswith("transformers.models.auto")
+            else cls(config)
+        )
     if callable(getattr(model, "tie_weights", None)):
         model.tie_weights()  # some versions tie only in from_pretrained
     dtype = dtype or _config_dtype(config)
@@ -234,7 +267,8 @@ def from_pretrained_8bit(pretrained_directory: Union[str, os.PathLike], model_cl
     if not_linear:
         raise ckpt.CheckpointError(
             f"{os.fspath(weights)}: int8 layers {ckpt._preview(not_linear)} are not Linear layers of "
-            f"{cls.__name__}: pass the model_class the checkpoint was saved from")
+            f"{cls.__name__}: pass the model_class the checkpoint was saved from"
+        )
     default = threshold if threshold is not None else info.threshold_for("")
     default = 6.0 if default is None else default
     replace_linear(model, threshold=default, skip_modules=sorted(linear_like - int8))
@@ -244,7 +278,8 @@ def from_pretrained_8bit(pretrained_directory: Union[str, os.PathLike], model_cl
         raise ckpt.CheckpointError(
             f"{os.fspath(weights)}: cannot convert {ckpt._preview(unconverted)} alone: a float "
             f"layer's name is a component of theirs; convert the model with convert_hf_model and "
-            f"load the file with lt8.torch.load_quantized")
+            f"load the file with lt8.torch.load_quantized"
+        )
     if threshold is None:
         for name, m in model.named_modules():
             saved = info.threshold_for(name) if isinstance(m, Linear8bitLt) else None
@@ -260,8 +295,11 @@ def from_pretrained_8bit(pretrained_directory: Union[str, os.PathLike], model_cl
     if untied or unexpected:
         raise ckpt.CheckpointError(
             f"{os.fspath(weights)} does not fit {cls.__name__}: "
-            + "; ".join(f"{what} keys: {ckpt._preview(keys)}"
-                        for what, keys in (("missing", untied), ("unexpected", unexpected)) if keys))
+            + "; ".join(
+                f"{what} keys: {ckpt._preview(keys)}"
+                for what, keys in (("missing", untied), ("unexpected", unexpected))
+                if keys
+            )
+        )
     model.eval()
     return model if device is None else model.to(device)
-

@@ -3,7 +3,7 @@
 # GPU (CUDA tests may not skip: LT8_REQUIRE_CUDA=1), optionally the memory checkers and the
 # benchmark, and print a summary last. Logs go to $OUT when it is set.
 #   STAGES="build tests sanitizer bench" (default: build tests)   PYTEST_ARGS="-k linear"
-#   TESTS="tests/test_x.py ..." (default: tests)
+#   TESTS="tests/torch/test_x.py ..." (default: tests)
 set -uo pipefail
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false LT8_REQUIRE_CUDA=1
 OUT=${OUT:-/tmp/lt8-gpu-check}; mkdir -p "$OUT"
@@ -36,7 +36,7 @@ if [[ " $STAGES " == *" sanitizer "* ]]; then
   for tool in memcheck racecheck; do
     timeout ${SANITIZER_TIMEOUT:-180} compute-sanitizer --tool $tool --error-exitcode 99 \
       --target-processes all $PY -m pytest -q -p no:cacheprovider -x \
-      -k "${SANITIZER_K:-cuda and not opcheck}" ${SANITIZER_TESTS:-tests/test_torch_ops.py} \
+      -k "${SANITIZER_K:-cuda and not opcheck}" ${SANITIZER_TESTS:-tests/torch/test_torch_ops.py} \
       >"$OUT/sanitizer-$tool.log" 2>&1
     rc=$?
     note "compute-sanitizer $tool: rc=$rc, $(grep -E 'ERROR SUMMARY' "$OUT/sanitizer-$tool.log" | tail -1) $(grep -E '(passed|failed)' "$OUT/sanitizer-$tool.log" | tail -1)"

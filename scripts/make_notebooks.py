@@ -3,7 +3,7 @@
     python scripts/make_notebooks.py [OUT_DIR]
 
 The notebooks are generated so that their text and code review as plain Python; edit them here
-and regenerate. tests/test_notebooks.py executes them (and checks they carry no outputs).
+and regenerate. tests/user/test_notebooks.py executes them (and checks they carry no outputs).
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 ORG = "lt8-project"
-OUT = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent.parent / "notebooks"
+OUT = (
+    Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent.parent / "notebooks"
+)
 
 
 def md(s):
@@ -32,13 +34,17 @@ def code(*parts, tags=()):
 
 def header(name, title, blurb):
     url = f"https://colab.research.google.com/github/{ORG}/lt8/blob/main/notebooks/{name}"
-    return new_markdown_cell("\n\n".join([
-        f"# {title}",
-        f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({url})",
-        textwrap.dedent(blurb).strip(),
-        f"*The badge links to `github.com/{ORG}/lt8`: `{ORG}` is a placeholder organisation, to be "
-        "replaced by the repository's real owner when it is published.*",
-    ]))
+    return new_markdown_cell(
+        "\n\n".join(
+            [
+                f"# {title}",
+                f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({url})",
+                textwrap.dedent(blurb).strip(),
+                f"*The badge links to `github.com/{ORG}/lt8`: `{ORG}` is a placeholder organisation, to be "
+                "replaced by the repository's real owner when it is published.*",
+            ]
+        )
+    )
 
 
 INTRO = """
@@ -83,11 +89,16 @@ if jax_device.platform != "cpu" and not lt8.has_cuda():
 # ------------------------------------------------------------------------------------------------
 
 nb1 = [
-    header("01_torch_quickstart.ipynb", "lt8 quickstart: LLM.int8() in PyTorch", INTRO + """
+    header(
+        "01_torch_quickstart.ipynb",
+        "lt8 quickstart: LLM.int8() in PyTorch",
+        INTRO
+        + """
 This notebook converts a small PyTorch model to int8 with `lt8.torch.replace_linear`, measures
 its memory and accuracy, and shows what the outlier threshold does. It runs on a CPU runtime in
 seconds; on a GPU runtime it uses the GPU (`device = "cuda"`) with float16 activations.
-"""),
+""",
+    ),
     md(INSTALL_MD),
     code(INSTALL, tags=["colab-install"]),
     md("## Setup"),
@@ -261,17 +272,23 @@ seconds; on a GPU runtime it uses the GPU (`device = "cuda"`) with float16 activ
 # ------------------------------------------------------------------------------------------------
 
 nb2 = [
-    header("02_jax_flax_quickstart.ipynb", "lt8 quickstart: LLM.int8() in JAX and Flax", INTRO + """
+    header(
+        "02_jax_flax_quickstart.ipynb",
+        "lt8 quickstart: LLM.int8() in JAX and Flax",
+        INTRO
+        + """
 In JAX, `lt8.jax.Dense8bit` is a drop-in for `flax.linen.Dense`. Its int8 weight and scales
 live in their own variable collection, `"int8"`, beside `"params"` (the bias), so `jax.grad`
 and optax only ever see float parameters. This notebook builds a Flax model on `Dense8bit`,
 runs it under `jax.jit`, takes gradients, and fine-tunes a small adapter on top of frozen int8
 weights. JAX uses its default backend (the GPU on a GPU runtime).
-"""),
+""",
+    ),
     md(INSTALL_MD),
     code(INSTALL, tags=["colab-install"]),
     md("## Setup"),
-    code("""
+    code(
+        """
     %matplotlib inline
     import functools
 
@@ -283,10 +300,13 @@ weights. JAX uses its default backend (the GPU on a GPU runtime).
 
     import lt8
     from lt8.jax import Dense8bit
-    """, JAX_DEVICE_GUARD, """
+    """,
+        JAX_DEVICE_GUARD,
+        """
     print(f"lt8 {lt8.__version__}, jax {jax.__version__}, JAX runs on {jax_device.platform}, "
           f"lt8 CUDA kernels: {lt8.has_cuda()}")
-    """),
+    """,
+    ),
     md("""
     ## A Flax model on `Dense8bit`
 
@@ -457,7 +477,10 @@ weights. JAX uses its default backend (the GPU on a GPU runtime).
 # ------------------------------------------------------------------------------------------------
 
 nb3 = [
-    header("03_torch_to_jax.ipynb", "lt8: quantize in PyTorch, serve in JAX", """
+    header(
+        "03_torch_to_jax.ipynb",
+        "lt8: quantize in PyTorch, serve in JAX",
+        """
 lt8 runs LLM.int8() (int8 weights with float32 row scales, float outlier columns) in PyTorch
 and in JAX from **one** kernel library, and both read and write **one** checkpoint format: a
 safetensors file with bitsandbytes' keys for every int8 layer,
@@ -474,11 +497,13 @@ plus a small metadata entry naming the format, its version and the outlier thres
 This notebook quantizes a model in PyTorch, saves it with `lt8.torch.save_quantized`, loads it
 into a Flax model built on `lt8.jax.Dense8bit` with `lt8.jax.load_variables`, checks that JAX
 computes the very same bits, and goes back the other way.
-"""),
+""",
+    ),
     md(INSTALL_MD),
     code(INSTALL, tags=["colab-install"]),
     md("## Setup"),
-    code("""
+    code(
+        """
     import copy
 
     import flax.linen as fnn
@@ -491,12 +516,15 @@ computes the very same bits, and goes back the other way.
     import lt8
     from lt8.core import checkpoint
     from lt8.jax import Dense8bit
-    """, JAX_DEVICE_GUARD, """
+    """,
+        JAX_DEVICE_GUARD,
+        """
     device = "cuda" if torch.cuda.is_available() and lt8.has_cuda() else "cpu"
     dtype = torch.float16 if device == "cuda" else torch.float32
     jax_dtype = jnp.float16 if dtype == torch.float16 else jnp.float32
     print(f"torch runs on {device} ({dtype}), JAX on {jax_device.platform}")
-    """),
+    """,
+    ),
     md("""
     ## 1. Quantize in PyTorch
 
@@ -650,7 +678,11 @@ def write(name, cells):
     nb = new_notebook(cells=cells)
     for i, cell in enumerate(nb.cells):
         cell.id = f"cell-{i:02d}"  # stable ids: regenerating changes only what was edited
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
     nb.metadata["language_info"] = {"name": "python"}
     nb.metadata["colab"] = {"provenance": []}
     nbformat.validate(nb)

@@ -11,8 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import REQUIRE_CUDA
+
 from lt8.jax import _ffi
 
 DTYPES = [jnp.float32, jnp.float16, jnp.bfloat16]
@@ -52,8 +52,13 @@ def platform(request):
         yield request.param
 
 
-def activations(rng: np.random.Generator, shape, threshold: float = 6.0, n_outlier_cols: int = 3,
-                dtype=jnp.float32) -> jax.Array:
+def activations(
+    rng: np.random.Generator,
+    shape,
+    threshold: float = 6.0,
+    n_outlier_cols: int = 3,
+    dtype=jnp.float32,
+) -> jax.Array:
     """N(0,1) activations kept below ``threshold``, plus a few planted outlier entries in
     ``n_outlier_cols`` random columns (one exactly at the threshold, which counts as outlier)."""
     x = rng.standard_normal(shape).astype(np.float32)

@@ -48,8 +48,9 @@ def quantize_rows_ref(x: np.ndarray, threshold: float = 0.0):
     quantizable = (absmax > 0) & np.isfinite(absmax)  # zero and non-finite rows give q = 0
     # x * 127 / absmax with one rounding (x * 127 is exact): exact ties stay ties for rint.
     with np.errstate(invalid="ignore", over="ignore"):
-        scaled = np.divide(regular * 127.0, absmax[:, None], out=np.zeros_like(regular),
-                           where=quantizable[:, None])
+        scaled = np.divide(
+            regular * 127.0, absmax[:, None], out=np.zeros_like(regular), where=quantizable[:, None]
+        )
     q = np.clip(np.rint(scaled), -127, 127).astype(np.int8)
     return q.reshape(x.shape), absmax.reshape(x.shape[:-1]), mask
 
@@ -94,14 +95,18 @@ def grad_input_ref(grad_out, CB, SCB) -> np.ndarray:
 
 def dequant_epilogue_ref(C, row_scale, col_scale, bias=None) -> np.ndarray:
     """C (..., N) int32 * row_scale (...) * col_scale (N,) / 127^2 (+ bias), in float64."""
-    out = (np.asarray(C, np.float64) * np.asarray(row_scale, np.float64)[..., None]
-           * np.asarray(col_scale, np.float64) / 127.0**2)
+    out = (
+        np.asarray(C, np.float64)
+        * np.asarray(row_scale, np.float64)[..., None]
+        * np.asarray(col_scale, np.float64)
+        / 127.0**2
+    )
     return out if bias is None else out + np.asarray(bias, np.float64)
 
 
-
-def linear_error_bound(x, CB, SCB, ref, out_eps: float, out_tiny: float = 0.0, threshold: float = 0.0,
-                       q=None) -> np.ndarray:
+def linear_error_bound(
+    x, CB, SCB, ref, out_eps: float, out_tiny: float = 0.0, threshold: float = 0.0, q=None
+) -> np.ndarray:
     """Elementwise bound on |lt8 - linear_ref| for finite inputs: float32 accumulation of the
     products (over K terms), one rounding to the output dtype (relative ``out_eps``, absolute
     ``out_tiny`` for subnormal outputs) and, when ``q`` (the implementation's int8 rows of x) is
@@ -112,9 +117,15 @@ def linear_error_bound(x, CB, SCB, ref, out_eps: float, out_tiny: float = 0.0, t
     flat = _rows(x)
     W = np.abs(dequantize_weight_ref(CB, SCB))
     S = np.abs(flat) @ W.T
-    bound = (K + 4) * 2.0**-23 * S + 2 * out_eps * np.abs(np.asarray(ref, np.float64).reshape(S.shape)) + out_tiny
+    bound = (
+        (K + 4) * 2.0**-23 * S
+        + 2 * out_eps * np.abs(np.asarray(ref, np.float64).reshape(S.shape))
+        + out_tiny
+    )
     if q is not None:
         q_ref, scale, _ = quantize_rows_ref(flat, threshold)
-        steps = np.abs(np.asarray(q, np.float64).reshape(q_ref.shape) - q_ref) * (scale[:, None] / 127)
+        steps = np.abs(np.asarray(q, np.float64).reshape(q_ref.shape) - q_ref) * (
+            scale[:, None] / 127
+        )
         bound = bound + steps @ W.T
     return bound.reshape(np.shape(ref))

@@ -30,10 +30,17 @@ inline xffi::Error invalid(const std::string& m) {
 
 inline bool float_dtype(xffi::DataType t, DType* out) {
   switch (t) {
-    case xffi::DataType::F32: *out = DType::kF32; return true;
-    case xffi::DataType::F16: *out = DType::kF16; return true;
-    case xffi::DataType::BF16: *out = DType::kBF16; return true;
-    default: return false;
+    case xffi::DataType::F32:
+      *out = DType::kF32;
+      return true;
+    case xffi::DataType::F16:
+      *out = DType::kF16;
+      return true;
+    case xffi::DataType::BF16:
+      *out = DType::kBF16;
+      return true;
+    default:
+      return false;
   }
 }
 
@@ -49,9 +56,9 @@ inline Rows as_rows(const AnyBuffer::Dimensions& dims) {
   return r;
 }
 
-#define LT8_FFI_TRY(expr)                       \
-  do {                                          \
-    ::lt8::Status _st = (expr);                 \
+#define LT8_FFI_TRY(expr)                            \
+  do {                                               \
+    ::lt8::Status _st = (expr);                      \
     if (!_st.ok()) return ::lt8::ffi::to_error(_st); \
   } while (0)
 
@@ -191,8 +198,7 @@ inline xffi::Error Int8LinearImpl(const Exec& ex, AnyBuffer x, Buffer<xffi::S8, 
     return invalid("int8_linear: shapes do not match");
   LT8_FFI_TRY(int8_linear(ex, dt, x.untyped_data(), cb.typed_data(), scb.typed_data(), bt,
                           has_bias ? bias.untyped_data() : nullptr, r.M, N, r.K, threshold,
-                          out->untyped_data(), workspace->untyped_data(),
-                          workspace->size_bytes()));
+                          out->untyped_data(), workspace->untyped_data(), workspace->size_bytes()));
   return xffi::Error::Success();
 }
 template <typename B>

@@ -8,30 +8,30 @@ const Exec kCpu{};
 }  // namespace
 
 // The lambdas prepend the CPU execution context to the decoded arguments.
-XLA_FFI_DEFINE_HANDLER_SYMBOL(lt8_quantize_rows_cpu,
-                              [](auto... a) { return QuantizeRowsImpl(kCpu, a...); },
-                              BindQuantizeRows(xffi::Ffi::Bind()));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(lt8_dequantize_rows_cpu,
-                              [](auto... a) { return DequantizeRowsImpl(kCpu, a...); },
-                              BindDequantizeRows(xffi::Ffi::Bind()));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(lt8_int8_gemm_cpu,
-                              [](auto... a) { return Int8GemmImpl(kCpu, a...); },
-                              BindInt8Gemm(xffi::Ffi::Bind()));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(lt8_dequant_epilogue_cpu,
-                              [](auto... a) { return DequantEpilogueImpl(kCpu, a...); },
-                              BindDequantEpilogue(xffi::Ffi::Bind()));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(lt8_transform_layout_cpu,
-                              [](auto... a) { return TransformLayoutImpl(kCpu, a...); },
-                              BindTransformLayout(xffi::Ffi::Bind()));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(lt8_int8_linear_cpu,
-                              [](auto... a) { return Int8LinearImpl(kCpu, a...); },
-                              BindInt8Linear(xffi::Ffi::Bind()));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(lt8_int8_weight_linear_cpu,
-                              [](auto... a) { return Int8WeightLinearImpl(kCpu, a...); },
-                              BindInt8WeightLinear(xffi::Ffi::Bind()));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(lt8_int8_linear_grad_input_cpu,
-                              [](auto... a) { return Int8LinearGradInputImpl(kCpu, a...); },
-                              BindInt8LinearGradInput(xffi::Ffi::Bind()));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    lt8_quantize_rows_cpu, [](auto... a) { return QuantizeRowsImpl(kCpu, a...); },
+    BindQuantizeRows(xffi::Ffi::Bind()));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    lt8_dequantize_rows_cpu, [](auto... a) { return DequantizeRowsImpl(kCpu, a...); },
+    BindDequantizeRows(xffi::Ffi::Bind()));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    lt8_int8_gemm_cpu, [](auto... a) { return Int8GemmImpl(kCpu, a...); },
+    BindInt8Gemm(xffi::Ffi::Bind()));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    lt8_dequant_epilogue_cpu, [](auto... a) { return DequantEpilogueImpl(kCpu, a...); },
+    BindDequantEpilogue(xffi::Ffi::Bind()));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    lt8_transform_layout_cpu, [](auto... a) { return TransformLayoutImpl(kCpu, a...); },
+    BindTransformLayout(xffi::Ffi::Bind()));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    lt8_int8_linear_cpu, [](auto... a) { return Int8LinearImpl(kCpu, a...); },
+    BindInt8Linear(xffi::Ffi::Bind()));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    lt8_int8_weight_linear_cpu, [](auto... a) { return Int8WeightLinearImpl(kCpu, a...); },
+    BindInt8WeightLinear(xffi::Ffi::Bind()));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    lt8_int8_linear_grad_input_cpu, [](auto... a) { return Int8LinearGradInputImpl(kCpu, a...); },
+    BindInt8LinearGradInput(xffi::Ffi::Bind()));
 
 std::vector<Target> cpu_targets() {
   return {

@@ -7,13 +7,17 @@
 
 namespace lt8::ffi {
 namespace {
-Exec on_stream(cudaStream_t s) { return Exec{Device::kCUDA, s, -1}; }
-auto cuda_bind() { return xffi::Ffi::Bind().Ctx<xffi::PlatformStream<cudaStream_t>>(); }
+Exec on_stream(cudaStream_t s) {
+  return Exec{Device::kCUDA, s, -1};
+}
+auto cuda_bind() {
+  return xffi::Ffi::Bind().Ctx<xffi::PlatformStream<cudaStream_t>>();
+}
 }  // namespace
 
-#define LT8_CUDA_HANDLER(symbol, impl, binder)                                          \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(                                                        \
-      symbol, [](cudaStream_t s, auto... a) { return impl(on_stream(s), a...); },      \
+#define LT8_CUDA_HANDLER(symbol, impl, binder)                                    \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(                                                  \
+      symbol, [](cudaStream_t s, auto... a) { return impl(on_stream(s), a...); }, \
       binder(cuda_bind()), {xffi::Traits::kCmdBufferCompatible})
 
 LT8_CUDA_HANDLER(lt8_quantize_rows_cuda, QuantizeRowsImpl, BindQuantizeRows);
@@ -23,8 +27,7 @@ LT8_CUDA_HANDLER(lt8_dequant_epilogue_cuda, DequantEpilogueImpl, BindDequantEpil
 LT8_CUDA_HANDLER(lt8_transform_layout_cuda, TransformLayoutImpl, BindTransformLayout);
 LT8_CUDA_HANDLER(lt8_int8_linear_cuda, Int8LinearImpl, BindInt8Linear);
 LT8_CUDA_HANDLER(lt8_int8_weight_linear_cuda, Int8WeightLinearImpl, BindInt8WeightLinear);
-LT8_CUDA_HANDLER(lt8_int8_linear_grad_input_cuda, Int8LinearGradInputImpl,
-                 BindInt8LinearGradInput);
+LT8_CUDA_HANDLER(lt8_int8_linear_grad_input_cuda, Int8LinearGradInputImpl, BindInt8LinearGradInput);
 
 std::vector<Target> cuda_targets() {
   return {

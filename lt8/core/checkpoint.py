@@ -37,8 +37,9 @@ import json
 import math
 import os
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional, Union
+from typing import Any
 
 FORMAT_NAME = "lt8.int8"
 FORMAT_VERSION = 1
@@ -115,13 +116,19 @@ def read_linear(state_dict, prefix: str = "") -> dict:
     fmt_code = WEIGHT_FORMATS["row"] if fmt is None else int(to_numpy(fmt).reshape(()))
     if scb is None:
         if weight.dtype == np.int8:
-            raise ValueError(f"{prefix + KEY_WEIGHT} is int8 but the state dict has no {prefix + KEY_SCB}")
+            raise ValueError(
+                f"{prefix + KEY_WEIGHT} is int8 but the state dict has no {prefix + KEY_SCB}"
+            )
         if weight.ndim != 2:
-            raise ValueError(f"{prefix + KEY_WEIGHT} must be 2-D (out, in), got shape {weight.shape}")
+            raise ValueError(
+                f"{prefix + KEY_WEIGHT} must be 2-D (out, in), got shape {weight.shape}"
+            )
     else:
         scb = to_numpy(scb).astype(np.float32)
         if weight.dtype != np.int8:
-            raise ValueError(f"{prefix + KEY_WEIGHT} must be int8 next to {prefix + KEY_SCB}, got {weight.dtype}")
+            raise ValueError(
+                f"{prefix + KEY_WEIGHT} must be int8 next to {prefix + KEY_SCB}, got {weight.dtype}"
+            )
         if scb.ndim != 1:
             raise ValueError(f"{prefix + KEY_SCB} must be 1-D (out,), got shape {scb.shape}")
     return {
@@ -189,7 +196,7 @@ class CheckpointInfo:
         metadata: the file's metadata entries as stored (strings).
     """
 
-    format_version: Optional[int]
+    format_version: int | None
     thresholds: Mapping[str, float] = field(default_factory=dict)
     metadata: Mapping[str, str] = field(default_factory=dict)
 
@@ -198,7 +205,7 @@ class CheckpointInfo:
         """Whether the file carries lt8's metadata."""
         return self.format_version is not None
 
-    def threshold_for(self, prefix: str) -> Optional[float]:
+    def threshold_for(self, prefix: str) -> float | None:
         """The threshold the file names for the layer at ``prefix`` (``"layers.0"`` or
         ``"layers.0."``): its own entry, else its nearest parent's (``"layers"``), else the
         global one, else None."""
@@ -224,12 +231,16 @@ def _check_threshold_value(name: str, v) -> float:
     return f
 
 
-def _thresholds_to_json(threshold) -> Optional[str]:
+def _thresholds_to_json(threshold) -> str | None:
     if threshold is None:
         return None
     if isinstance(threshold, Mapping):
-        return json.dumps({str(k).rstrip("."): _check_threshold_value(str(k), v)
-                           for k, v in sorted(threshold.items())})
+        return json.dumps(
+            {
+                str(k).rstrip("."): _check_threshold_value(str(k), v)
+                for k, v in sorted(threshold.items())
+            }
+        )
     return json.dumps(_check_threshold_value("", threshold))
 
 
@@ -248,32 +259,39 @@ def _thresholds_from_json(path, text: str) -> dict:
         raise CheckpointError(f"{path}: metadata {e}") from None
 
 
-def _info_from_metadata(path, metadata: Optional[Mapping[str, str]], keys) -> CheckpointInfo:
+def _info_from_metadata(path, metadata: Mapping[str, str] | None, keys) -> CheckpointInfo:
     metadata = dict(metadata or {})
     fmt = metadata.get("format")
     if fmt != FORMAT_NAME:
         if fmt is not None and fmt not in FOREIGN_FORMATS:
             raise CheckpointError(
                 f"{path}: not an lt8 checkpoint: its metadata names the format {fmt!r} "
-                f"(lt8 writes {FORMAT_NAME!r})")
+                f"(lt8 writes {FORMAT_NAME!r})"
+            )
         if not linear_prefixes(dict.fromkeys(keys)):
             raise CheckpointError(
                 f"{path}: not an lt8 or bitsandbytes 8-bit checkpoint: no lt8 metadata "
                 f"(format {FORMAT_NAME!r}) and no int8 linear layer (a 'weight' with an 'SCB'); "
-                f"keys: {_preview(keys)}")
+                f"keys: {_preview(keys)}"
+            )
         return CheckpointInfo(None, {}, metadata)  # bitsandbytes: same keys, no lt8 metadata
     text = metadata.get("format_version")
     try:
         version = int(text)
     except (TypeError, ValueError):
-        raise CheckpointError(f"{path}: lt8 checkpoint without a valid 'format_version' (got {text!r})") from None
+        raise CheckpointError(
+            f"{path}: lt8 checkpoint without a valid 'format_version' (got {text!r})"
+        ) from None
     if version > FORMAT_VERSION:
         raise CheckpointError(
             f"{path}: lt8 checkpoint format version {version} is newer than this lt8 reads "
-            f"(up to {FORMAT_VERSION}): upgrade lt8")
+            f"(up to {FORMAT_VERSION}): upgrade lt8"
+        )
     if version < 1:
         raise CheckpointError(f"{path}: invalid lt8 checkpoint format version {version}")
-    thresholds = _thresholds_from_json(path, metadata["threshold"]) if "threshold" in metadata else {}
+    thresholds = (
+        _thresholds_from_json(path, metadata["threshold"]) if "threshold" in metadata else {}
+    )
     return CheckpointInfo(version, thresholds, metadata)
 
 
@@ -298,7 +316,8 @@ def _open(path, read_tensors: bool):
             tensors = f.get_tensors() if read_tensors else None
     except SafetensorError as e:
         raise CheckpointError(
-            f"{path}: not a readable safetensors file (truncated or corrupt?): {e}") from None
+            f"{path}: not a readable safetensors file (truncated or corrupt?): {e}"
+        ) from None
     return metadata, keys, tensors
 
 
@@ -308,7 +327,7 @@ def read_info(path) -> CheckpointInfo:
     return _info_from_metadata(path, metadata, keys)
 
 
-def load_file(path) -> "tuple[dict, CheckpointInfo]":
+def load_file(path) -> tuple[dict, CheckpointInfo]:
     """Reads a checkpoint: ``(tensors, info)``, tensors a dict of numpy arrays (bfloat16 as
     ``ml_dtypes.bfloat16``), info a :class:`CheckpointInfo`.
 
@@ -322,9 +341,13 @@ def load_file(path) -> "tuple[dict, CheckpointInfo]":
     return tensors, _info_from_metadata(path, metadata, keys)
 
 
-def save_file(tensors: Mapping[str, Any], path, *,
-              threshold: Union[float, Mapping[str, float], None] = None,
-              metadata: Optional[Mapping[str, str]] = None) -> None:
+def save_file(
+    tensors: Mapping[str, Any],
+    path,
+    *,
+    threshold: float | Mapping[str, float] | None = None,
+    metadata: Mapping[str, str] | None = None,
+) -> None:
     """Writes ``tensors`` (torch tensors on any device, jax or numpy arrays) as an lt8
     checkpoint: a safetensors file whose metadata names :data:`FORMAT_NAME`,
     :data:`FORMAT_VERSION` and, when given, the outlier ``threshold`` (one number, or a map of
@@ -378,8 +401,12 @@ def linear_prefixes(tensors: Mapping[str, Any]) -> list:
     return sorted(out)
 
 
-def validate_linear(tensors: Mapping[str, Any], prefix: str = "",
-                    out_features: Optional[int] = None, in_features: Optional[int] = None) -> str:
+def validate_linear(
+    tensors: Mapping[str, Any],
+    prefix: str = "",
+    out_features: int | None = None,
+    in_features: int | None = None,
+) -> str:
     """Checks the int8 linear layer at ``prefix`` (``"fc1"`` or ``"fc1."``) of ``tensors``
     (torch tensors, numpy or jax arrays; nothing is copied) and returns its ``weight_format``'s
     layout name ("row" unless an old bitsandbytes checkpoint stores a tiled weight).
@@ -395,7 +422,9 @@ def validate_linear(tensors: Mapping[str, Any], prefix: str = "",
     wk, sk, bk, fk = (_key(prefix, k) for k in (KEY_WEIGHT, KEY_SCB, KEY_BIAS, KEY_FORMAT))
     for k in (wk, sk):
         if k not in tensors:
-            raise CheckpointError(f"missing key {k!r} (an int8 linear layer needs {wk!r} and {sk!r})")
+            raise CheckpointError(
+                f"missing key {k!r} (an int8 linear layer needs {wk!r} and {sk!r})"
+            )
     fmt = "row"
     if fk in tensors:
         f = tensors[fk]
@@ -406,7 +435,8 @@ def validate_linear(tensors: Mapping[str, Any], prefix: str = "",
         if code not in WEIGHT_FORMATS.values():
             raise CheckpointError(
                 f"{fk}: expected one of {sorted(WEIGHT_FORMATS.values())} "
-                f"({', '.join(f'{c}={n}' for n, c in WEIGHT_FORMATS.items())}), got {code}")
+                f"({', '.join(f'{c}={n}' for n, c in WEIGHT_FORMATS.items())}), got {code}"
+            )
         fmt = format_name(code)
     w = tensors[wk]
     wdt, wshape = _dtype_name(w), _shape(w)
@@ -430,13 +460,18 @@ def validate_linear(tensors: Mapping[str, Any], prefix: str = "",
             if math.prod(wshape) != pr * pc:
                 raise CheckpointError(
                     f"{wk}: a {fmt} weight of (out, in) = {(out, in_features)} is a padded "
-                    f"{(pr, pc)} buffer ({pr * pc} elements), got shape {wshape}")
+                    f"{(pr, pc)} buffer ({pr * pc} elements), got shape {wshape}"
+                )
     if sdt != "float32" or (out is not None and sshape != (out,)) or len(sshape) != 1:
-        raise CheckpointError(f"{sk}: expected float32 of shape ({out if out is not None else 'out'},), "
-                              f"got {sdt} of shape {sshape}")
+        raise CheckpointError(
+            f"{sk}: expected float32 of shape ({out if out is not None else 'out'},), "
+            f"got {sdt} of shape {sshape}"
+        )
     if bk in tensors:
         b = tensors[bk]
         bdt, bshape = _dtype_name(b), _shape(b)
         if bdt not in _FLOAT_DTYPES or bshape != sshape:
-            raise CheckpointError(f"{bk}: expected a float tensor of shape {sshape}, got {bdt} of shape {bshape}")
+            raise CheckpointError(
+                f"{bk}: expected a float tensor of shape {sshape}, got {bdt} of shape {bshape}"
+            )
     return fmt

@@ -22,8 +22,9 @@ dimension (bytes between 32-column groups) is ``32 * padded_rows``. A tiled matr
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Tuple
+from typing import Any
 
 import numpy as np
 
@@ -71,7 +72,7 @@ class LayoutSpec:
         return self.name != "row"
 
 
-LAYOUTS: Dict[str, LayoutSpec] = {
+LAYOUTS: dict[str, LayoutSpec] = {
     "row": LayoutSpec("row", 0, 1, 1, 1),  # CUBLASLT_ORDER_ROW = 1
     "col32": LayoutSpec("col32", 1, 2, 1, 32),  # CUBLASLT_ORDER_COL32 = 2
     "col_turing": LayoutSpec("col_turing", 2, 3, 8, 32),  # CUBLASLT_ORDER_COL4_4R2_8C = 3
@@ -80,7 +81,7 @@ LAYOUTS: Dict[str, LayoutSpec] = {
 
 #: Tile shape of each tiled order: the ``tile_size`` that :func:`get_inverse_transform_indices`
 #: and :func:`undo_layout` work with (col32's "tile" is one row of a 32-column group).
-TILE_SHAPES: Dict[str, Tuple[int, int]] = {
+TILE_SHAPES: dict[str, tuple[int, int]] = {
     name: (s.tile_rows, s.tile_cols) for name, s in LAYOUTS.items() if s.tiled
 }
 
@@ -97,7 +98,7 @@ def _round_up(v: int, m: int) -> int:
     return -(-v // m) * m
 
 
-def padded_shape(order: str, rows: int, cols: int) -> Tuple[int, int]:
+def padded_shape(order: str, rows: int, cols: int) -> tuple[int, int]:
     """Shape ``(padded_rows, padded_cols)`` of a ``(rows, cols)`` matrix stored in ``order``."""
     s = layout_spec(order)
     return _round_up(rows, s.row_pad), _round_up(cols, s.col_pad)
@@ -157,7 +158,9 @@ def from_layout_reference(buf: Any, order: str, rows: int, cols: int) -> np.ndar
     flat = np.asarray(buf).reshape(-1)
     need = int(np.prod(padded_shape(order, rows, cols)))
     if flat.size != need:
-        raise ValueError(f"{order} buffer of a ({rows}, {cols}) matrix has {need} elements, got {flat.size}")
+        raise ValueError(
+            f"{order} buffer of a ({rows}, {cols}) matrix has {need} elements, got {flat.size}"
+        )
     return flat[layout_offsets(order, rows, cols)]
 
 
@@ -200,7 +203,7 @@ def _from_numpy(a: np.ndarray, like: Any) -> Any:
 
 
 def get_inverse_transform_indices(
-    transform: Callable[[Any], Any], tile_size: Tuple[int, int], like: Any = None
+    transform: Callable[[Any], Any], tile_size: tuple[int, int], like: Any = None
 ) -> Any:
     """Finds the permutation a tiled transform applies inside one tile.
 

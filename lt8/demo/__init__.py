@@ -54,7 +54,9 @@ class DemoResult:
     linear_bytes: dict = field(default_factory=dict)  # fp32, fp16, int8 (CB + SCB), CB, SCB
     model_bytes: dict = field(default_factory=dict)  # fp32 model vs lt8 model, all tensors
     int8_weights: bool = False  # every Linear weight of the lt8 model is int8 with float32 SCB
-    outliers: list = field(default_factory=list)  # per Linear: (name, outlier columns, in_features, max|x|)
+    outliers: list = field(
+        default_factory=list
+    )  # per Linear: (name, outlier columns, in_features, max|x|)
     # accuracy (embeddings are L2-normalised when the model says so; cosines are computed anyway)
     emb_fp32: np.ndarray = None
     emb_int8: np.ndarray = None
@@ -73,7 +75,9 @@ class DemoResult:
     near_tie_swaps: int = 0  # pairs of pairs closer than RANK_MARGIN that swap
     ranking_preserved: bool = False  # all separated comparisons kept
     # torch vs JAX
-    layers_identical: int = 0  # Linear layers whose JAX output equals torch's bit for bit on torch's input
+    layers_identical: int = (
+        0  # Linear layers whose JAX output equals torch's bit for bit on torch's input
+    )
     max_diff_int8: float = float("nan")  # end to end, embeddings
     identical_int8: bool = False
     max_diff_fp32: float = float("nan")
@@ -105,7 +109,7 @@ def _pair_order(sim: np.ndarray) -> list:
 RANK_MARGIN = 0.02
 
 
-def _ranking(r: "DemoResult") -> None:
+def _ranking(r: DemoResult) -> None:
     r.ranking_identical = _pair_order(r.sim_fp32) == _pair_order(r.sim_int8)
     i, j = np.triu_indices(r.sim_fp32.shape[0], k=1)
     s32, s8 = r.sim_fp32[i, j], r.sim_int8[i, j]
@@ -141,7 +145,9 @@ def _torch_device(torch, device: str | None) -> str:
         if not torch.cuda.is_available():
             raise DemoError(f"--device {device}: torch sees no CUDA device")
         if not lt8.has_cuda():
-            raise DemoError(f"--device {device}: this lt8 build has no CUDA kernels (CPU-only build)")
+            raise DemoError(
+                f"--device {device}: this lt8 build has no CUDA kernels (CPU-only build)"
+            )
     return device
 
 
@@ -159,8 +165,14 @@ def _jax_device(jax, torch_device: str, explicit: bool):
     return jax.devices("cpu")[0]
 
 
-def compute(model: str | None = None, device: str | None = None, sentences=SENTENCES,
-            threshold: float = 6.0, timing_sentences: int = 16, repeats: int = 7) -> DemoResult:
+def compute(
+    model: str | None = None,
+    device: str | None = None,
+    sentences=SENTENCES,
+    threshold: float = 6.0,
+    timing_sentences: int = 16,
+    repeats: int = 7,
+) -> DemoResult:
     """Runs the whole comparison and returns its numbers. ``timing_sentences=0`` skips timings.
     Raises :class:`DemoError` (:class:`ModelNotFound` for the model) with what to do."""
     from lt8.demo import model_files
@@ -175,13 +187,16 @@ def compute(model: str | None = None, device: str | None = None, sentences=SENTE
 
     tdev = _torch_device(torch, device)
     sentences = tuple(sentences)
-    fp32 = BertEncoder.from_state_dict(files.config, model_files.load_state_dict(files),
-                                       files.pooling, files.normalize).to(tdev)
+    fp32 = BertEncoder.from_state_dict(
+        files.config, model_files.load_state_dict(files), files.pooling, files.normalize
+    ).to(tdev)
     # The same weights in 8 bits: quantized on the device they are on.
     int8 = replace_linear(copy.deepcopy(fp32), threshold=threshold, skip_modules=())
     int8_t0 = replace_linear(copy.deepcopy(fp32), threshold=0.0, skip_modules=())
 
-    r = DemoResult(files=files, sentences=sentences, threshold=threshold, torch_device=tdev, jax_device=None)
+    r = DemoResult(
+        files=files, sentences=sentences, threshold=threshold, torch_device=tdev, jax_device=None
+    )
     lin32 = linear_layers(fp32)
     lin8 = [m for _, m in linear_layers(int8)]
     r.n_params = sum(p.numel() for p in fp32.parameters())
@@ -189,13 +204,25 @@ def compute(model: str | None = None, device: str | None = None, sentences=SENTE
     r.n_linear_weight = sum(m.weight.numel() for _, m in lin32)
     cb = sum(m.weight.numel() for m in lin8)
     scb = sum(m.weight.SCB.numel() * m.weight.SCB.element_size() for m in lin8)
-    r.linear_bytes = {"fp32": 4 * r.n_linear_weight, "fp16": 2 * r.n_linear_weight, "int8": cb + scb,
-                      "CB": cb, "SCB": scb}
-    r.int8_weights = all(isinstance(m, Linear8bitLt) and m.weight.dtype == torch.int8
-                         and m.weight.SCB is not None and m.weight.SCB.dtype == torch.float32 for m in lin8)
-    r.model_bytes = {"fp32": sum(p.numel() * p.element_size() for p in fp32.parameters()),
-                     "lt8": sum(p.numel() * p.element_size() for p in int8.parameters())
-                     + sum(m.weight.SCB.numel() * m.weight.SCB.element_size() for m in lin8)}
+    r.linear_bytes = {
+        "fp32": 4 * r.n_linear_weight,
+        "fp16": 2 * r.n_linear_weight,
+        "int8": cb + scb,
+        "CB": cb,
+        "SCB": scb,
+    }
+    r.int8_weights = all(
+        isinstance(m, Linear8bitLt)
+        and m.weight.dtype == torch.int8
+        and m.weight.SCB is not None
+        and m.weight.SCB.dtype == torch.float32
+        for m in lin8
+    )
+    r.model_bytes = {
+        "fp32": sum(p.numel() * p.element_size() for p in fp32.parameters()),
+        "lt8": sum(p.numel() * p.element_size() for p in int8.parameters())
+        + sum(m.weight.SCB.numel() * m.weight.SCB.element_size() for m in lin8),
+    }
 
     batch_np = model_files.tokenize(tokenizer, list(sentences))
     batch = {k: torch.from_numpy(v).to(tdev) for k, v in batch_np.items()}
@@ -204,7 +231,10 @@ def compute(model: str | None = None, device: str | None = None, sentences=SENTE
     def outlier_hook(name):
         def hook(mod, inp, out):
             colmax = inp[0].detach().abs().flatten(0, -2).amax(0)
-            r.outliers.append((name, int((colmax >= threshold).sum()), colmax.numel(), float(colmax.max())))
+            r.outliers.append(
+                (name, int((colmax >= threshold).sum()), colmax.numel(), float(colmax.max()))
+            )
+
         return hook
 
     hooks = [m.register_forward_hook(outlier_hook(n)) for n, m in lin32]
@@ -279,16 +309,25 @@ def compute(model: str | None = None, device: str | None = None, sentences=SENTE
     linear = jax.jit(jops.linear, static_argnames="threshold")
     for mod, x, y in recorded:
         w = mod.weight
-        yj = linear(put(x.cpu().numpy()), put(w.data.cpu().numpy()), put(w.SCB.cpu().numpy()),
-                    put(mod.bias.detach().cpu().numpy()), threshold=threshold)
+        yj = linear(
+            put(x.cpu().numpy()),
+            put(w.data.cpu().numpy()),
+            put(w.SCB.cpu().numpy()),
+            put(mod.bias.detach().cpu().numpy()),
+            threshold=threshold,
+        )
         r.layers_identical += bool(np.array_equal(np.asarray(yj), y.cpu().numpy()))
 
     if timing_sentences:
         tjb = put({k: jnp.asarray(v) for k, v in tbatch_np.items()})
         r.timings["JAX fp32 (jit)"] = _median_time(
-            lambda: minilm_jax.embed(p32, **tjb, threshold=threshold, **kw).block_until_ready(), repeats)
+            lambda: minilm_jax.embed(p32, **tjb, threshold=threshold, **kw).block_until_ready(),
+            repeats,
+        )
         r.timings["JAX lt8 int8 (jit)"] = _median_time(
-            lambda: minilm_jax.embed(p8, **tjb, threshold=threshold, **kw).block_until_ready(), repeats)
+            lambda: minilm_jax.embed(p8, **tjb, threshold=threshold, **kw).block_until_ready(),
+            repeats,
+        )
     return r
 
 
@@ -310,32 +349,50 @@ def report(r: DemoResult, out=None) -> None:
     c, f = r.files.config, r.files
     pooling = f"{f.pooling} pooling" + (" + L2 normalisation" if f.normalize else "")
     p(f"lt8 {lt8.__version__} demo: {f.name}")
-    p(f"  BERT encoder: {c.num_hidden_layers} layers, hidden {c.hidden_size}, {c.num_attention_heads} heads, "
-      f"FFN {c.intermediate_size}, {pooling} ({f.pooling_source})")
+    p(
+        f"  BERT encoder: {c.num_hidden_layers} layers, hidden {c.hidden_size}, {c.num_attention_heads} heads, "
+        f"FFN {c.intermediate_size}, {pooling} ({f.pooling_source})"
+    )
     p(f"  files: {f.path}")
     jax_dev = r.jax_device or f"skipped ({r.jax_skip_reason})"
-    p(f"  torch on {r.torch_device}, JAX on {jax_dev}; LLM.int8() outlier threshold {r.threshold:g}")
+    p(
+        f"  torch on {r.torch_device}, JAX on {jax_dev}; LLM.int8() outlier threshold {r.threshold:g}"
+    )
     p()
     n_other = r.n_params - r.n_linear_weight
-    p(f"Parameters: {r.n_params / 1e6:.2f} M = {r.n_linear_weight / 1e6:.2f} M in the weights of {r.n_linear} "
-      f"Linear layers (-> int8)")
+    p(
+        f"Parameters: {r.n_params / 1e6:.2f} M = {r.n_linear_weight / 1e6:.2f} M in the weights of {r.n_linear} "
+        f"Linear layers (-> int8)"
+    )
     p(f"            + {n_other / 1e6:.2f} M in embeddings, LayerNorms and biases (stay float32)")
     lb = r.linear_bytes
-    p(f"Linear weight memory: fp32 {_mib(lb['fp32'])}, fp16 {_mib(lb['fp16'])}, lt8 int8 {_mib(lb['int8'])} "
-      f"= {lb['int8'] / lb['fp16']:.3f}x fp16, {lb['int8'] / lb['fp32']:.3f}x fp32")
-    p(f"  (int8: CB {_mib(lb['CB'])} of int8 weights + SCB {lb['SCB'] / 2**10:.1f} KiB of float32 row scales)")
-    p(f"Whole model: fp32 {_mib(r.model_bytes['fp32'])} -> lt8 {_mib(r.model_bytes['lt8'])} "
-      f"(the {c.vocab_size}-token embedding table stays float32)")
+    p(
+        f"Linear weight memory: fp32 {_mib(lb['fp32'])}, fp16 {_mib(lb['fp16'])}, lt8 int8 {_mib(lb['int8'])} "
+        f"= {lb['int8'] / lb['fp16']:.3f}x fp16, {lb['int8'] / lb['fp32']:.3f}x fp32"
+    )
+    p(
+        f"  (int8: CB {_mib(lb['CB'])} of int8 weights + SCB {lb['SCB'] / 2**10:.1f} KiB of float32 row scales)"
+    )
+    p(
+        f"Whole model: fp32 {_mib(r.model_bytes['fp32'])} -> lt8 {_mib(r.model_bytes['lt8'])} "
+        f"(the {c.vocab_size}-token embedding table stays float32)"
+    )
     with_out = [o for o in r.outliers if o[1]]
     if r.outliers:
-        p(f"Activation outliers (|x| >= {r.threshold:g}) in this batch: {len(with_out)} of {len(r.outliers)} "
-          f"Linear inputs have some ({min((o[1] for o in with_out), default=0)}-"
-          f"{max((o[1] for o in r.outliers), default=0)} columns each,")
-        p(f"  largest |x| {max(o[3] for o in r.outliers):.1f}); those columns are multiplied in float, "
-          f"the rest in int8")
+        p(
+            f"Activation outliers (|x| >= {r.threshold:g}) in this batch: {len(with_out)} of {len(r.outliers)} "
+            f"Linear inputs have some ({min((o[1] for o in with_out), default=0)}-"
+            f"{max((o[1] for o in r.outliers), default=0)} columns each,"
+        )
+        p(
+            f"  largest |x| {max(o[3] for o in r.outliers):.1f}); those columns are multiplied in float, "
+            f"the rest in int8"
+        )
     p()
     has_jax = r.cos_int8_jax is not None
-    p("Cosine similarity of each 8-bit sentence embedding to the fp32 one (torch fp32 = reference):")
+    p(
+        "Cosine similarity of each 8-bit sentence embedding to the fp32 one (torch fp32 = reference):"
+    )
     head = f"  {'sentence':42s} {'torch int8':>11s}"
     if has_jax:
         head += f" {'JAX int8':>9s}"
@@ -352,7 +409,9 @@ def report(r: DemoResult, out=None) -> None:
         line += f" {r.cos_int8_jax.min():9.6f}"
     line += f" {r.cos_int8_t0.min():24.6f}"
     p(line)
-    p(f"  ('no outliers': the same int8 model with threshold 0, every activation column quantized to int8)")
+    p(
+        "  ('no outliers': the same int8 model with threshold 0, every activation column quantized to int8)"
+    )
     p()
     n = len(r.sentences)
     p("Sentence similarity matrix (cosine), fp32 | lt8 int8 (torch):")
@@ -364,31 +423,59 @@ def report(r: DemoResult, out=None) -> None:
         p(f"  [{i}]  {a}   |{b}   {_short(r.sentences[i], 34)}")
     off = ~np.eye(n, dtype=bool)
     order = _pair_order(r.sim_fp32)
-    p(f"  max |int8 - fp32| over the matrix {np.abs(r.sim_int8 - r.sim_fp32)[off].max():.4f}; most similar pair "
-      f"[{order[0][0]}]-[{order[0][1]}], least [{order[-1][0]}]-[{order[-1][1]}]")
-    p(f"  ranking of the {len(order)} pairs by similarity: "
-      + ("identical" if r.ranking_identical else
-         f"{r.near_tie_swaps} swap(s), all between near-ties (< {RANK_MARGIN} apart in fp32)"
-         if r.ranking_preserved else
-         f"CHANGED beyond near-ties ({r.separated_comparisons - r.separated_kept} order(s) lost)")
-      )
-    p(f"  ({r.separated_kept} of {r.separated_comparisons} comparisons of two pairs > {RANK_MARGIN} apart "
-      f"in fp32 keep their order)")
+    p(
+        f"  max |int8 - fp32| over the matrix {np.abs(r.sim_int8 - r.sim_fp32)[off].max():.4f}; most similar pair "
+        f"[{order[0][0]}]-[{order[0][1]}], least [{order[-1][0]}]-[{order[-1][1]}]"
+    )
+    p(
+        f"  ranking of the {len(order)} pairs by similarity: "
+        + (
+            "identical"
+            if r.ranking_identical
+            else f"{r.near_tie_swaps} swap(s), all between near-ties (< {RANK_MARGIN} apart in fp32)"
+            if r.ranking_preserved
+            else f"CHANGED beyond near-ties ({r.separated_comparisons - r.separated_kept} order(s) lost)"
+        )
+    )
+    p(
+        f"  ({r.separated_kept} of {r.separated_comparisons} comparisons of two pairs > {RANK_MARGIN} apart "
+        f"in fp32 keep their order)"
+    )
     if r.files.name == EMBEDDED_NAME and r.sentences[:3] == SENTENCES[:3]:
         got = ", ".join(f"{r.sim_fp32[a, b]:.4f}" for a, b in ((0, 1), (0, 2), (1, 2)))
-        p(f"  (fp32 [0]-[1], [0]-[2], [1]-[2]: {got}; sentence-transformers publishes 0.6660, 0.1046, 0.1411)")
+        p(
+            f"  (fp32 [0]-[1], [0]-[2], [1]-[2]: {got}; sentence-transformers publishes 0.6660, 0.1046, 0.1411)"
+        )
     p()
     if has_jax:
         p(f"torch ({r.torch_device}) vs JAX ({r.jax_device}) on the same int8 weights:")
-        p(f"  each Linear layer given the same input: {r.layers_identical} of {r.n_linear} outputs bit-identical")
-        p(f"  end to end, int8 embeddings: "
-          + ("bit-identical" if r.identical_int8 else f"max |diff| {r.max_diff_int8:.2e}, not bit-identical")
-          + f"; cosine torch vs JAX >= {r.cos_torch_jax.min():.6f}")
-        p(f"  end to end, fp32 embeddings: "
-          + ("bit-identical" if r.identical_fp32 else f"max |diff| {r.max_diff_fp32:.2e}, not bit-identical"))
+        p(
+            f"  each Linear layer given the same input: {r.layers_identical} of {r.n_linear} outputs bit-identical"
+        )
+        p(
+            "  end to end, int8 embeddings: "
+            + (
+                "bit-identical"
+                if r.identical_int8
+                else f"max |diff| {r.max_diff_int8:.2e}, not bit-identical"
+            )
+            + f"; cosine torch vs JAX >= {r.cos_torch_jax.min():.6f}"
+        )
+        p(
+            "  end to end, fp32 embeddings: "
+            + (
+                "bit-identical"
+                if r.identical_fp32
+                else f"max |diff| {r.max_diff_fp32:.2e}, not bit-identical"
+            )
+        )
         if not r.identical_int8:
-            p("  (the ops around the Linears - attention matmuls, softmax, LayerNorm, erf - round differently")
-            p("  in the two frameworks' float32; int8 quantization turns such last-bit differences into")
+            p(
+                "  (the ops around the Linears - attention matmuls, softmax, LayerNorm, erf - round differently"
+            )
+            p(
+                "  in the two frameworks' float32; int8 quantization turns such last-bit differences into"
+            )
             p("  occasional one-step rounding flips, which the following layers carry on)")
         p()
     if r.timings:
@@ -397,7 +484,9 @@ def report(r: DemoResult, out=None) -> None:
         for name, t in r.timings.items():
             p(f"  {name:20s} {t * 1e3:9.2f} ms")
         if has_jax:
-            p(f"  (JAX's first call, tracing and compiling the int8 encoder: {r.jax_compile_s:.2f} s)")
+            p(
+                f"  (JAX's first call, tracing and compiling the int8 encoder: {r.jax_compile_s:.2f} s)"
+            )
     elif not has_jax:
         p()
 

@@ -50,15 +50,23 @@ def params_from_torch(model) -> dict:
     layers = []
     for layer in model.encoder.layer:
         att = layer.attention
-        layers.append({
-            "query": dense(att.self.query), "key": dense(att.self.key), "value": dense(att.self.value),
-            "attn_out": dense(att.output.dense), "attn_norm": norm(att.output.LayerNorm),
-            "intermediate": dense(layer.intermediate.dense),
-            "out": dense(layer.output.dense), "out_norm": norm(layer.output.LayerNorm),
-        })
+        layers.append(
+            {
+                "query": dense(att.self.query),
+                "key": dense(att.self.key),
+                "value": dense(att.self.value),
+                "attn_out": dense(att.output.dense),
+                "attn_norm": norm(att.output.LayerNorm),
+                "intermediate": dense(layer.intermediate.dense),
+                "out": dense(layer.output.dense),
+                "out_norm": norm(layer.output.LayerNorm),
+            }
+        )
     return {
-        "word": arr(e.word_embeddings.weight), "position": arr(e.position_embeddings.weight),
-        "token_type": arr(e.token_type_embeddings.weight), "emb_norm": norm(e.LayerNorm),
+        "word": arr(e.word_embeddings.weight),
+        "position": arr(e.position_embeddings.weight),
+        "token_type": arr(e.token_type_embeddings.weight),
+        "emb_norm": norm(e.LayerNorm),
         "layers": layers,
     }
 
@@ -83,8 +91,15 @@ def activation(name: str, x: jax.Array) -> jax.Array:
     return jax.nn.relu(x)
 
 
-def hidden_states(params: dict, input_ids, attention_mask, token_type_ids, *, config: BertConfig,
-                  threshold: float = 6.0) -> jax.Array:
+def hidden_states(
+    params: dict,
+    input_ids,
+    attention_mask,
+    token_type_ids,
+    *,
+    config: BertConfig,
+    threshold: float = 6.0,
+) -> jax.Array:
     """Last hidden states (B, S, hidden) in float32."""
     c = config
     B, S = input_ids.shape
@@ -104,7 +119,11 @@ def hidden_states(params: dict, input_ids, attention_mask, token_type_ids, *, co
         v = heads(dense(p["value"], x, threshold))
         scores = jnp.matmul(q, k.transpose(0, 1, 3, 2), precision=HIGHEST) / scale + mask_bias
         probs = jax.nn.softmax(scores, axis=-1)
-        ctx = jnp.matmul(probs, v, precision=HIGHEST).transpose(0, 2, 1, 3).reshape(B, S, c.hidden_size)
+        ctx = (
+            jnp.matmul(probs, v, precision=HIGHEST)
+            .transpose(0, 2, 1, 3)
+            .reshape(B, S, c.hidden_size)
+        )
         a = layer_norm(p["attn_norm"], dense(p["attn_out"], ctx, threshold) + x, c.layer_norm_eps)
         h = activation(c.hidden_act, dense(p["intermediate"], a, threshold))
         x = layer_norm(p["out_norm"], dense(p["out"], h, threshold) + a, c.layer_norm_eps)
@@ -123,8 +142,19 @@ def pool(h: jax.Array, attention_mask, mode: str, normalize: bool) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("config", "threshold", "pooling", "normalize"))
-def embed(params: dict, input_ids, attention_mask, token_type_ids, *, config: BertConfig,
-          threshold: float = 6.0, pooling: str = "mean", normalize: bool = True) -> jax.Array:
+def embed(
+    params: dict,
+    input_ids,
+    attention_mask,
+    token_type_ids,
+    *,
+    config: BertConfig,
+    threshold: float = 6.0,
+    pooling: str = "mean",
+    normalize: bool = True,
+) -> jax.Array:
     """Sentence embeddings (B, hidden), jitted: the JAX twin of ``BertEncoder.embed``."""
-    h = hidden_states(params, input_ids, attention_mask, token_type_ids, config=config, threshold=threshold)
+    h = hidden_states(
+        params, input_ids, attention_mask, token_type_ids, config=config, threshold=threshold
+    )
     return pool(h, attention_mask, pooling, normalize)

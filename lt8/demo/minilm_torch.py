@@ -121,14 +121,17 @@ class BertEncoder(nn.Module):
         self.encoder = Encoder(c)
 
     @classmethod
-    def from_state_dict(cls, c: BertConfig, state_dict: dict, pooling: str = "mean",
-                        normalize: bool = True) -> "BertEncoder":
+    def from_state_dict(
+        cls, c: BertConfig, state_dict: dict, pooling: str = "mean", normalize: bool = True
+    ) -> BertEncoder:
         model = cls(c, pooling, normalize)
         missing, unexpected = model.load_state_dict(state_dict, strict=False)
         if missing or unexpected:
-            raise ValueError(f"checkpoint does not match the BERT encoder: missing {missing[:5]}"
-                             f"{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
-                             f"{'...' if len(unexpected) > 5 else ''}")
+            raise ValueError(
+                f"checkpoint does not match the BERT encoder: missing {missing[:5]}"
+                f"{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
+                f"{'...' if len(unexpected) > 5 else ''}"
+            )
         return model.eval().requires_grad_(False)
 
     def forward(self, input_ids, attention_mask, token_type_ids):

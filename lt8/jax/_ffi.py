@@ -19,8 +19,6 @@ the sequential ones, which folds an activation-only batch into the kernel's rows
 
 from __future__ import annotations
 
-from typing import Optional
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -63,7 +61,7 @@ def _sds(shape, dtype) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct(tuple(shape), dtype)
 
 
-def _bias_operand(bias: Optional[jax.Array]) -> jax.Array:
+def _bias_operand(bias: jax.Array | None) -> jax.Array:
     return jnp.zeros((0,), jnp.float32) if bias is None else bias
 
 
@@ -82,7 +80,9 @@ def quantize_rows(x: jax.Array, threshold: float):
 
 def dequantize_rows(q: jax.Array, row_scale: jax.Array, dtype) -> jax.Array:
     """q (..., K) int8, row_scale (...) float32 -> (..., K) of ``dtype`` = q * row_scale / 127."""
-    call = jax.ffi.ffi_call("lt8_dequantize_rows", _sds(q.shape, dtype), vmap_method="broadcast_all")
+    call = jax.ffi.ffi_call(
+        "lt8_dequantize_rows", _sds(q.shape, dtype), vmap_method="broadcast_all"
+    )
     return call(q, row_scale)
 
 
@@ -94,21 +94,25 @@ def int8_gemm(a: jax.Array, b: jax.Array) -> jax.Array:
     return call(a, b)
 
 
-def dequant_epilogue(c: jax.Array, row_scale: jax.Array, col_scale: jax.Array,
-                     bias: Optional[jax.Array], dtype) -> jax.Array:
+def dequant_epilogue(
+    c: jax.Array, row_scale: jax.Array, col_scale: jax.Array, bias: jax.Array | None, dtype
+) -> jax.Array:
     """C (..., N) int32 * row_scale (...) * col_scale (N,) / 127^2 (+ bias (N,))."""
     call = jax.ffi.ffi_call("lt8_dequant_epilogue", _sds(c.shape, dtype), vmap_method="sequential")
     return call(c, row_scale, col_scale, _bias_operand(bias))
 
 
-def transform_layout(a: jax.Array, rows: int, cols: int, from_order: str, to_order: str,
-                     out_shape: tuple[int, ...]) -> jax.Array:
+def transform_layout(
+    a: jax.Array, rows: int, cols: int, from_order: str, to_order: str, out_shape: tuple[int, ...]
+) -> jax.Array:
     """An int8 matrix of logical shape (rows, cols) from one memory order to another.
 
     ``a`` holds the ``from_order`` buffer (any shape with the right element count); the result
     has ``out_shape``, whose element count must be the ``to_order`` buffer's.
     """
-    call = jax.ffi.ffi_call("lt8_transform_layout", _sds(out_shape, np.int8), vmap_method="sequential")
+    call = jax.ffi.ffi_call(
+        "lt8_transform_layout", _sds(out_shape, np.int8), vmap_method="sequential"
+    )
     return call(
         a,
         rows=np.int64(rows),
@@ -123,8 +127,9 @@ def linear_workspace_bytes(M: int, N: int, K: int) -> int:
     return int(C.linear_workspace_size(M, N, K))
 
 
-def int8_linear(x: jax.Array, cb: jax.Array, scb: jax.Array, bias: Optional[jax.Array],
-                threshold: float) -> jax.Array:
+def int8_linear(
+    x: jax.Array, cb: jax.Array, scb: jax.Array, bias: jax.Array | None, threshold: float
+) -> jax.Array:
     """The fused LLM.int8() linear op: x (..., K), CB (N, K), SCB (N,) -> (..., N) in x's dtype.
 
     The kernel's scratch is a second, discarded output sized here at trace time, so the call
@@ -141,11 +146,14 @@ def int8_linear(x: jax.Array, cb: jax.Array, scb: jax.Array, bias: Optional[jax.
     return out
 
 
-def int8_weight_linear(x: jax.Array, cb: jax.Array, scb: jax.Array,
-                       bias: Optional[jax.Array]) -> jax.Array:
+def int8_weight_linear(
+    x: jax.Array, cb: jax.Array, scb: jax.Array, bias: jax.Array | None
+) -> jax.Array:
     """Weight-only int8 linear: (x @ CB^T) * SCB / 127 + bias, in x's dtype."""
     call = jax.ffi.ffi_call(
-        "lt8_int8_weight_linear", _sds((*x.shape[:-1], cb.shape[0]), x.dtype), vmap_method="sequential"
+        "lt8_int8_weight_linear",
+        _sds((*x.shape[:-1], cb.shape[0]), x.dtype),
+        vmap_method="sequential",
     )
     return call(x, cb, scb, _bias_operand(bias))
 
@@ -153,6 +161,8 @@ def int8_weight_linear(x: jax.Array, cb: jax.Array, scb: jax.Array,
 def int8_linear_grad_input(g: jax.Array, cb: jax.Array, scb: jax.Array) -> jax.Array:
     """grad_x (..., K) = grad_out (..., N) @ (CB * SCB / 127), in grad_out's dtype."""
     call = jax.ffi.ffi_call(
-        "lt8_int8_linear_grad_input", _sds((*g.shape[:-1], cb.shape[1]), g.dtype), vmap_method="sequential"
+        "lt8_int8_linear_grad_input",
+        _sds((*g.shape[:-1], cb.shape[1]), g.dtype),
+        vmap_method="sequential",
     )
     return call(g, cb, scb)

@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Mapping, Optional, Union
+from collections.abc import Mapping
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
@@ -72,12 +73,16 @@ def _as_linen(variables) -> dict:
         _, int8, params = _nnx_split(variables)
         return {PARAMS: nnx.to_pure_dict(params), INT8_COLLECTION: nnx.to_pure_dict(int8)}
     if not isinstance(variables, Mapping):
-        raise TypeError(f"expected a Flax variables tree (a mapping of collections) or an NNX module, "
-                        f"got {type(variables).__name__}")
+        raise TypeError(
+            f"expected a Flax variables tree (a mapping of collections) or an NNX module, "
+            f"got {type(variables).__name__}"
+        )
     unknown = sorted(str(c) for c in variables if c not in (PARAMS, INT8_COLLECTION))
     if unknown:
-        raise ValueError(f"lt8 checkpoints hold the {PARAMS!r} and {INT8_COLLECTION!r} collections; "
-                         f"this tree also has {unknown}: drop them (or save them separately)")
+        raise ValueError(
+            f"lt8 checkpoints hold the {PARAMS!r} and {INT8_COLLECTION!r} collections; "
+            f"this tree also has {unknown}: drop them (or save them separately)"
+        )
     return {c: variables[c] for c in (PARAMS, INT8_COLLECTION) if c in variables}
 
 
@@ -99,12 +104,16 @@ def _int8_linears(int8: Mapping, path: tuple = ()):
     out = {}
     if _CB in int8 or _SCB in int8:
         if set(int8) != {_CB, _SCB}:
-            raise ValueError(f"{INT8_COLLECTION}/{_dotted(path) or '<root>'}: expected exactly "
-                             f"{{'CB', 'SCB'}}, got {sorted(map(str, int8))}")
+            raise ValueError(
+                f"{INT8_COLLECTION}/{_dotted(path) or '<root>'}: expected exactly "
+                f"{{'CB', 'SCB'}}, got {sorted(map(str, int8))}"
+            )
         return {path: int8}
     for k, v in int8.items():
         if not isinstance(v, Mapping):
-            raise ValueError(f"{INT8_COLLECTION}/{_dotted(path + (k,))}: a leaf outside a CB/SCB pair")
+            raise ValueError(
+                f"{INT8_COLLECTION}/{_dotted(path + (k,))}: a leaf outside a CB/SCB pair"
+            )
         out.update(_int8_linears(v, path + (k,)))
     return out
 
@@ -133,9 +142,15 @@ def variables_to_tensors(variables) -> dict:
         P, name = _dotted(path[:-1]), str(path[-1])
         where = f"{PARAMS}/{_dotted(path)}"
         if name == "kernel" and P in linears:
-            raise ValueError(f"{where}: a float kernel next to an int8 weight ({INT8_COLLECTION}/{P})")
+            raise ValueError(
+                f"{where}: a float kernel next to an int8 weight ({INT8_COLLECTION}/{P})"
+            )
         if name == "kernel" and np.ndim(leaf) == 2:
-            put(ckpt._key(P, ckpt.KEY_WEIGHT), np.asarray(ckpt.kernel_to_weight(np.asarray(leaf))), where)
+            put(
+                ckpt._key(P, ckpt.KEY_WEIGHT),
+                np.asarray(ckpt.kernel_to_weight(np.asarray(leaf))),
+                where,
+            )
         else:
             put(ckpt._key(P, name), np.asarray(leaf), where)
     for P in linears:
@@ -169,11 +184,15 @@ def _tensors_to_tree(tensors: Mapping[str, Any]) -> dict:
     for P in ckpt.linear_prefixes(tensors):
         fmt = ckpt.validate_linear(tensors, P)
         if fmt != "row":
-            raise ValueError(f"{ckpt._key(P, ckpt.KEY_FORMAT)}: a {fmt} (tiled) weight needs the "
-                             f"layer's shape to be restored: pass like=")
+            raise ValueError(
+                f"{ckpt._key(P, ckpt.KEY_FORMAT)}: a {fmt} (tiled) weight needs the "
+                f"layer's shape to be restored: pass like="
+            )
         path = _split_key(P) if P else ()
-        node = {_CB: jnp.asarray(ckpt.to_numpy(tensors[ckpt._key(P, ckpt.KEY_WEIGHT)])),
-                _SCB: jnp.asarray(ckpt.to_numpy(tensors[ckpt._key(P, ckpt.KEY_SCB)]))}
+        node = {
+            _CB: jnp.asarray(ckpt.to_numpy(tensors[ckpt._key(P, ckpt.KEY_WEIGHT)])),
+            _SCB: jnp.asarray(ckpt.to_numpy(tensors[ckpt._key(P, ckpt.KEY_SCB)])),
+        }
         if path:
             _insert(int8, path, node, ckpt._key(P, ckpt.KEY_WEIGHT))
         else:
@@ -185,8 +204,10 @@ def _tensors_to_tree(tensors: Mapping[str, Any]) -> dict:
         path = _split_key(key)
         a = ckpt.to_numpy(a)
         if path[-1] == ckpt.KEY_WEIGHT and a.dtype == np.int8:
-            raise ckpt.CheckpointError(f"{key}: an int8 weight needs its scales "
-                                       f"{ckpt._key(key[: -len(ckpt.KEY_WEIGHT)], ckpt.KEY_SCB)!r}, which are missing")
+            raise ckpt.CheckpointError(
+                f"{key}: an int8 weight needs its scales "
+                f"{ckpt._key(key[: -len(ckpt.KEY_WEIGHT)], ckpt.KEY_SCB)!r}, which are missing"
+            )
         if path[-1] == ckpt.KEY_WEIGHT and a.ndim == 2 and _is_float(a.dtype.name):
             path, a = path[:-1] + ("kernel",), ckpt.weight_to_kernel(a)
         _insert(params, path, jnp.asarray(a), key)
@@ -226,7 +247,8 @@ def _fill_like(tensors: Mapping[str, Any], like: dict, strict: bool) -> dict:
                 if not _is_float(ckpt._dtype_name(w)) or ckpt._shape(w) != (out_f, in_f):
                     raise ckpt.CheckpointError(
                         f"{wk}: expected an int8 weight with {sk!r}, or a float one of shape "
-                        f"{(out_f, in_f)}, got {ckpt._dtype_name(w)} of shape {ckpt._shape(w)}")
+                        f"{(out_f, in_f)}, got {ckpt._dtype_name(w)} of shape {ckpt._shape(w)}"
+                    )
                 CB, SCB = quantize_weight(jnp.asarray(ckpt.to_numpy(w)))
                 used.add(wk)
             else:
@@ -256,7 +278,9 @@ def _fill_like(tensors: Mapping[str, Any], like: dict, strict: bool) -> dict:
                 hint = " (a Flax kernel (in, out) is stored as weight (out, in))"
             elif got_shape == want_shape and _is_float(got_dtype) and _is_float(want_dtype):
                 hint = f" (give the module param_dtype={got_dtype} to take the file's)"
-            errors.append(f"{key}: expected {want_dtype} of shape {shape}, got {got_dtype} of shape {got}{hint}")
+            errors.append(
+                f"{key}: expected {want_dtype} of shape {shape}, got {got_dtype} of shape {got}{hint}"
+            )
             return None
         used.add(key)
         a = ckpt.to_numpy(a)
@@ -285,9 +309,13 @@ def _fill_like(tensors: Mapping[str, Any], like: dict, strict: bool) -> dict:
     if strict:
         unexpected = [k for k in tensors if k not in used]
         if unexpected:
-            errors.append(f"unexpected keys (nothing in the target takes them): {ckpt._preview(unexpected)}")
+            errors.append(
+                f"unexpected keys (nothing in the target takes them): {ckpt._preview(unexpected)}"
+            )
     if errors:
-        raise ckpt.CheckpointError("the checkpoint does not fit the target variables:\n  " + "\n  ".join(errors))
+        raise ckpt.CheckpointError(
+            "the checkpoint does not fit the target variables:\n  " + "\n  ".join(errors)
+        )
     return result
 
 
@@ -319,9 +347,13 @@ def tensors_to_variables(tensors: Mapping[str, Any], like=None, *, strict: bool 
 # --- files ------------------------------------------------------------------------------------------
 
 
-def save_variables(path: "str | os.PathLike", variables, *,
-                   threshold: Union[float, Mapping[str, float], None] = None,
-                   metadata: Optional[Mapping[str, str]] = None) -> None:
+def save_variables(
+    path: str | os.PathLike,
+    variables,
+    *,
+    threshold: float | Mapping[str, float] | None = None,
+    metadata: Mapping[str, str] | None = None,
+) -> None:
     """Writes a Flax variables tree (or an NNX module) as an lt8 checkpoint, which
     ``lt8.torch.load_quantized`` and :func:`load_variables` read. ``threshold``: the outlier
     threshold to record, one number or ``{layer_prefix: number}`` (Flax keeps thresholds in the
@@ -329,7 +361,7 @@ def save_variables(path: "str | os.PathLike", variables, *,
     ckpt.save_file(variables_to_tensors(variables), path, threshold=threshold, metadata=metadata)
 
 
-def load_variables(path: "str | os.PathLike", like=None, *, strict: bool = True):
+def load_variables(path: str | os.PathLike, like=None, *, strict: bool = True):
     """Reads an lt8 (or bitsandbytes 8-bit) checkpoint as Flax variables: see
     :func:`tensors_to_variables` for ``like`` and ``strict``. With an NNX module as ``like`` the
     module is updated in place (after every check passed) and returned. The thresholds the file

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -27,7 +28,7 @@ def _compute_dtype(x: Array, dtype: Any, param_dtype: Any) -> Any:
     return x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else param_dtype
 
 
-def int8_weights_from_checkpoint(entry: Mapping[str, Any], in_features: Optional[int] = None):
+def int8_weights_from_checkpoint(entry: Mapping[str, Any], in_features: int | None = None):
     """``(CB, SCB, bias)`` as jax arrays from :func:`lt8.core.checkpoint.read_linear`'s result.
 
     A float weight is quantized; a tiled int8 weight (old bitsandbytes checkpoints) is restored
@@ -41,10 +42,14 @@ def int8_weights_from_checkpoint(entry: Mapping[str, Any], in_features: Optional
         fmt = entry[ckpt.KEY_FORMAT]
         if fmt != "row":
             if in_features is None:
-                raise ValueError(f"a {fmt} weight is padded: pass in_features to restore its row-major shape")
+                raise ValueError(
+                    f"a {fmt} weight is padded: pass in_features to restore its row-major shape"
+                )
             CB = ops.transform(CB, "row", fmt, (SCB.shape[0], in_features))
         elif CB.ndim != 2 or CB.shape[0] != SCB.shape[0]:
-            raise ValueError(f"weight must be int8 (out, in) with out = {SCB.shape[0]} (SCB's length), got shape {CB.shape}")
+            raise ValueError(
+                f"weight must be int8 (out, in) with out = {SCB.shape[0]} (SCB's length), got shape {CB.shape}"
+            )
     return CB, SCB, None if bias is None else jnp.asarray(bias)
 
 
@@ -93,13 +98,13 @@ class Dense8bit(nn.Module):
     features: int
     use_bias: bool = True
     threshold: float = 6.0
-    dtype: Optional[Any] = None
+    dtype: Any | None = None
     param_dtype: Any = jnp.float32
     has_fp16_weights: bool = False
     kernel_init: Any = nn.initializers.lecun_normal()
     bias_init: Any = nn.initializers.zeros_init()
-    mesh: Optional[Mesh] = None
-    parallel: Optional[str] = None
+    mesh: Mesh | None = None
+    parallel: str | None = None
     axis_name: str = "model"
 
     @nn.compact
@@ -112,18 +117,28 @@ class Dense8bit(nn.Module):
         # The kernel draws its rng before the bias, as in nn.Dense: one key, the same float kernel.
         if self.has_fp16_weights:
             if self.mesh is not None:
-                raise ValueError("Dense8bit's mesh/parallel options need int8 weights (has_fp16_weights=False)")
+                raise ValueError(
+                    "Dense8bit's mesh/parallel options need int8 weights (has_fp16_weights=False)"
+                )
             kernel = self.param("kernel", self.kernel_init, (K, self.features), self.param_dtype)
             return ops.linear_fp(x, ckpt.kernel_to_weight(kernel), self._bias(), self.threshold)
         CB, SCB = self._int8_weight(K)
         if self.mesh is not None:
             from lt8.jax.sharding import shard_linear
 
-            return shard_linear(self.mesh, x, CB, SCB, self._bias(), self.threshold,
-                                mode=self.parallel or "column", axis_name=self.axis_name)
+            return shard_linear(
+                self.mesh,
+                x,
+                CB,
+                SCB,
+                self._bias(),
+                self.threshold,
+                mode=self.parallel or "column",
+                axis_name=self.axis_name,
+            )
         return ops.linear(x, CB, SCB, self._bias(), self.threshold)
 
-    def _bias(self) -> Optional[Array]:
+    def _bias(self) -> Array | None:
         if not self.use_bias:
             return None
         return self.param("bias", self.bias_init, (self.features,), self.param_dtype)
@@ -142,8 +157,10 @@ class Dense8bit(nn.Module):
         CB = self.variable(INT8_COLLECTION, "CB", lambda: CB0).value
         SCB = self.variable(INT8_COLLECTION, "SCB", lambda: SCB0).value
         if CB.shape != (self.features, K):
-            raise ValueError(f"x has {K} features but the int8 weight CB has shape {CB.shape}; expected "
-                             f"(features, in_features) = {(self.features, K)}")
+            raise ValueError(
+                f"x has {K} features but the int8 weight CB has shape {CB.shape}; expected "
+                f"(features, in_features) = {(self.features, K)}"
+            )
         return CB, SCB
 
     # -- conversions ---------------------------------------------------------------------------
@@ -160,8 +177,9 @@ class Dense8bit(nn.Module):
         return {"params": params, INT8_COLLECTION: {"CB": CB, "SCB": SCB}}
 
     @staticmethod
-    def variables_from_torch(state_dict: Mapping[str, Any], prefix: str = "",
-                             in_features: Optional[int] = None) -> dict:
+    def variables_from_torch(
+        state_dict: Mapping[str, Any], prefix: str = "", in_features: int | None = None
+    ) -> dict:
         """Inference-mode variables from a torch ``nn.Linear`` or ``Linear8bitLt`` state dict.
 
         Values may be torch tensors or numpy arrays. A float ``weight`` (out, in) is quantized;
@@ -169,7 +187,9 @@ class Dense8bit(nn.Module):
         to row-major, which needs ``in_features``). ``prefix`` selects one layer of a model's
         state dict (e.g. ``"fc1."``).
         """
-        CB, SCB, bias = int8_weights_from_checkpoint(ckpt.read_linear(state_dict, prefix), in_features)
+        CB, SCB, bias = int8_weights_from_checkpoint(
+            ckpt.read_linear(state_dict, prefix), in_features
+        )
         params = {} if bias is None else {"bias": bias}
         return {"params": params, INT8_COLLECTION: {"CB": CB, "SCB": SCB}}
 
@@ -179,5 +199,9 @@ class Dense8bit(nn.Module):
         ``weight`` (int8, out×in), ``SCB``, ``bias`` (if any) and ``weight_format`` (0)."""
         q = variables[INT8_COLLECTION]
         bias = variables.get("params", {}).get("bias")
-        return ckpt.write_linear(np.asarray(q["CB"]), np.asarray(q["SCB"]),
-                                 None if bias is None else np.asarray(bias), prefix)
+        return ckpt.write_linear(
+            np.asarray(q["CB"]),
+            np.asarray(q["SCB"]),
+            None if bias is None else np.asarray(bias),
+            prefix,
+        )

@@ -18,7 +18,8 @@ every other "params" leaf (the base layers' biases, LayerNorms, ...) gets a zero
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -50,7 +51,7 @@ class LoRADense8bit(nn.Module):
     alpha: float = 16.0
     use_bias: bool = True
     threshold: float = 6.0
-    dtype: Optional[Any] = None
+    dtype: Any | None = None
     param_dtype: Any = jnp.float32
     lora_init: Any = nn.initializers.he_uniform()
 
@@ -59,26 +60,39 @@ class LoRADense8bit(nn.Module):
         if not (isinstance(self.rank, int) and self.rank >= 1):
             raise ValueError(f"rank must be an int >= 1, got {self.rank!r}")
         x = jnp.asarray(x)
-        y = Dense8bit(self.features, use_bias=self.use_bias, threshold=self.threshold, dtype=self.dtype,
-                      param_dtype=self.param_dtype, name="base")(x)
+        y = Dense8bit(
+            self.features,
+            use_bias=self.use_bias,
+            threshold=self.threshold,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="base",
+        )(x)
         A = self.param("lora_A", self.lora_init, (x.shape[-1], self.rank), self.param_dtype)
-        B = self.param("lora_B", nn.initializers.zeros_init(), (self.rank, self.features), self.param_dtype)
+        B = self.param(
+            "lora_B", nn.initializers.zeros_init(), (self.rank, self.features), self.param_dtype
+        )
         xa = x.astype(self.param_dtype)
         update = (xa @ A) @ B * (self.alpha / self.rank)
         return y + update.astype(y.dtype)
 
-    def variables_from_base(self, key: jax.Array, base_variables: Mapping[str, Any],
-                            in_features: int) -> dict:
+    def variables_from_base(
+        self, key: jax.Array, base_variables: Mapping[str, Any], in_features: int
+    ) -> dict:
         """Variables for this layer around a pretrained ``Dense8bit``'s inference variables
         (``Dense8bit.variables_from_dense`` / ``variables_from_torch``): the base is used as
         it is, ``lora_A`` is drawn from ``key`` and ``lora_B`` is zero."""
         if INT8_COLLECTION not in base_variables:
-            raise ValueError(f"base_variables must be Dense8bit inference variables with an "
-                             f"{INT8_COLLECTION!r} collection, got {sorted(base_variables)}")
+            raise ValueError(
+                f"base_variables must be Dense8bit inference variables with an "
+                f"{INT8_COLLECTION!r} collection, got {sorted(base_variables)}"
+            )
         CB = base_variables[INT8_COLLECTION]["CB"]
         if tuple(CB.shape) != (self.features, in_features):
-            raise ValueError(f"base weight CB has shape {tuple(CB.shape)}, expected (features, in) = "
-                             f"{(self.features, in_features)}")
+            raise ValueError(
+                f"base weight CB has shape {tuple(CB.shape)}, expected (features, in) = "
+                f"{(self.features, in_features)}"
+            )
         params = dict(base_variables.get("params", {}))
         return {
             "params": {
@@ -92,6 +106,7 @@ class LoRADense8bit(nn.Module):
 
 def lora_mask(params) -> Any:
     """A tree of bools like ``params``: True at the adapter leaves (``lora_A``/``lora_B``)."""
+
     def is_lora(path, _leaf):
         last = path[-1]
         return getattr(last, "key", getattr(last, "name", None)) in LORA_PARAMS

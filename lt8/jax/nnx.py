@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import jax.numpy as jnp
 from flax import nnx
@@ -55,11 +55,20 @@ class Linear8bit(nnx.Module):
         True
     """
 
-    def __init__(self, in_features: int, out_features: int, *, use_bias: bool = True,
-                 threshold: float = 6.0, dtype: Optional[Any] = None, param_dtype: Any = jnp.float32,
-                 has_fp16_weights: bool = False,
-                 kernel_init: Any = nnx.initializers.lecun_normal(),
-                 bias_init: Any = nnx.initializers.zeros_init(), rngs: nnx.Rngs):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        use_bias: bool = True,
+        threshold: float = 6.0,
+        dtype: Any | None = None,
+        param_dtype: Any = jnp.float32,
+        has_fp16_weights: bool = False,
+        kernel_init: Any = nnx.initializers.lecun_normal(),
+        bias_init: Any = nnx.initializers.zeros_init(),
+        rngs: nnx.Rngs,
+    ):
         self.in_features, self.out_features = in_features, out_features
         self.use_bias, self.threshold = use_bias, ops._threshold(threshold)
         self.dtype, self.param_dtype = dtype, param_dtype
@@ -84,19 +93,32 @@ class Linear8bit(nnx.Module):
         x = x.astype(_compute_dtype(x, self.dtype, self.param_dtype))
         bias = None if self.bias is None else self.bias.get_value()
         if self.has_fp16_weights:
-            return ops.linear_fp(x, ckpt.kernel_to_weight(self.kernel.get_value()), bias, self.threshold)
+            return ops.linear_fp(
+                x, ckpt.kernel_to_weight(self.kernel.get_value()), bias, self.threshold
+            )
         return ops.linear(x, self.CB.get_value(), self.SCB.get_value(), bias, self.threshold)
 
     @classmethod
-    def from_linear(cls, linear: nnx.Linear, *, threshold: float = 6.0,
-                    has_fp16_weights: bool = False, dtype: Optional[Any] = None) -> "Linear8bit":
+    def from_linear(
+        cls,
+        linear: nnx.Linear,
+        *,
+        threshold: float = 6.0,
+        has_fp16_weights: bool = False,
+        dtype: Any | None = None,
+    ) -> Linear8bit:
         """An LLM.int8() copy of an ``nnx.Linear``: its kernel quantized (or kept, in training
         mode) and its bias copied."""
         kernel = linear.kernel.get_value()
         bias = None if linear.bias is None else linear.bias.get_value()
         return cls(
-            linear.in_features, linear.out_features, use_bias=bias is not None, threshold=threshold,
-            dtype=dtype, param_dtype=kernel.dtype, has_fp16_weights=has_fp16_weights,
+            linear.in_features,
+            linear.out_features,
+            use_bias=bias is not None,
+            threshold=threshold,
+            dtype=dtype,
+            param_dtype=kernel.dtype,
+            has_fp16_weights=has_fp16_weights,
             kernel_init=lambda *_: kernel,
             bias_init=lambda *_: bias,
             rngs=nnx.Rngs(0),  # unused: both initializers return the given arrays

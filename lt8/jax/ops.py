@@ -18,7 +18,8 @@ touch; docs/NUMERICS.md states the policy and the numeric range.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -81,7 +82,9 @@ def _check_out_dtype(dtype: Any, name: str = "dtype") -> jnp.dtype:
 
 def _threshold(threshold: Any) -> float:
     if threshold is None or isinstance(threshold, (bool, str, bytes)):
-        raise TypeError(f"threshold must be a static Python number >= 0 (0 disables outliers), got {threshold!r}")
+        raise TypeError(
+            f"threshold must be a static Python number >= 0 (0 disables outliers), got {threshold!r}"
+        )
     try:
         t = float(threshold)
     except (TypeError, ValueError, jax.errors.ConcretizationTypeError):
@@ -93,7 +96,7 @@ def _threshold(threshold: Any) -> float:
     return t
 
 
-def _check_weight(CB: jax.Array, SCB: jax.Array, bias: Optional[jax.Array], K: int) -> None:
+def _check_weight(CB: jax.Array, SCB: jax.Array, bias: jax.Array | None, K: int) -> None:
     _check_dtype(CB, "CB", jnp.int8)
     _check_dtype(SCB, "SCB", jnp.float32)
     if CB.ndim != 2:
@@ -112,11 +115,15 @@ def _check_weight(CB: jax.Array, SCB: jax.Array, bias: Optional[jax.Array], K: i
 # --- kernels with their vmap rules (cached per static parameter) -------------------------------
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _quantize_rows(threshold: float):
     # With threshold 0 the mask is all zeros whatever the rows: it stays unbatched when folded.
-    return rowwise(lambda x: _ffi.quantize_rows(x, threshold), n_rows=1, fold=threshold == 0.0,
-                   folded_out_batched=(True, True, False))
+    return rowwise(
+        lambda x: _ffi.quantize_rows(x, threshold),
+        n_rows=1,
+        fold=threshold == 0.0,
+        folded_out_batched=(True, True, False),
+    )
 
 
 def _with_optional_bias(raw: Callable[..., Any], n_rows: int, **kw) -> Callable[..., Any]:
@@ -127,10 +134,13 @@ def _with_optional_bias(raw: Callable[..., Any], n_rows: int, **kw) -> Callable[
     return lambda *args, bias: without(*args) if bias is None else with_bias(*args, bias)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _linear_kernel(threshold: float):
-    return _with_optional_bias(lambda x, cb, scb, b: _ffi.int8_linear(x, cb, scb, b, threshold),
-                               n_rows=1, fold=threshold == 0.0)
+    return _with_optional_bias(
+        lambda x, cb, scb, b: _ffi.int8_linear(x, cb, scb, b, threshold),
+        n_rows=1,
+        fold=threshold == 0.0,
+    )
 
 
 _weight_linear_kernel = _with_optional_bias(_ffi.int8_weight_linear, n_rows=1)
@@ -138,15 +148,19 @@ _grad_input_kernel = rowwise(_ffi.int8_linear_grad_input, n_rows=1)
 _gemm_kernel = rowwise(_ffi.int8_gemm, n_rows=1)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _epilogue_kernel(dtype: jnp.dtype):
-    return _with_optional_bias(lambda c, rs, cs, b: _ffi.dequant_epilogue(c, rs, cs, b, dtype), n_rows=2)
+    return _with_optional_bias(
+        lambda c, rs, cs, b: _ffi.dequant_epilogue(c, rs, cs, b, dtype), n_rows=2
+    )
 
 
 # --- quantization -----------------------------------------------------------------------------
 
 
-def int8_vectorwise_quant(x: jax.Array, threshold: float = 0.0) -> tuple[jax.Array, jax.Array, jax.Array]:
+def int8_vectorwise_quant(
+    x: jax.Array, threshold: float = 0.0
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Row-wise absmax int8 quantization with outlier columns.
 
     Args:
@@ -177,7 +191,9 @@ def _dequantize_rows(q: jax.Array, row_scale: jax.Array, dtype: Any) -> jax.Arra
     _check_dtype(row_scale, "row_scale", jnp.float32)
     _check_rows(q, "q")
     if row_scale.shape != q.shape[:-1]:
-        raise ValueError(f"row_scale must have shape q.shape[:-1] = {q.shape[:-1]}, got {row_scale.shape}")
+        raise ValueError(
+            f"row_scale must have shape q.shape[:-1] = {q.shape[:-1]}, got {row_scale.shape}"
+        )
     return _ffi.dequantize_rows(q, row_scale, _check_out_dtype(dtype))
 
 
@@ -214,24 +230,37 @@ def int8_gemm(A: jax.Array, B: jax.Array) -> jax.Array:
     _check_dtype(B, "B", jnp.int8)
     _check_rows(A, "A")
     if B.ndim != 2 or B.shape[1] != A.shape[-1]:
-        raise ValueError(f"B must be 2-D (N, K) with K = {A.shape[-1]} (A's last dim), got shape {B.shape}")
+        raise ValueError(
+            f"B must be 2-D (N, K) with K = {A.shape[-1]} (A's last dim), got shape {B.shape}"
+        )
     return _gemm_kernel(A, B)
 
 
-def int8_mm_dequant(C: jax.Array, row_scale: jax.Array, col_scale: jax.Array,
-                    bias: Optional[jax.Array] = None, dtype: Any = jnp.float16) -> jax.Array:
+def int8_mm_dequant(
+    C: jax.Array,
+    row_scale: jax.Array,
+    col_scale: jax.Array,
+    bias: jax.Array | None = None,
+    dtype: Any = jnp.float16,
+) -> jax.Array:
     """Dequantizes an int32 product: ``C * row_scale[..., None] * col_scale / 127**2 (+ bias)``.
 
     C is (..., N) int32, row_scale (...) float32, col_scale (N,) float32, bias (N,) float.
     """
-    C, row_scale, col_scale = _array(C, "C"), _array(row_scale, "row_scale"), _array(col_scale, "col_scale")
+    C, row_scale, col_scale = (
+        _array(C, "C"),
+        _array(row_scale, "row_scale"),
+        _array(col_scale, "col_scale"),
+    )
     _check_dtype(C, "C", jnp.int32)
     _check_dtype(row_scale, "row_scale", jnp.float32)
     _check_dtype(col_scale, "col_scale", jnp.float32)
     _check_rows(C, "C")
     N = C.shape[-1]
     if row_scale.shape != C.shape[:-1]:
-        raise ValueError(f"row_scale must have shape C.shape[:-1] = {C.shape[:-1]}, got {row_scale.shape}")
+        raise ValueError(
+            f"row_scale must have shape C.shape[:-1] = {C.shape[:-1]}, got {row_scale.shape}"
+        )
     if col_scale.shape != (N,):
         raise ValueError(f"col_scale must have shape ({N},), got {col_scale.shape}")
     if bias is not None:
@@ -268,8 +297,13 @@ def _frozen_weight_bwd(res, g):
 _linear.defvjp(_linear_fwd, lambda threshold, res, g: _frozen_weight_bwd(res, g))
 
 
-def linear(x: jax.Array, CB: jax.Array, SCB: jax.Array, bias: Optional[jax.Array] = None,
-           threshold: float = 6.0) -> jax.Array:
+def linear(
+    x: jax.Array,
+    CB: jax.Array,
+    SCB: jax.Array,
+    bias: jax.Array | None = None,
+    threshold: float = 6.0,
+) -> jax.Array:
     """The fused LLM.int8() linear op: ``x @ (CB * SCB / 127).T + bias`` with outliers.
 
     Columns of ``x`` holding any ``|value| >= threshold`` multiply the dequantized weight in
@@ -298,12 +332,14 @@ def _weight_linear(x, CB, SCB, bias):
     return _weight_linear_kernel(x, CB, SCB, bias=bias)
 
 
-_weight_linear.defvjp(lambda x, CB, SCB, bias: (_weight_linear(x, CB, SCB, bias), (CB, SCB, bias)),
-                      _frozen_weight_bwd)
+_weight_linear.defvjp(
+    lambda x, CB, SCB, bias: (_weight_linear(x, CB, SCB, bias), (CB, SCB, bias)), _frozen_weight_bwd
+)
 
 
-def weight_linear(x: jax.Array, CB: jax.Array, SCB: jax.Array,
-                  bias: Optional[jax.Array] = None) -> jax.Array:
+def weight_linear(
+    x: jax.Array, CB: jax.Array, SCB: jax.Array, bias: jax.Array | None = None
+) -> jax.Array:
     """Weight-only int8 linear (bitsandbytes' ``force_no_igemmlt`` path): x stays in its float
     dtype and multiplies the dequantized weight, accumulating in float32:
     ``(x @ CB.T) * SCB / 127 + bias``. Shapes, dtypes and gradients as :func:`linear`."""
@@ -332,7 +368,9 @@ def _linear_fp_bwd(threshold, res, g):
     # The ordinary gradients of x @ w.T + bias (straight through the quantization).
     # Full float32 products (no TF32 on GPUs), as torch's default matmul precision.
     x, w, bias = res
-    mm = functools.partial(jnp.einsum, preferred_element_type=jnp.float32, precision=jax.lax.Precision.HIGHEST)
+    mm = functools.partial(
+        jnp.einsum, preferred_element_type=jnp.float32, precision=jax.lax.Precision.HIGHEST
+    )
     grad_x = mm("...n,nk->...k", g, w).astype(x.dtype)
     # Contract the leading dimensions directly: a reshape to (-1, N) is ambiguous when N or K is 0.
     lead = "".join(chr(ord("A") + i) for i in range(g.ndim - 1))
@@ -344,8 +382,9 @@ def _linear_fp_bwd(threshold, res, g):
 _linear_fp.defvjp(_linear_fp_fwd, _linear_fp_bwd)
 
 
-def linear_fp(x: jax.Array, w: jax.Array, bias: Optional[jax.Array] = None,
-              threshold: float = 6.0) -> jax.Array:
+def linear_fp(
+    x: jax.Array, w: jax.Array, bias: jax.Array | None = None, threshold: float = 6.0
+) -> jax.Array:
     """LLM.int8() linear with a floating-point master weight (training, ``has_fp16_weights``).
 
     The forward quantizes ``w`` (out, in) row-wise and runs :func:`linear`; the backward gives
@@ -360,7 +399,9 @@ def linear_fp(x: jax.Array, w: jax.Array, bias: Optional[jax.Array] = None,
     if w.ndim != 2:
         raise ValueError(f"w must be 2-D (out_features, in_features), got shape {w.shape}")
     if w.shape[1] != x.shape[-1]:
-        raise ValueError(f"x has {x.shape[-1]} features but w expects {w.shape[1]} (w shape {w.shape})")
+        raise ValueError(
+            f"x has {x.shape[-1]} features but w expects {w.shape[1]} (w shape {w.shape})"
+        )
     if bias is not None:
         _check_float(bias, "bias")
         if bias.shape != (w.shape[0],):
@@ -376,8 +417,9 @@ def _check_order(order: str, name: str) -> None:
         raise ValueError(f"{name} must be one of {sorted(LAYOUTS)}, got {order!r}")
 
 
-def transform(a: jax.Array, to_order: str, from_order: str = "row",
-              shape: Optional[tuple[int, int]] = None) -> jax.Array:
+def transform(
+    a: jax.Array, to_order: str, from_order: str = "row", shape: tuple[int, int] | None = None
+) -> jax.Array:
     """Converts an int8 matrix between row-major and cuBLASLt's tiled orders.
 
     Args:
@@ -396,19 +438,27 @@ def transform(a: jax.Array, to_order: str, from_order: str = "row",
     _check_order(from_order, "from_order")
     if from_order == "row":
         if a.ndim != 2:
-            raise ValueError(f"a must be 2-D (rows, cols) when from_order='row', got shape {a.shape}")
+            raise ValueError(
+                f"a must be 2-D (rows, cols) when from_order='row', got shape {a.shape}"
+            )
         if shape is not None and tuple(shape) != a.shape:
             raise ValueError(f"shape {tuple(shape)} does not match a's shape {a.shape}")
         rows, cols = a.shape
     else:
         if shape is None:
-            raise ValueError(f"converting from {from_order!r} needs shape=(rows, cols), the logical shape")
+            raise ValueError(
+                f"converting from {from_order!r} needs shape=(rows, cols), the logical shape"
+            )
         rows, cols = (int(s) for s in shape)
         if rows < 0 or cols < 0:
             raise ValueError(f"shape must be (rows, cols) with both >= 0, got {tuple(shape)}")
         need = int(np.prod(padded_shape(from_order, rows, cols)))
         if a.size != need:
-            raise ValueError(f"a {from_order} buffer of a ({rows}, {cols}) matrix has {need} elements, got {a.size}")
+            raise ValueError(
+                f"a {from_order} buffer of a ({rows}, {cols}) matrix has {need} elements, got {a.size}"
+            )
     if from_order != "row" and to_order != "row":  # tiled -> tiled goes through row-major
         a, from_order = transform(a, "row", from_order, (rows, cols)), "row"
-    return _ffi.transform_layout(a, rows, cols, from_order, to_order, padded_shape(to_order, rows, cols))
+    return _ffi.transform_layout(
+        a, rows, cols, from_order, to_order, padded_shape(to_order, rows, cols)
+    )

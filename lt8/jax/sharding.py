@@ -20,11 +20,10 @@ replicate everything.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh, PartitionSpec as P
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
 from lt8.jax import ops
 
@@ -51,9 +50,16 @@ def weight_specs(mode: str, axis_name: str = "model") -> dict[str, P]:
     raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
 
 
-def shard_linear(mesh: Mesh, x: jax.Array, CB: jax.Array, SCB: jax.Array,
-                 bias: Optional[jax.Array] = None, threshold: float = 6.0, mode: str = "column",
-                 axis_name: str = "model") -> jax.Array:
+def shard_linear(
+    mesh: Mesh,
+    x: jax.Array,
+    CB: jax.Array,
+    SCB: jax.Array,
+    bias: jax.Array | None = None,
+    threshold: float = 6.0,
+    mode: str = "column",
+    axis_name: str = "model",
+) -> jax.Array:
     """:func:`lt8.jax.ops.linear` split over the mesh axis ``axis_name`` (see the module doc).
 
     Args:
@@ -70,22 +76,31 @@ def shard_linear(mesh: Mesh, x: jax.Array, CB: jax.Array, SCB: jax.Array,
     specs = weight_specs(mode, axis_name)
     x, CB, SCB = jnp.asarray(x), jnp.asarray(CB), jnp.asarray(SCB)
     if x.ndim < 1 or CB.ndim != 2:
-        raise ValueError(f"x must be (..., K) and CB 2-D (N, K), got shapes {x.shape} and {CB.shape}")
+        raise ValueError(
+            f"x must be (..., K) and CB 2-D (N, K), got shapes {x.shape} and {CB.shape}"
+        )
     size = mesh.shape[axis_name]
-    split_dim, what = (CB.shape[0], "out_features (CB.shape[0])") if mode == "column" else (
-        CB.shape[1], "in_features (CB.shape[1])")
+    split_dim, what = (
+        (CB.shape[0], "out_features (CB.shape[0])")
+        if mode == "column"
+        else (CB.shape[1], "in_features (CB.shape[1])")
+    )
     if split_dim % size:
-        raise ValueError(f"{mode}-parallel needs {what} = {split_dim} divisible by the size {size} of mesh axis {axis_name!r}")
+        raise ValueError(
+            f"{mode}-parallel needs {what} = {split_dim} divisible by the size {size} of mesh axis {axis_name!r}"
+        )
     lead = (None,) * (x.ndim - 1)
     bias_args = () if bias is None else (jnp.asarray(bias),)
     bias_specs = () if bias is None else (specs["bias"],)
 
     if mode == "column":
+
         def body(xs, cb, scb, *b):
             return ops.linear(xs, cb, scb, b[0] if b else None, threshold)
 
         x_spec, out_spec = P(*lead, None), P(*lead, axis_name)
     else:
+
         def body(xs, cb, scb, *b):
             partial = ops.linear(xs, cb, scb, None, threshold).astype(jnp.float32)
             total = jax.lax.psum(partial, axis_name)
@@ -95,6 +110,11 @@ def shard_linear(mesh: Mesh, x: jax.Array, CB: jax.Array, SCB: jax.Array,
 
         x_spec, out_spec = P(*lead, axis_name), P(*lead, None)
 
-    fn = _shard_map(body, mesh=mesh, in_specs=(x_spec, specs["CB"], specs["SCB"], *bias_specs),
-                    out_specs=out_spec, **_NO_CHECK)
+    fn = _shard_map(
+        body,
+        mesh=mesh,
+        in_specs=(x_spec, specs["CB"], specs["SCB"], *bias_specs),
+        out_specs=out_spec,
+        **_NO_CHECK,
+    )
     return fn(x, CB, SCB, *bias_args)

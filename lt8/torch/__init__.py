@@ -4,11 +4,14 @@
 The bitsandbytes-compatible spellings are ``lt8.nn``, ``lt8.functional`` and ``lt8.autograd``.
 """
 
-from lt8.torch import _kernels, _ops  # noqa: F401  (define and register the ops)
-from lt8.torch import functional
+from lt8.torch import (  # noqa: F401  (define and register the ops)
+    _kernels,
+    _ops,
+    functional,
+    parallel,  # noqa: F401  (tensor-parallel layers)
+)
 from lt8.torch.autograd import MatmulLtState, matmul
 from lt8.torch.nn import Int8Params, Linear8bitLt, load_quantized, replace_linear, save_quantized
-from lt8.torch import parallel  # noqa: F401  (tensor-parallel layers)
 
 __all__ = [
     "Int8Params",

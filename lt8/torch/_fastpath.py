@@ -11,7 +11,6 @@ calls the native kernel directly instead, with the weight's checks done once per
 from __future__ import annotations
 
 import weakref
-from typing import Optional
 
 import torch
 
@@ -20,7 +19,7 @@ from lt8.torch import _ops as ops
 from lt8.torch._kernels import _DTYPE_CODES, _exec, check_cuda_device
 
 
-def eligible(x: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:
+def eligible(x: torch.Tensor, bias: torch.Tensor | None) -> bool:
     """True when the direct call gives exactly what the registered op would: ``x`` is a plain
     tensor (not a subclass or a fake), no gradient is needed and torch is not compiling."""
     if type(x) is not torch.Tensor:
@@ -40,9 +39,11 @@ class PreparedWeight:
 
     __slots__ = ("refs", "ptrs", "N", "K", "device", "bias_code")
 
-    def __init__(self, CB: torch.Tensor, SCB: torch.Tensor, bias: Optional[torch.Tensor]):
+    def __init__(self, CB: torch.Tensor, SCB: torch.Tensor, bias: torch.Tensor | None):
         if CB.dim() != 2:
-            raise ValueError(f"CB must be 2-D (out_features, in_features), got shape {tuple(CB.shape)}")
+            raise ValueError(
+                f"CB must be 2-D (out_features, in_features), got shape {tuple(CB.shape)}"
+            )
         ops.check_weight(CB, SCB, bias, CB.shape[1])
         ops.check_same_device(CB=CB, SCB=SCB, bias=bias)
         if CB.device.type == "cuda":
@@ -54,12 +55,16 @@ class PreparedWeight:
         self.bias_code = DTYPE_F32 if bias is None else _DTYPE_CODES[bias.dtype]
 
     @staticmethod
-    def usable(CB: torch.Tensor, SCB: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:
+    def usable(CB: torch.Tensor, SCB: torch.Tensor, bias: torch.Tensor | None) -> bool:
         """Contiguous CPU/CUDA weights only (the registered op handles the rest)."""
-        return (CB.device.type in ("cpu", "cuda") and CB.is_contiguous() and SCB.is_contiguous()
-                and (bias is None or bias.is_contiguous()))
+        return (
+            CB.device.type in ("cpu", "cuda")
+            and CB.is_contiguous()
+            and SCB.is_contiguous()
+            and (bias is None or bias.is_contiguous())
+        )
 
-    def matches(self, CB: torch.Tensor, SCB: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:
+    def matches(self, CB: torch.Tensor, SCB: torch.Tensor, bias: torch.Tensor | None) -> bool:
         r_cb, r_scb, r_b = self.refs
         if r_cb() is not CB or r_scb() is not SCB or (None if r_b is None else r_b()) is not bias:
             return False
@@ -70,12 +75,18 @@ class PreparedWeight:
         """The fused op on ``x`` with the weight this entry was built from (checked by
         ``matches`` just before)."""
         code = _DTYPE_CODES.get(x.dtype)
-        if (code is None or x.dim() < 1 or x.shape[-1] != self.K or x.device != self.device
-                or not threshold >= 0.0):
+        if (
+            code is None
+            or x.dim() < 1
+            or x.shape[-1] != self.K
+            or x.device != self.device
+            or not threshold >= 0.0
+        ):
             # Let the registered op raise its full, argument-naming error.
             r_b = self.refs[2]
-            return torch.ops.lt8.int8_linear(x, self.refs[0](), self.refs[1](),
-                                             None if r_b is None else r_b(), threshold)
+            return torch.ops.lt8.int8_linear(
+                x, self.refs[0](), self.refs[1](), None if r_b is None else r_b(), threshold
+            )
         x = x.contiguous()
         K, N = self.K, self.N
         M = x.numel() // K if K else torch.Size(x.shape[:-1]).numel()
@@ -83,10 +94,24 @@ class PreparedWeight:
         ws_bytes = C.linear_workspace_size(M, N, K)
         ws = torch.empty(ws_bytes, dtype=torch.uint8, device=x.device)
         cb_ptr, scb_ptr, bias_ptr = self.ptrs
-        C.int8_linear(*_exec(x), code, x.data_ptr(), cb_ptr, scb_ptr, self.bias_code, bias_ptr or 0,
-                      M, N, K, threshold, out.data_ptr(), ws.data_ptr(), ws_bytes)
+        C.int8_linear(
+            *_exec(x),
+            code,
+            x.data_ptr(),
+            cb_ptr,
+            scb_ptr,
+            self.bias_code,
+            bias_ptr or 0,
+            M,
+            N,
+            K,
+            threshold,
+            out.data_ptr(),
+            ws.data_ptr(),
+            ws_bytes,
+        )
         return out
 
 
-def _ptrs(CB: torch.Tensor, SCB: torch.Tensor, bias: Optional[torch.Tensor]) -> tuple:
+def _ptrs(CB: torch.Tensor, SCB: torch.Tensor, bias: torch.Tensor | None) -> tuple:
     return (CB.data_ptr(), SCB.data_ptr(), None if bias is None else bias.data_ptr())

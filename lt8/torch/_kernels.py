@@ -33,7 +33,8 @@ def check_cuda_device(device: torch.device) -> None:
         raise RuntimeError(
             f"got a tensor on {device} but this lt8 build has no CUDA kernels "
             "(lt8.has_cuda() is False): rebuild lt8 with a CUDA toolkit (LT8_CUDA=ON pip install "
-            "--no-build-isolation -e .) or move the tensors to the CPU")
+            "--no-build-isolation -e .) or move the tensors to the CPU"
+        )
     index = torch.cuda.current_device() if device.index is None else device.index
     major, minor = torch.cuda.get_device_capability(index)
     archs = [int("".join(ch for ch in a if ch.isdigit()) or 0) for a in cuda_archs()]
@@ -41,7 +42,8 @@ def check_cuda_device(device: torch.device) -> None:
         raise RuntimeError(
             f"{device} has compute capability {major}.{minor} but this lt8 build has CUDA kernels "
             f"for sm_{', sm_'.join(cuda_archs())} only: rebuild with LT8_CUDA_ARCHS including "
-            f"{major}{minor}")
+            f"{major}{minor}"
+        )
     _CUDA_READY.add(device.index)
 
 
@@ -91,8 +93,17 @@ def quantize_rows(x, threshold=0.0):
     q = torch.empty(x.shape, dtype=torch.int8, device=x.device)
     row_scale = torch.empty(x.shape[:-1], dtype=torch.float32, device=x.device)
     mask = torch.empty(K, dtype=torch.bool, device=x.device)
-    C.quantize_rows(*_exec(x), _DTYPE_CODES[x.dtype], x.data_ptr(), M, K, float(threshold),
-                    q.data_ptr(), row_scale.data_ptr(), mask.data_ptr())
+    C.quantize_rows(
+        *_exec(x),
+        _DTYPE_CODES[x.dtype],
+        x.data_ptr(),
+        M,
+        K,
+        float(threshold),
+        q.data_ptr(),
+        row_scale.data_ptr(),
+        mask.data_ptr(),
+    )
     return q, row_scale, mask
 
 
@@ -101,8 +112,9 @@ def dequantize_rows(q, row_scale, dtype=torch.float32):
     q, row_scale = q.contiguous(), row_scale.contiguous()
     M, K = _rows(q)
     out = torch.empty(q.shape, dtype=dtype, device=q.device)
-    C.dequantize_rows(*_exec(q), q.data_ptr(), row_scale.data_ptr(), M, K, _DTYPE_CODES[dtype],
-                      out.data_ptr())
+    C.dequantize_rows(
+        *_exec(q), q.data_ptr(), row_scale.data_ptr(), M, K, _DTYPE_CODES[dtype], out.data_ptr()
+    )
     return out
 
 
@@ -122,8 +134,18 @@ def dequant_epilogue(C_, row_scale, col_scale, bias=None, dtype=torch.float16):
     C_, row_scale, col_scale = C_.contiguous(), row_scale.contiguous(), col_scale.contiguous()
     bias, bias_code, bias_ptr = _bias_arg(bias)
     out = torch.empty(C_.shape, dtype=dtype, device=C_.device)
-    C.dequant_epilogue(*_exec(C_), C_.data_ptr(), row_scale.data_ptr(), col_scale.data_ptr(),
-                       bias_code, bias_ptr, M, N, _DTYPE_CODES[dtype], out.data_ptr())
+    C.dequant_epilogue(
+        *_exec(C_),
+        C_.data_ptr(),
+        row_scale.data_ptr(),
+        col_scale.data_ptr(),
+        bias_code,
+        bias_ptr,
+        M,
+        N,
+        _DTYPE_CODES[dtype],
+        out.data_ptr(),
+    )
     return out
 
 
@@ -131,8 +153,15 @@ def transform_layout(x, rows, cols, from_order, to_order):
     ops.check_transform_layout(x, rows, cols, from_order, to_order)
     x = x.contiguous()
     out = torch.empty(ops.padded_shape(to_order, rows, cols), dtype=torch.int8, device=x.device)
-    C.transform_layout(*_exec(x), x.data_ptr(), out.data_ptr(), rows, cols,
-                       LAYOUT_CODES[from_order], LAYOUT_CODES[to_order])
+    C.transform_layout(
+        *_exec(x),
+        x.data_ptr(),
+        out.data_ptr(),
+        rows,
+        cols,
+        LAYOUT_CODES[from_order],
+        LAYOUT_CODES[to_order],
+    )
     return out
 
 
@@ -146,9 +175,22 @@ def int8_linear(x, CB, SCB, bias=None, threshold=0.0):
     # Scratch comes from torch's caching allocator: no cudaMalloc, safe in graph capture.
     ws = torch.empty(ws_bytes, dtype=torch.uint8, device=x.device)
     bias, bias_code, bias_ptr = _bias_arg(bias)
-    C.int8_linear(*_exec(x), _DTYPE_CODES[x.dtype], x.data_ptr(), CB.data_ptr(), SCB.data_ptr(),
-                  bias_code, bias_ptr, M, N, K, float(threshold), out.data_ptr(), ws.data_ptr(),
-                  ws_bytes)
+    C.int8_linear(
+        *_exec(x),
+        _DTYPE_CODES[x.dtype],
+        x.data_ptr(),
+        CB.data_ptr(),
+        SCB.data_ptr(),
+        bias_code,
+        bias_ptr,
+        M,
+        N,
+        K,
+        float(threshold),
+        out.data_ptr(),
+        ws.data_ptr(),
+        ws_bytes,
+    )
     return out
 
 
@@ -159,8 +201,19 @@ def int8_weight_linear(x, CB, SCB, bias=None):
     N = CB.shape[0]
     out = torch.empty((*x.shape[:-1], N), dtype=x.dtype, device=x.device)
     bias, bias_code, bias_ptr = _bias_arg(bias)
-    C.int8_weight_linear(*_exec(x), _DTYPE_CODES[x.dtype], x.data_ptr(), CB.data_ptr(),
-                         SCB.data_ptr(), bias_code, bias_ptr, M, N, K, out.data_ptr())
+    C.int8_weight_linear(
+        *_exec(x),
+        _DTYPE_CODES[x.dtype],
+        x.data_ptr(),
+        CB.data_ptr(),
+        SCB.data_ptr(),
+        bias_code,
+        bias_ptr,
+        M,
+        N,
+        K,
+        out.data_ptr(),
+    )
     return out
 
 
@@ -170,8 +223,17 @@ def int8_linear_grad_input(grad_out, CB, SCB):
     M, N = _rows(grad_out)
     K = CB.shape[1]
     grad_x = torch.empty((*grad_out.shape[:-1], K), dtype=grad_out.dtype, device=grad_out.device)
-    C.int8_linear_grad_input(*_exec(grad_out), _DTYPE_CODES[grad_out.dtype], grad_out.data_ptr(),
-                             CB.data_ptr(), SCB.data_ptr(), M, N, K, grad_x.data_ptr())
+    C.int8_linear_grad_input(
+        *_exec(grad_out),
+        _DTYPE_CODES[grad_out.dtype],
+        grad_out.data_ptr(),
+        CB.data_ptr(),
+        SCB.data_ptr(),
+        M,
+        N,
+        K,
+        grad_x.data_ptr(),
+    )
     return grad_x
 
 

@@ -88,19 +88,30 @@ def check_int8_weight(CB: torch.Tensor, SCB: torch.Tensor) -> int:
 def check_weight(CB: torch.Tensor, SCB: torch.Tensor, bias: torch.Tensor | None, K: int) -> None:
     N = check_int8_weight(CB, SCB)
     if CB.shape[1] != K:
-        raise ValueError(f"x has {K} features but CB expects {CB.shape[1]} (CB shape {tuple(CB.shape)})")
+        raise ValueError(
+            f"x has {K} features but CB expects {CB.shape[1]} (CB shape {tuple(CB.shape)})"
+        )
     if bias is not None:
         check_float(bias, "bias")
         if bias.shape != (N,):
             raise ValueError(f"bias must have shape ({N},), got {tuple(bias.shape)}")
 
 
-def check_devices(x: torch.Tensor, CB: torch.Tensor, SCB: torch.Tensor, bias: torch.Tensor | None,
-                  x_name: str = "x") -> None:
+def check_devices(
+    x: torch.Tensor,
+    CB: torch.Tensor,
+    SCB: torch.Tensor,
+    bias: torch.Tensor | None,
+    x_name: str = "x",
+) -> None:
     """check_same_device for the (activation, CB, SCB, bias) of the linear ops, with a cheap
     first test on the per-call path: device indices (-1 for the CPU, i for cuda:i)."""
     d = x.get_device()
-    if CB.get_device() != d or SCB.get_device() != d or (bias is not None and bias.get_device() != d):
+    if (
+        CB.get_device() != d
+        or SCB.get_device() != d
+        or (bias is not None and bias.get_device() != d)
+    ):
         check_same_device(**{x_name: x}, CB=CB, SCB=SCB, bias=bias)
 
 
@@ -118,7 +129,8 @@ def as_threshold(threshold) -> float:
         t = float(threshold)
     except (TypeError, ValueError):
         raise TypeError(
-            f"threshold must be a number >= 0 (0 disables outliers), got {threshold!r}") from None
+            f"threshold must be a number >= 0 (0 disables outliers), got {threshold!r}"
+        ) from None
     check_threshold(t)
     return t
 
@@ -148,8 +160,10 @@ def check_dequantize_rows(q, row_scale, dtype) -> None:
     check_matrix(q, "q")
     check_out_dtype(dtype)
     if row_scale.shape != q.shape[:-1]:
-        raise ValueError(f"row_scale must have shape q.shape[:-1] = {tuple(q.shape[:-1])}, got "
-                         f"{tuple(row_scale.shape)}")
+        raise ValueError(
+            f"row_scale must have shape q.shape[:-1] = {tuple(q.shape[:-1])}, got "
+            f"{tuple(row_scale.shape)}"
+        )
     check_same_device(q=q, row_scale=row_scale)
 
 
@@ -158,7 +172,9 @@ def check_int8_gemm(A, B) -> None:
     check_dtype(B, "B", torch.int8)
     check_matrix(A, "A")
     if B.dim() != 2 or B.shape[1] != A.shape[-1]:
-        raise ValueError(f"B must have shape (N, {A.shape[-1]}) (A's last dimension), got {tuple(B.shape)}")
+        raise ValueError(
+            f"B must have shape (N, {A.shape[-1]}) (A's last dimension), got {tuple(B.shape)}"
+        )
     check_same_device(A=A, B=B)
 
 
@@ -173,10 +189,14 @@ def check_dequant_epilogue(C_, row_scale, col_scale, bias, dtype) -> None:
     # bitsandbytes passes the row scales of a batched product flattened: (M,) for C (..., N).
     if row_scale.shape != rows and row_scale.shape != (rows.numel(),):
         flat = f" or ({rows.numel()},)" if len(rows) > 1 else ""
-        raise ValueError(f"row_scale must have shape C.shape[:-1] = {tuple(rows)}{flat}, got "
-                         f"{tuple(row_scale.shape)}")
+        raise ValueError(
+            f"row_scale must have shape C.shape[:-1] = {tuple(rows)}{flat}, got "
+            f"{tuple(row_scale.shape)}"
+        )
     if col_scale.shape != (N,):
-        raise ValueError(f"col_scale must have shape ({N},) (C's last dimension), got {tuple(col_scale.shape)}")
+        raise ValueError(
+            f"col_scale must have shape ({N},) (C's last dimension), got {tuple(col_scale.shape)}"
+        )
     if bias is not None:
         check_float(bias, "bias")
         if bias.shape != (N,):
@@ -217,8 +237,10 @@ def check_grad_input(grad_out, CB, SCB) -> None:
     check_matrix(grad_out, "grad_out")
     N = check_int8_weight(CB, SCB)
     if grad_out.shape[-1] != N:
-        raise ValueError(f"grad_out has {grad_out.shape[-1]} features but CB has {N} rows "
-                         f"(out_features; CB shape {tuple(CB.shape)})")
+        raise ValueError(
+            f"grad_out has {grad_out.shape[-1]} features but CB has {N} rows "
+            f"(out_features; CB shape {tuple(CB.shape)})"
+        )
     check_devices(grad_out, CB, SCB, None, "grad_out")
 
 
@@ -274,7 +296,9 @@ def _(x, CB, SCB, bias=None):
 @torch.library.register_fake("lt8::int8_linear_grad_input", lib=lib)
 def _(grad_out, CB, SCB):
     check_grad_input(grad_out, CB, SCB)
-    return torch.empty((*grad_out.shape[:-1], CB.shape[1]), dtype=grad_out.dtype, device=grad_out.device)
+    return torch.empty(
+        (*grad_out.shape[:-1], CB.shape[1]), dtype=grad_out.dtype, device=grad_out.device
+    )
 
 
 # --- autograd -------------------------------------------------------------------------------
@@ -308,4 +332,6 @@ def _linear_backward(ctx, grad):
 
 # Both linear ops (fused and weight-only) differentiate the same way.
 for _op in ("lt8::int8_linear", "lt8::int8_weight_linear"):
-    torch.library.register_autograd(_op, _linear_backward, setup_context=_linear_setup_context, lib=lib)
+    torch.library.register_autograd(
+        _op, _linear_backward, setup_context=_linear_setup_context, lib=lib
+    )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 
@@ -26,18 +25,18 @@ class MatmulLtState:
     quantized, they multiply the dequantized int8 weight (more accurate, no outlier split).
     """
 
-    CB: Optional[torch.Tensor] = None
-    CxB: Optional[torch.Tensor] = None
-    SB: Optional[tuple] = None
-    SCB: Optional[torch.Tensor] = None
-    CxBt: Optional[torch.Tensor] = None
-    SBt: Optional[tuple] = None
-    CBt: Optional[torch.Tensor] = None
-    subB: Optional[torch.Tensor] = None
-    outlier_pool: Optional[object] = None
+    CB: torch.Tensor | None = None
+    CxB: torch.Tensor | None = None
+    SB: tuple | None = None
+    SCB: torch.Tensor | None = None
+    CxBt: torch.Tensor | None = None
+    SBt: tuple | None = None
+    CBt: torch.Tensor | None = None
+    subB: torch.Tensor | None = None
+    outlier_pool: object | None = None
     has_accumulated_gradients: bool = False
     threshold: float = 0.0
-    idx: Optional[torch.Tensor] = None
+    idx: torch.Tensor | None = None
     is_training: bool = True
     has_fp16_weights: bool = True
     memory_efficient_backward: bool = False
@@ -58,11 +57,15 @@ def _master_weight_for_quantization(W: torch.Tensor, x: torch.Tensor, names: tup
         W = W.to(torch.float32)
     check_float(W, name)
     if W.dim() != 2:
-        raise ValueError(f"{name} must be 2-D (out_features, in_features), got shape {tuple(W.shape)}")
+        raise ValueError(
+            f"{name} must be 2-D (out_features, in_features), got shape {tuple(W.shape)}"
+        )
     check_matrix(x, x_name)
     if W.shape[1] != x.shape[-1]:
-        raise ValueError(f"{x_name} has {x.shape[-1]} features but {name} expects {W.shape[1]} "
-                         f"({name} shape {tuple(W.shape)})")
+        raise ValueError(
+            f"{x_name} has {x.shape[-1]} features but {name} expects {W.shape[1]} "
+            f"({name} shape {tuple(W.shape)})"
+        )
     return W
 
 
@@ -96,9 +99,14 @@ class _MatMulFp16Weight(torch.autograd.Function):
         return grad_x, grad_W, grad_bias, None, None, None
 
 
-def matmul(A: torch.Tensor, B: torch.Tensor, out: torch.Tensor | None = None,
-           state: MatmulLtState | None = None, threshold: float = 0.0,
-           bias: torch.Tensor | None = None) -> torch.Tensor:
+def matmul(
+    A: torch.Tensor,
+    B: torch.Tensor,
+    out: torch.Tensor | None = None,
+    state: MatmulLtState | None = None,
+    threshold: float = 0.0,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
     """``A @ B.T + bias`` through LLM.int8(), as ``bitsandbytes.matmul``.
 
     With ``state.has_fp16_weights`` (the default) ``B`` is a floating-point (out, in) weight that
@@ -112,13 +120,16 @@ def matmul(A: torch.Tensor, B: torch.Tensor, out: torch.Tensor | None = None,
     if threshold > 0.0:
         state.threshold = threshold
     if state.has_fp16_weights and B.dtype != torch.int8:
-        result = _MatMulFp16Weight.apply(A, B, bias, float(state.threshold), state.force_no_igemmlt,
-                                         ("A", "B"))
+        result = _MatMulFp16Weight.apply(
+            A, B, bias, float(state.threshold), state.force_no_igemmlt, ("A", "B")
+        )
     else:
         CB = state.CB if state.CB is not None else B
         SCB = state.SCB if state.SCB is not None else getattr(B, "SCB", None)
         if SCB is None:
-            raise ValueError("an int8 weight needs its scales: set state.SCB (or pass an Int8Params with SCB)")
+            raise ValueError(
+                "an int8 weight needs its scales: set state.SCB (or pass an Int8Params with SCB)"
+            )
         if state.force_no_igemmlt:
             result = torch.ops.lt8.int8_weight_linear(A, CB, SCB, bias)
         else:

@@ -48,8 +48,12 @@ def int8_vectorwise_dequant(A: torch.Tensor, stats: torch.Tensor) -> torch.Tenso
     return torch.ops.lt8.dequantize_rows(A, stats, torch.float32)
 
 
-def int8_linear_matmul(A: torch.Tensor, B: torch.Tensor, out: torch.Tensor | None = None,
-                       dtype: torch.dtype = torch.int32) -> torch.Tensor:
+def int8_linear_matmul(
+    A: torch.Tensor,
+    B: torch.Tensor,
+    out: torch.Tensor | None = None,
+    dtype: torch.dtype = torch.int32,
+) -> torch.Tensor:
     """Exact int8 product ``A @ B.T`` with int32 results; A is (..., K), B is (N, K)."""
     if dtype != torch.int32:
         raise ValueError(f"dtype must be torch.int32, got {dtype}")
@@ -59,9 +63,14 @@ def int8_linear_matmul(A: torch.Tensor, B: torch.Tensor, out: torch.Tensor | Non
     return result
 
 
-def int8_mm_dequant(A: torch.Tensor, row_stats: torch.Tensor, col_stats: torch.Tensor,
-                    out: torch.Tensor | None = None, bias: torch.Tensor | None = None,
-                    dtype: torch.dtype = torch.float16) -> torch.Tensor:
+def int8_mm_dequant(
+    A: torch.Tensor,
+    row_stats: torch.Tensor,
+    col_stats: torch.Tensor,
+    out: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    dtype: torch.dtype = torch.float16,
+) -> torch.Tensor:
     """Dequantize an int32 product: ``A * row_stats * col_stats / 127**2 (+ bias)``."""
     check_dtype(A, "A", torch.int32)
     check_dtype(row_stats, "row_stats", torch.float32)
@@ -72,8 +81,14 @@ def int8_mm_dequant(A: torch.Tensor, row_stats: torch.Tensor, col_stats: torch.T
     return result
 
 
-def double_quant(A: torch.Tensor, col_stats=None, row_stats=None, out_col=None, out_row=None,
-                 threshold: float = 0.0):
+def double_quant(
+    A: torch.Tensor,
+    col_stats=None,
+    row_stats=None,
+    out_col=None,
+    out_row=None,
+    threshold: float = 0.0,
+):
     """Row-wise and column-wise int8 quantization of a 2-D matrix, as bitsandbytes' ``double_quant``.
 
     Returns ``(out_row, out_col, row_stats, col_stats, outlier_cols)``. Both quantizations leave
@@ -87,14 +102,26 @@ def double_quant(A: torch.Tensor, col_stats=None, row_stats=None, out_col=None, 
     q_col = q_col_t.t().contiguous()
     if outlier_cols is not None and outlier_cols.numel():
         q_col[:, outlier_cols] = 0
-    for dst, src in ((out_row, q_row), (out_col, q_col), (row_stats, r_stats), (col_stats, c_stats)):
+    for dst, src in (
+        (out_row, q_row),
+        (out_col, q_col),
+        (row_stats, r_stats),
+        (col_stats, c_stats),
+    ):
         if dst is not None:
             dst.copy_(src)
     return q_row, q_col, r_stats, c_stats, outlier_cols
 
 
-def transform(A: torch.Tensor, to_order: str, from_order: str = "row", out=None,
-              transpose: bool = False, state=None, ld=None):
+def transform(
+    A: torch.Tensor,
+    to_order: str,
+    from_order: str = "row",
+    out=None,
+    transpose: bool = False,
+    state=None,
+    ld=None,
+):
     """Converts an int8 matrix between row-major and cuBLASLt's tiled orders.
 
     Returns ``(out, state)`` like bitsandbytes, where ``state = (shape, to_order)`` names the
@@ -112,7 +139,9 @@ def transform(A: torch.Tensor, to_order: str, from_order: str = "row", out=None,
         shape = tuple(A.shape)
     else:
         if state is None:
-            raise ValueError(f"converting from {from_order!r} needs state=(shape, order) to know the logical shape")
+            raise ValueError(
+                f"converting from {from_order!r} needs state=(shape, order) to know the logical shape"
+            )
         shape = tuple(state[0])
         if transpose:
             raise ValueError("transpose is only supported when converting from 'row'")
@@ -133,8 +162,13 @@ def quantize_weight(W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return CB, SCB
 
 
-def int8_linear(x: torch.Tensor, CB: torch.Tensor, SCB: torch.Tensor,
-                bias: torch.Tensor | None = None, threshold: float = 0.0) -> torch.Tensor:
+def int8_linear(
+    x: torch.Tensor,
+    CB: torch.Tensor,
+    SCB: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    threshold: float = 0.0,
+) -> torch.Tensor:
     """The fused LLM.int8() linear op: ``x @ (CB * SCB / 127).T + bias`` with outlier columns of x
     (any |value| >= threshold) multiplied in higher precision. Differentiable in ``x`` and
     ``bias``; output has x's dtype; no host synchronisation."""

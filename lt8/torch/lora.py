@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
-from typing import Iterable, Optional
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -39,11 +39,19 @@ class LoRALinear(nn.Module):
     ``lora_B`` (``nn.Linear(r, out)``, zeros) hold the trainable weights.
     """
 
-    def __init__(self, base: nn.Module, r: int = 8, alpha: float = 16.0, dropout: float = 0.0,
-                 dtype: torch.dtype = torch.float32):
+    def __init__(
+        self,
+        base: nn.Module,
+        r: int = 8,
+        alpha: float = 16.0,
+        dropout: float = 0.0,
+        dtype: torch.dtype = torch.float32,
+    ):
         super().__init__()
         if not isinstance(base, nn.Linear):
-            raise TypeError(f"base must be an nn.Linear (or lt8 Linear8bitLt), got {type(base).__name__}")
+            raise TypeError(
+                f"base must be an nn.Linear (or lt8 Linear8bitLt), got {type(base).__name__}"
+            )
         if not (isinstance(r, int) and r >= 1):
             raise ValueError(f"r must be an int >= 1, got {r!r}")
         if not 0.0 <= dropout < 1.0:
@@ -75,7 +83,7 @@ class LoRALinear(nn.Module):
         return self.base.weight
 
     @property
-    def bias(self) -> Optional[torch.Tensor]:
+    def bias(self) -> torch.Tensor | None:
         """The base layer's (frozen) bias."""
         return self.base.bias
 
@@ -90,13 +98,20 @@ class LoRALinear(nn.Module):
 
 def _matches(name: str, patterns: Iterable[str]) -> bool:
     parts = name.split(".")
-    return any(fnmatch.fnmatchcase(name, p) or any(fnmatch.fnmatchcase(c, p) for c in parts)
-               for p in patterns)
+    return any(
+        fnmatch.fnmatchcase(name, p) or any(fnmatch.fnmatchcase(c, p) for c in parts)
+        for p in patterns
+    )
 
 
-def add_lora(model: nn.Module, r: int = 8, alpha: float = 16.0, dropout: float = 0.0,
-             target_modules: Optional[Iterable[str]] = None,
-             dtype: torch.dtype = torch.float32) -> nn.Module:
+def add_lora(
+    model: nn.Module,
+    r: int = 8,
+    alpha: float = 16.0,
+    dropout: float = 0.0,
+    target_modules: Iterable[str] | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> nn.Module:
     """Wraps linear layers of ``model`` (in place) in :class:`LoRALinear` and freezes every
     other parameter, so that only the adapters train. Returns the model.
 
@@ -107,12 +122,16 @@ def add_lora(model: nn.Module, r: int = 8, alpha: float = 16.0, dropout: float =
     from lt8.torch.nn import Linear8bitLt
 
     if isinstance(target_modules, str):
-        raise TypeError(f"target_modules must be a list of patterns, not one string ({target_modules!r})")
+        raise TypeError(
+            f"target_modules must be a list of patterns, not one string ({target_modules!r})"
+        )
     patterns = None if target_modules is None else list(target_modules)
     wrapped = [n for n, m in model.named_modules() if isinstance(m, LoRALinear)]
     targets = [
-        (name, mod) for name, mod in model.named_modules()
-        if name and isinstance(mod, nn.Linear)
+        (name, mod)
+        for name, mod in model.named_modules()
+        if name
+        and isinstance(mod, nn.Linear)
         and not any(name.startswith(w + ".") for w in wrapped)  # already adapted
         and (isinstance(mod, Linear8bitLt) if patterns is None else _matches(name, patterns))
     ]
@@ -131,12 +150,20 @@ def add_lora(model: nn.Module, r: int = 8, alpha: float = 16.0, dropout: float =
 def lora_parameters(model: nn.Module) -> list:
     """The adapter weights (``lora_A``/``lora_B`` of every :class:`LoRALinear`) of ``model``:
     what to hand to the optimizer."""
-    return [p for m in model.modules() if isinstance(m, LoRALinear)
-            for p in (m.lora_A.weight, m.lora_B.weight)]
+    return [
+        p
+        for m in model.modules()
+        if isinstance(m, LoRALinear)
+        for p in (m.lora_A.weight, m.lora_B.weight)
+    ]
 
 
 def lora_state_dict(model: nn.Module) -> dict:
     """Only the adapters' tensors of ``model.state_dict()`` (a few MB for a large model).
     Load them back into a model prepared the same way with ``model.load_state_dict(sd,
     strict=False)``."""
-    return {k: v for k, v in model.state_dict().items() if ".lora_A." in f".{k}" or ".lora_B." in f".{k}"}
+    return {
+        k: v
+        for k, v in model.state_dict().items()
+        if ".lora_A." in f".{k}" or ".lora_B." in f".{k}"
+    }

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Iterable, Mapping, Optional
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 import torch
@@ -25,8 +25,10 @@ def _float_weight(W: torch.Tensor, name: str, device: torch.device | None = None
     """A floating-point weight ready for row-wise quantization on ``device``: contiguous, and
     float64 rounded to float32 (the int8 rows and float32 scales keep less than float32)."""
     if not W.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point weight to quantize (float32, float16, "
-                        f"bfloat16 or float64), got {W.dtype}")
+        raise TypeError(
+            f"{name} must be a floating-point weight to quantize (float32, float16, "
+            f"bfloat16 or float64), got {W.dtype}"
+        )
     dtype = torch.float32 if W.dtype == torch.float64 else None
     return W.to(device=device, dtype=dtype).contiguous()
 
@@ -45,9 +47,14 @@ class Int8Params(nn.Parameter):
     ``has_fp16_weights=True`` the parameter stays a floating-point master weight.
     """
 
-    def __new__(cls, data: torch.Tensor | None = None, requires_grad: bool = True,
-                has_fp16_weights: bool = False, CB: torch.Tensor | None = None,
-                SCB: torch.Tensor | None = None):
+    def __new__(
+        cls,
+        data: torch.Tensor | None = None,
+        requires_grad: bool = True,
+        has_fp16_weights: bool = False,
+        CB: torch.Tensor | None = None,
+        SCB: torch.Tensor | None = None,
+    ):
         if data is None:
             data = torch.empty(0)
         if data.dtype == torch.int8:
@@ -69,7 +76,7 @@ class Int8Params(nn.Parameter):
         if value is not None and value is not self.data:
             self.data = value
 
-    def _quantize(self, device: torch.device) -> "Int8Params":
+    def _quantize(self, device: torch.device) -> Int8Params:
         CB, SCB, _ = torch.ops.lt8.quantize_rows(_float_weight(self.data, "weight", device), 0.0)
         self.requires_grad_(False)
         self.data = CB
@@ -78,15 +85,24 @@ class Int8Params(nn.Parameter):
 
     def to(self, *args, **kwargs):
         device, dtype, non_blocking, _ = torch._C._nn._parse_to(*args, **kwargs)
-        if (device is not None and device.type != "meta" and not self.has_fp16_weights
-                and self.data.dtype != torch.int8):
+        if (
+            device is not None
+            and device.type != "meta"
+            and not self.has_fp16_weights
+            and self.data.dtype != torch.int8
+        ):
             return self._quantize(device)
         if self.data.dtype == torch.int8:
             dtype = None  # .to(dtype) never dequantizes an int8 weight
         moved = super().to(device=device, dtype=dtype, non_blocking=non_blocking)
-        SCB = self.SCB if self.SCB is None or device is None else self.SCB.to(device, non_blocking=non_blocking)
-        return Int8Params(moved, requires_grad=self.requires_grad,
-                          has_fp16_weights=self.has_fp16_weights, SCB=SCB)
+        SCB = (
+            self.SCB
+            if self.SCB is None or device is None
+            else self.SCB.to(device, non_blocking=non_blocking)
+        )
+        return Int8Params(
+            moved, requires_grad=self.requires_grad, has_fp16_weights=self.has_fp16_weights, SCB=SCB
+        )
 
     def cuda(self, device=None, non_blocking: bool = False):
         return self.to(device="cuda" if device is None else device, non_blocking=non_blocking)
@@ -95,14 +111,21 @@ class Int8Params(nn.Parameter):
         return self.to(device="cpu")
 
     def __reduce_ex__(self, proto):
-        return (_rebuild_int8_params, (self.data, self.requires_grad, self.has_fp16_weights, self.SCB))
+        return (
+            _rebuild_int8_params,
+            (self.data, self.requires_grad, self.has_fp16_weights, self.SCB),
+        )
 
     def __deepcopy__(self, memo):
         if id(self) in memo:
             return memo[id(self)]
         SCB = None if self.SCB is None else self.SCB.clone()
-        result = Int8Params(self.data.clone(), requires_grad=self.requires_grad,
-                            has_fp16_weights=self.has_fp16_weights, SCB=SCB)
+        result = Int8Params(
+            self.data.clone(),
+            requires_grad=self.requires_grad,
+            has_fp16_weights=self.has_fp16_weights,
+            SCB=SCB,
+        )
         memo[id(self)] = result
         return result
 
@@ -138,16 +161,28 @@ class Linear8bitLt(nn.Linear):
         True
     """
 
-    def __init__(self, input_features: int, output_features: int, bias: bool = True,
-                 has_fp16_weights: bool = True, memory_efficient_backward: bool = False,
-                 threshold: float = 0.0, index=None, device=None):
+    def __init__(
+        self,
+        input_features: int,
+        output_features: int,
+        bias: bool = True,
+        has_fp16_weights: bool = True,
+        memory_efficient_backward: bool = False,
+        threshold: float = 0.0,
+        index=None,
+        device=None,
+    ):
         super().__init__(input_features, output_features, bias, device=device)
         threshold = as_threshold(threshold)
-        self.state = MatmulLtState(threshold=threshold, has_fp16_weights=has_fp16_weights,
-                                   memory_efficient_backward=memory_efficient_backward)
+        self.state = MatmulLtState(
+            threshold=threshold,
+            has_fp16_weights=has_fp16_weights,
+            memory_efficient_backward=memory_efficient_backward,
+        )
         self.index = index
-        self.weight = Int8Params(self.weight.data, has_fp16_weights=has_fp16_weights,
-                                 requires_grad=has_fp16_weights)
+        self.weight = Int8Params(
+            self.weight.data, has_fp16_weights=has_fp16_weights, requires_grad=has_fp16_weights
+        )
 
     # -- state bookkeeping: MatmulLtState mirrors the weight, it never owns tensors -----------
 
@@ -189,7 +224,9 @@ class Linear8bitLt(nn.Linear):
         w = self.weight
         if w.dtype == torch.int8:
             if w.SCB is None:
-                raise RuntimeError("Linear8bitLt has an int8 weight without scales (SCB); load a checkpoint with SCB")
+                raise RuntimeError(
+                    "Linear8bitLt has an int8 weight without scales (SCB); load a checkpoint with SCB"
+                )
             return w, w.SCB
         # Not quantized yet (never moved to a device): quantize for this call only.
         CB, SCB, _ = torch.ops.lt8.quantize_rows(_float_weight(w.detach(), "weight"), 0.0)
@@ -198,7 +235,9 @@ class Linear8bitLt(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         st = self.state
         if st.has_fp16_weights:
-            return _MatMulFp16Weight.apply(x, self.weight, self.bias, st.threshold, st.force_no_igemmlt)
+            return _MatMulFp16Weight.apply(
+                x, self.weight, self.bias, st.threshold, st.force_no_igemmlt
+            )
         CB, SCB = self._int8_weight()
         if st.force_no_igemmlt:
             # bitsandbytes' int8-weight-only path: x stays in its dtype, W is dequantized on the fly.
@@ -222,10 +261,13 @@ class Linear8bitLt(nn.Linear):
         SCB = self.weight.SCB
         if not self.state.has_fp16_weights and SCB is not None:
             destination[prefix + "SCB"] = SCB if keep_vars else SCB.detach()
-            destination[prefix + "weight_format"] = torch.tensor(WEIGHT_FORMATS["row"], dtype=torch.uint8)
+            destination[prefix + "weight_format"] = torch.tensor(
+                WEIGHT_FORMATS["row"], dtype=torch.uint8
+            )
 
-    def load_state_dict(self, state_dict: Mapping[str, torch.Tensor], strict: bool = True,
-                        assign: bool = False):
+    def load_state_dict(
+        self, state_dict: Mapping[str, torch.Tensor], strict: bool = True, assign: bool = False
+    ):
         """As ``nn.Module.load_state_dict``, and atomic for this layer: every key, shape and
         dtype is checked before anything is copied, so a checkpoint that raises leaves the layer
         exactly as it was. (A model's ``load_state_dict`` copies module after module, as torch
@@ -241,17 +283,28 @@ class Linear8bitLt(nn.Linear):
             unexpected = sorted(set(state_dict) - own - optional)
             problems = []
             if missing:
-                problems.append("Missing key(s) in state_dict: " + ", ".join(f'"{k}"' for k in missing) + ".")
+                problems.append(
+                    "Missing key(s) in state_dict: " + ", ".join(f'"{k}"' for k in missing) + "."
+                )
             if unexpected:
-                problems.append("Unexpected key(s) in state_dict: " + ", ".join(f'"{k}"' for k in unexpected) + ".")
+                problems.append(
+                    "Unexpected key(s) in state_dict: "
+                    + ", ".join(f'"{k}"' for k in unexpected)
+                    + "."
+                )
             if problems:
-                raise RuntimeError(f"Error(s) in loading state_dict for {type(self).__name__} (nothing was "
-                                   "loaded):\n\t" + "\n\t".join(problems))
+                raise RuntimeError(
+                    f"Error(s) in loading state_dict for {type(self).__name__} (nothing was "
+                    "loaded):\n\t" + "\n\t".join(problems)
+                )
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs):
-        w_key, b_key, scb_key, fmt_key = (prefix + k for k in ("weight", "bias", "SCB", "weight_format"))
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
+        w_key, b_key, scb_key, fmt_key = (
+            prefix + k for k in ("weight", "bias", "SCB", "weight_format")
+        )
         # Everything this layer takes is checked before anything is copied (a RuntimeError
         # naming the key), so a bad checkpoint leaves the layer as it was.
         incoming = state_dict
@@ -261,7 +314,9 @@ class Linear8bitLt(nn.Linear):
             fmt = int(state_dict[fmt_key]) if fmt_key in state_dict else WEIGHT_FORMATS["row"]
             if fmt != WEIGHT_FORMATS["row"]:
                 out_f, in_f = self.weight.shape
-                CB = torch.ops.lt8.transform_layout(CB.to(self.weight.device), out_f, in_f, format_name(fmt), "row")
+                CB = torch.ops.lt8.transform_layout(
+                    CB.to(self.weight.device), out_f, in_f, format_name(fmt), "row"
+                )
             incoming = dict(state_dict)
             incoming[w_key] = CB
         elif w_key in state_dict:
@@ -274,11 +329,16 @@ class Linear8bitLt(nn.Linear):
                 incoming[w_key], incoming[scb_key] = CB, SCB
         if scb_key in incoming and local_metadata.get("assign_to_params_buffers", False):
             # load_state_dict(assign=True) installs the incoming tensor itself: keep it an Int8Params.
-            incoming[w_key] = Int8Params(incoming[w_key], requires_grad=False, has_fp16_weights=False,
-                                         SCB=incoming[scb_key].to(torch.float32))
+            incoming[w_key] = Int8Params(
+                incoming[w_key],
+                requires_grad=False,
+                has_fp16_weights=False,
+                SCB=incoming[scb_key].to(torch.float32),
+            )
         n_errors = len(error_msgs)
-        super()._load_from_state_dict(incoming, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)
+        super()._load_from_state_dict(
+            incoming, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
         for key in (scb_key, fmt_key):
             if key in unexpected_keys:
                 unexpected_keys.remove(key)
@@ -296,18 +356,27 @@ class Linear8bitLt(nn.Linear):
             kind = "an int8" if W.dtype == torch.int8 else f"a {W.dtype}"
             raise RuntimeError(
                 f"{w_key}: {kind} weight without {scb_key}: an 8-bit checkpoint needs the weight's "
-                f"scales ({scb_key}), a float checkpoint a floating-point weight")
+                f"scales ({scb_key}), a float checkpoint a floating-point weight"
+            )
         if tuple(W.shape) != tuple(self.weight.shape):
-            raise RuntimeError(f"{w_key}: expected shape {tuple(self.weight.shape)}, got {tuple(W.shape)}")
+            raise RuntimeError(
+                f"{w_key}: expected shape {tuple(self.weight.shape)}, got {tuple(W.shape)}"
+            )
         self._check_bias(sd, b_key)
 
     def _check_bias(self, sd, b_key) -> None:
         if self.bias is None or b_key not in sd:
             return
         b = sd[b_key]
-        if not isinstance(b, torch.Tensor) or not b.is_floating_point() or tuple(b.shape) != (self.out_features,):
+        if (
+            not isinstance(b, torch.Tensor)
+            or not b.is_floating_point()
+            or tuple(b.shape) != (self.out_features,)
+        ):
             got = f"{b.dtype} {tuple(b.shape)}" if isinstance(b, torch.Tensor) else type(b).__name__
-            raise RuntimeError(f"{b_key}: expected a float tensor of shape ({self.out_features},), got {got}")
+            raise RuntimeError(
+                f"{b_key}: expected a float tensor of shape ({self.out_features},), got {got}"
+            )
 
     def _check_int8_checkpoint(self, sd, w_key, scb_key, fmt_key) -> None:
         """Validates an 8-bit checkpoint before anything is copied, so a bad one changes nothing."""
@@ -316,7 +385,8 @@ class Linear8bitLt(nn.Linear):
                 raise RuntimeError(
                     f"{scb_key}: an 8-bit (int8) checkpoint cannot be loaded into a Linear8bitLt "
                     "that keeps a floating-point master weight (has_fp16_weights=True): create it "
-                    "with has_fp16_weights=False and move it to its device first")
+                    "with has_fp16_weights=False and move it to its device first"
+                )
             raise RuntimeError(
                 "Loading a quantized (int8) checkpoint into a Linear8bitLt that has not been "
                 "quantized yet is not supported: move the module to its device first "
@@ -330,35 +400,60 @@ class Linear8bitLt(nn.Linear):
         if not isinstance(CB, torch.Tensor) or CB.dtype != torch.int8:
             got = CB.dtype if isinstance(CB, torch.Tensor) else type(CB).__name__
             raise RuntimeError(f"{w_key}: expected an int8 tensor next to {scb_key}, got {got}")
-        if not isinstance(SCB, torch.Tensor) or not SCB.is_floating_point() or tuple(SCB.shape) != (out_f,):
-            got = f"{SCB.dtype} {tuple(SCB.shape)}" if isinstance(SCB, torch.Tensor) else type(SCB).__name__
+        if (
+            not isinstance(SCB, torch.Tensor)
+            or not SCB.is_floating_point()
+            or tuple(SCB.shape) != (out_f,)
+        ):
+            got = (
+                f"{SCB.dtype} {tuple(SCB.shape)}"
+                if isinstance(SCB, torch.Tensor)
+                else type(SCB).__name__
+            )
             raise RuntimeError(f"{scb_key}: expected a float tensor of shape ({out_f},), got {got}")
         fmt = WEIGHT_FORMATS["row"]
         if fmt_key in sd:
             f = sd[fmt_key]
-            if (not isinstance(f, torch.Tensor) or f.numel() != 1 or f.is_floating_point()
-                    or f.is_complex() or int(f) not in WEIGHT_FORMATS.values()):
-                raise RuntimeError(f"{fmt_key}: expected an integer scalar tensor, one of "
-                                   f"{sorted(WEIGHT_FORMATS.values())} ({list(WEIGHT_FORMATS)}), got {f!r}")
+            if (
+                not isinstance(f, torch.Tensor)
+                or f.numel() != 1
+                or f.is_floating_point()
+                or f.is_complex()
+                or int(f) not in WEIGHT_FORMATS.values()
+            ):
+                raise RuntimeError(
+                    f"{fmt_key}: expected an integer scalar tensor, one of "
+                    f"{sorted(WEIGHT_FORMATS.values())} ({list(WEIGHT_FORMATS)}), got {f!r}"
+                )
             fmt = int(f)
         if fmt == WEIGHT_FORMATS["row"]:
             if tuple(CB.shape) != (out_f, in_f):
-                raise RuntimeError(f"{w_key}: expected shape {(out_f, in_f)}, got {tuple(CB.shape)}")
+                raise RuntimeError(
+                    f"{w_key}: expected shape {(out_f, in_f)}, got {tuple(CB.shape)}"
+                )
         else:
             pr, pc = padded_shape(format_name(fmt), out_f, in_f)
             if CB.numel() != pr * pc:
-                raise RuntimeError(f"{w_key}: a {format_name(fmt)} weight of ({out_f}, {in_f}) needs "
-                                   f"{pr * pc} elements, got {CB.numel()}")
+                raise RuntimeError(
+                    f"{w_key}: a {format_name(fmt)} weight of ({out_f}, {in_f}) needs "
+                    f"{pr * pc} elements, got {CB.numel()}"
+                )
         self._check_bias(sd, w_key[: -len("weight")] + "bias")
 
     def extra_repr(self) -> str:
-        return (f"{super().extra_repr()}, threshold={self.state.threshold}, "
-                f"has_fp16_weights={self.state.has_fp16_weights}")
+        return (
+            f"{super().extra_repr()}, threshold={self.state.threshold}, "
+            f"has_fp16_weights={self.state.has_fp16_weights}"
+        )
 
 
-def replace_linear(model: nn.Module, threshold: float = 6.0,
-                   skip_modules: Iterable[str] = ("lm_head",), has_fp16_weights: bool = False,
-                   progress: bool | None = None) -> nn.Module:
+def replace_linear(
+    model: nn.Module,
+    threshold: float = 6.0,
+    skip_modules: Iterable[str] = ("lm_head",),
+    has_fp16_weights: bool = False,
+    progress: bool | None = None,
+) -> nn.Module:
     """Swaps every ``nn.Linear`` of ``model`` (in place) for a ``Linear8bitLt``.
 
     Modules whose name, or any dotted component of it, is in ``skip_modules`` are left as they
@@ -369,9 +464,12 @@ def replace_linear(model: nn.Module, threshold: float = 6.0,
     """
     skip = set(skip_modules)
     targets = [
-        (name, mod) for name, mod in model.named_modules()
-        if isinstance(mod, nn.Linear) and not isinstance(mod, Linear8bitLt)
-        and name not in skip and not (skip & set(name.split(".")))
+        (name, mod)
+        for name, mod in model.named_modules()
+        if isinstance(mod, nn.Linear)
+        and not isinstance(mod, Linear8bitLt)
+        and name not in skip
+        and not (skip & set(name.split(".")))
     ]
     if progress is None:
         progress = len(targets) >= 64
@@ -386,10 +484,17 @@ def replace_linear(model: nn.Module, threshold: float = 6.0,
     for name, mod in iterator:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        new = Linear8bitLt(mod.in_features, mod.out_features, mod.bias is not None,
-                           has_fp16_weights=has_fp16_weights, threshold=threshold, device="meta")
-        weight = Int8Params(mod.weight.data, requires_grad=has_fp16_weights,
-                            has_fp16_weights=has_fp16_weights)
+        new = Linear8bitLt(
+            mod.in_features,
+            mod.out_features,
+            mod.bias is not None,
+            has_fp16_weights=has_fp16_weights,
+            threshold=threshold,
+            device="meta",
+        )
+        weight = Int8Params(
+            mod.weight.data, requires_grad=has_fp16_weights, has_fp16_weights=has_fp16_weights
+        )
         if not has_fp16_weights:
             weight = weight._quantize(mod.weight.device)
         new.weight = weight
@@ -404,12 +509,16 @@ def replace_linear(model: nn.Module, threshold: float = 6.0,
 
 
 def _layer_thresholds(model: nn.Module) -> dict:
-    return {name: float(m.state.threshold) for name, m in model.named_modules()
-            if isinstance(m, Linear8bitLt)}
+    return {
+        name: float(m.state.threshold)
+        for name, m in model.named_modules()
+        if isinstance(m, Linear8bitLt)
+    }
 
 
-def save_quantized(model: nn.Module, path: "str | os.PathLike", *,
-                   metadata: Optional[Mapping[str, str]] = None) -> None:
+def save_quantized(
+    model: nn.Module, path: str | os.PathLike, *, metadata: Mapping[str, str] | None = None
+) -> None:
     """Writes ``model.state_dict()`` as an lt8 checkpoint (safetensors; see
     :mod:`lt8.core.checkpoint`): int8 layers under bitsandbytes' keys, every other tensor as
     it is, and the outlier thresholds of its ``Linear8bitLt`` layers in the metadata (one
@@ -442,9 +551,9 @@ def _check_fits(model: nn.Module, sd: Mapping[str, torch.Tensor], strict: bool) 
     problems only at the end, so it must see nothing it would refuse."""
     errors: list = []
     own = model.state_dict(keep_vars=True)  # references, no copies
-    checked: set = set()    # keys whose shape and dtype the layer checks below own
-    optional: set = set()   # keys of the model that the file may lack
-    extra: set = set()      # keys of the file that the model's state dict lacks, but takes
+    checked: set = set()  # keys whose shape and dtype the layer checks below own
+    optional: set = set()  # keys of the model that the file may lack
+    extra: set = set()  # keys of the file that the model's state dict lacks, but takes
     modules = dict(model.named_modules())
     for name, m in modules.items():
         if not isinstance(m, Linear8bitLt):
@@ -460,7 +569,8 @@ def _check_fits(model: nn.Module, sd: Mapping[str, torch.Tensor], strict: bool) 
                 errors.append(
                     f"{name or 'the model'}: the file holds an int8 layer ({wk}, {sk}) but this "
                     f"Linear8bitLt is not quantized: create it with has_fp16_weights=False and move "
-                    f"it to its device first (module.to(device); on the CPU module.to('cpu'))")
+                    f"it to its device first (module.to(device); on the CPU module.to('cpu'))"
+                )
                 continue
             try:
                 ckpt.validate_linear(sd, name, m.out_features, m.in_features)
@@ -474,13 +584,17 @@ def _check_fits(model: nn.Module, sd: Mapping[str, torch.Tensor], strict: bool) 
             elif not w.is_floating_point():
                 errors.append(f"{wk}: expected a float or int8 weight, got {w.dtype}")
             elif tuple(w.shape) != (m.out_features, m.in_features):
-                errors.append(f"{wk}: expected shape (out, in) = {(m.out_features, m.in_features)}, "
-                              f"got {tuple(w.shape)}")
+                errors.append(
+                    f"{wk}: expected shape (out, in) = {(m.out_features, m.in_features)}, "
+                    f"got {tuple(w.shape)}"
+                )
     for p in ckpt.linear_prefixes(sd):
         mod = modules.get(p)
         if mod is not None and not isinstance(mod, Linear8bitLt):
-            errors.append(f"{p or 'the model'}: the file holds an int8 layer but the model has a "
-                          f"{type(mod).__name__} there: convert it with lt8.torch.replace_linear first")
+            errors.append(
+                f"{p or 'the model'}: the file holds an int8 layer but the model has a "
+                f"{type(mod).__name__} there: convert it with lt8.torch.replace_linear first"
+            )
             checked.update(ckpt._key(p, k) for k in ("weight", "SCB", "weight_format", "bias"))
             extra.update(ckpt._key(p, k) for k in ("SCB", "weight_format"))
     for k, t in sd.items():
@@ -503,7 +617,7 @@ def _check_fits(model: nn.Module, sd: Mapping[str, torch.Tensor], strict: bool) 
     return errors
 
 
-def load_quantized(model: nn.Module, path: "str | os.PathLike", strict: bool = True):
+def load_quantized(model: nn.Module, path: str | os.PathLike, strict: bool = True):
     """Loads an lt8 (or bitsandbytes 8-bit) safetensors checkpoint into ``model``, whose
     ``nn.Linear`` layers are ``Linear8bitLt`` already (``replace_linear``; quantized, that is
     moved to their device). Float weights in the file are quantized on the way in.
@@ -524,7 +638,8 @@ def load_quantized(model: nn.Module, path: "str | os.PathLike", strict: bool = T
     if errors:
         raise ckpt.CheckpointError(
             f"{os.fspath(path)} does not fit this {type(model).__name__} (nothing was loaded):\n  "
-            + "\n  ".join(errors))
+            + "\n  ".join(errors)
+        )
     result = model.load_state_dict(sd, strict=strict)
     differ = {}
     for name, t in _layer_thresholds(model).items():
@@ -534,6 +649,9 @@ def load_quantized(model: nn.Module, path: "str | os.PathLike", strict: bool = T
     if differ:
         shown = ", ".join(f"{n}: {t} (file: {s})" for n, (t, s) in list(differ.items())[:4])
         more = f", ... ({len(differ)} layers)" if len(differ) > 4 else ""
-        warnings.warn(f"{os.fspath(path)} was saved with other outlier thresholds than this "
-                      f"model's layers, which keep theirs: {shown}{more}", stacklevel=2)
+        warnings.warn(
+            f"{os.fspath(path)} was saved with other outlier thresholds than this "
+            f"model's layers, which keep theirs: {shown}{more}",
+            stacklevel=2,
+        )
     return result

@@ -46,7 +46,7 @@ bias (adapter training on frozen int8 weights); the int8 weights never change.
 from __future__ import annotations
 
 import fnmatch
-from typing import Mapping, Optional
+from collections.abc import Mapping
 
 import torch
 import torch.distributed as dist
@@ -55,7 +55,12 @@ from torch import nn
 from lt8.torch import _ops
 from lt8.torch.nn import Linear8bitLt
 
-__all__ = ["ColumnParallelLinear8bitLt", "RowParallelLinear8bitLt", "shard_linear8bit", "shard_model"]
+__all__ = [
+    "ColumnParallelLinear8bitLt",
+    "RowParallelLinear8bitLt",
+    "shard_linear8bit",
+    "shard_model",
+]
 
 STYLES = ("column", "row")
 
@@ -65,8 +70,10 @@ STYLES = ("column", "row")
 
 def _group_rank_size(group) -> tuple[int, int]:
     if not dist.is_available() or not dist.is_initialized():
-        raise RuntimeError("tensor-parallel lt8 layers need torch.distributed: call "
-                           "torch.distributed.init_process_group first")
+        raise RuntimeError(
+            "tensor-parallel lt8 layers need torch.distributed: call "
+            "torch.distributed.init_process_group first"
+        )
     return dist.get_rank(group), dist.get_world_size(group)
 
 
@@ -80,15 +87,21 @@ def _int8_weight(layer: Linear8bitLt) -> tuple[torch.Tensor, torch.Tensor]:
     if not isinstance(layer, Linear8bitLt):
         raise TypeError(f"layer must be an lt8 Linear8bitLt, got {type(layer).__name__}")
     if layer.state.has_fp16_weights:
-        raise ValueError("layer keeps a float master weight (has_fp16_weights=True); only int8 "
-                         "layers (has_fp16_weights=False) can be sharded")
+        raise ValueError(
+            "layer keeps a float master weight (has_fp16_weights=True); only int8 "
+            "layers (has_fp16_weights=False) can be sharded"
+        )
     if layer.state.force_no_igemmlt:
-        raise ValueError("layer uses the weight-only path (state.force_no_igemmlt=True), which "
-                         "tensor-parallel lt8 layers do not implement")
+        raise ValueError(
+            "layer uses the weight-only path (state.force_no_igemmlt=True), which "
+            "tensor-parallel lt8 layers do not implement"
+        )
     w = layer.weight
     if w.dtype != torch.int8 or getattr(w, "SCB", None) is None:
-        raise ValueError("layer is not quantized yet: move it to its device first "
-                         "(layer.to(device); on the CPU layer.to('cpu')), then shard it")
+        raise ValueError(
+            "layer is not quantized yet: move it to its device first "
+            "(layer.to(device); on the CPU layer.to('cpu')), then shard it"
+        )
     return w.data, w.SCB
 
 
@@ -103,7 +116,9 @@ def _owned(t: torch.Tensor, device) -> torch.Tensor:
 
 
 def _plan_matches(name: str, pattern: str) -> bool:
-    return fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(name.rpartition(".")[2], pattern)
+    return fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(
+        name.rpartition(".")[2], pattern
+    )
 
 
 def _all_gather_last(t: torch.Tensor, group, size: int) -> torch.Tensor:
@@ -116,7 +131,7 @@ def _all_gather_last(t: torch.Tensor, group, size: int) -> torch.Tensor:
 
 def _own_slice(t: torch.Tensor, rank: int, size: int) -> torch.Tensor:
     n = t.shape[-1] // size
-    return t[..., rank * n:(rank + 1) * n]
+    return t[..., rank * n : (rank + 1) * n]
 
 
 def _check_input(x: torch.Tensor, K: int, device: torch.device, layer: str) -> None:
@@ -126,7 +141,9 @@ def _check_input(x: torch.Tensor, K: int, device: torch.device, layer: str) -> N
         raise TypeError(f"{layer}: x must be a tensor, got {type(x).__name__}")
     _ops.check_float(x, "x")
     if x.dim() < 1 or x.shape[-1] != K:
-        raise ValueError(f"{layer}: x must have {K} features in its last dimension, got shape {tuple(x.shape)}")
+        raise ValueError(
+            f"{layer}: x must have {K} features in its last dimension, got shape {tuple(x.shape)}"
+        )
     if x.device != device:
         raise ValueError(f"{layer}: x is on {x.device} but this rank's weights are on {device}")
 
@@ -240,9 +257,11 @@ class _ParallelBase(nn.Module):
         return result
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={self.bias is not None}, threshold={self.threshold}, "
-                f"rank={self.rank}, world_size={self.world_size}")
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"bias={self.bias is not None}, threshold={self.threshold}, "
+            f"rank={self.rank}, world_size={self.world_size}"
+        )
 
 
 class ColumnParallelLinear8bitLt(_ParallelBase):
@@ -254,24 +273,39 @@ class ColumnParallelLinear8bitLt(_ParallelBase):
     Build it with :meth:`from_linear8bit` (or :func:`shard_linear8bit`).
     """
 
-    def __init__(self, CB: torch.Tensor, SCB: torch.Tensor, bias: Optional[torch.Tensor],
-                 in_features: int, out_features: int, threshold: float = 0.0, group=None,
-                 gather_output: bool = True):
+    def __init__(
+        self,
+        CB: torch.Tensor,
+        SCB: torch.Tensor,
+        bias: torch.Tensor | None,
+        in_features: int,
+        out_features: int,
+        threshold: float = 0.0,
+        group=None,
+        gather_output: bool = True,
+    ):
         super().__init__(in_features, out_features, threshold, group)
         n = _chunk(self.out_features, self.world_size, "out_features")
         _ops.check_weight(CB, SCB, bias, self.in_features)
         _ops.check_same_device(CB=CB, SCB=SCB, bias=bias)
         if CB.shape[0] != n:
-            raise ValueError(f"CB must hold this rank's {n} of {self.out_features} output rows, got "
-                             f"shape {tuple(CB.shape)}")
+            raise ValueError(
+                f"CB must hold this rank's {n} of {self.out_features} output rows, got "
+                f"shape {tuple(CB.shape)}"
+            )
         self.gather_output = bool(gather_output)
         self.register_buffer("CB", CB.contiguous())
         self.register_buffer("SCB", SCB.contiguous())
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone())
 
     @classmethod
-    def from_linear8bit(cls, layer: Linear8bitLt, group=None, gather_output: bool = True,
-                        device: Optional[torch.device | str] = None) -> "ColumnParallelLinear8bitLt":
+    def from_linear8bit(
+        cls,
+        layer: Linear8bitLt,
+        group=None,
+        gather_output: bool = True,
+        device: torch.device | str | None = None,
+    ) -> ColumnParallelLinear8bitLt:
         """This rank's column shard of a quantized ``layer`` (whole on every rank), on
         ``device`` (default: the layer's)."""
         CB, SCB = _int8_weight(layer)
@@ -279,16 +313,33 @@ class ColumnParallelLinear8bitLt(_ParallelBase):
         n = _chunk(layer.out_features, size, "out_features")
         rows = slice(rank * n, (rank + 1) * n)
         bias = None if layer.bias is None else layer.bias.detach()[rows].to(device)
-        shard = cls(_owned(CB[rows], device), _owned(SCB[rows], device), bias, layer.in_features,
-                    layer.out_features, layer.state.threshold, group, gather_output)
+        shard = cls(
+            _owned(CB[rows], device),
+            _owned(SCB[rows], device),
+            bias,
+            layer.in_features,
+            layer.out_features,
+            layer.state.threshold,
+            group,
+            gather_output,
+        )
         if shard.bias is not None:
             shard.bias.requires_grad_(layer.bias.requires_grad)
         return shard
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_input(x, self.in_features, self.CB.device, type(self).__name__)
-        return _ColumnParallel.apply(x, self.CB, self.SCB, self.bias, self.threshold, self.group,
-                                     self.rank, self.world_size, self.gather_output)
+        return _ColumnParallel.apply(
+            x,
+            self.CB,
+            self.SCB,
+            self.bias,
+            self.threshold,
+            self.group,
+            self.rank,
+            self.world_size,
+            self.gather_output,
+        )
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, gather_output={self.gather_output}"
@@ -305,15 +356,25 @@ class RowParallelLinear8bitLt(_ParallelBase):
     on every rank. Build it with :meth:`from_linear8bit` (or :func:`shard_linear8bit`).
     """
 
-    def __init__(self, CB: torch.Tensor, SCB: torch.Tensor, bias: Optional[torch.Tensor],
-                 in_features: int, out_features: int, threshold: float = 0.0, group=None,
-                 input_is_parallel: bool = False):
+    def __init__(
+        self,
+        CB: torch.Tensor,
+        SCB: torch.Tensor,
+        bias: torch.Tensor | None,
+        in_features: int,
+        out_features: int,
+        threshold: float = 0.0,
+        group=None,
+        input_is_parallel: bool = False,
+    ):
         super().__init__(in_features, out_features, threshold, group)
         k = _chunk(self.in_features, self.world_size, "in_features")
         _ops.check_weight(CB, SCB, bias, k)
         _ops.check_same_device(CB=CB, SCB=SCB, bias=bias)
         if CB.shape[0] != self.out_features:
-            raise ValueError(f"CB must have {self.out_features} rows (out_features), got shape {tuple(CB.shape)}")
+            raise ValueError(
+                f"CB must have {self.out_features} rows (out_features), got shape {tuple(CB.shape)}"
+            )
         self.input_is_parallel = bool(input_is_parallel)
         padded = torch.zeros((CB.shape[0], k + 1), dtype=torch.int8, device=CB.device)
         padded[:, :k] = CB
@@ -327,17 +388,29 @@ class RowParallelLinear8bitLt(_ParallelBase):
         return self.CB_padded[:, :-1]
 
     @classmethod
-    def from_linear8bit(cls, layer: Linear8bitLt, group=None, input_is_parallel: bool = False,
-                        device: Optional[torch.device | str] = None) -> "RowParallelLinear8bitLt":
+    def from_linear8bit(
+        cls,
+        layer: Linear8bitLt,
+        group=None,
+        input_is_parallel: bool = False,
+        device: torch.device | str | None = None,
+    ) -> RowParallelLinear8bitLt:
         """This rank's row shard of a quantized ``layer`` (whole on every rank), on ``device``
         (default: the layer's)."""
         CB, SCB = _int8_weight(layer)
         rank, size = _group_rank_size(group)
         k = _chunk(layer.in_features, size, "in_features")
         bias = None if layer.bias is None else layer.bias.detach().to(device)
-        shard = cls(CB[:, rank * k:(rank + 1) * k].to(device), _owned(SCB, device), bias,
-                    layer.in_features, layer.out_features, layer.state.threshold, group,
-                    input_is_parallel)
+        shard = cls(
+            CB[:, rank * k : (rank + 1) * k].to(device),
+            _owned(SCB, device),
+            bias,
+            layer.in_features,
+            layer.out_features,
+            layer.state.threshold,
+            group,
+            input_is_parallel,
+        )
         if shard.bias is not None:
             shard.bias.requires_grad_(layer.bias.requires_grad)
         return shard
@@ -350,7 +423,9 @@ class RowParallelLinear8bitLt(_ParallelBase):
         else:
             _check_input(x, self.in_features, self.CB_padded.device, name)
             x = _ScatterLast.apply(x, self.group, self.rank, self.world_size)
-        return _RowParallel.apply(x, self.CB_padded, self.SCB, self.bias, self.threshold, self.group)
+        return _RowParallel.apply(
+            x, self.CB_padded, self.SCB, self.bias, self.threshold, self.group
+        )
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, input_is_parallel={self.input_is_parallel}"
@@ -359,9 +434,15 @@ class RowParallelLinear8bitLt(_ParallelBase):
 # --- whole layers and models --------------------------------------------------------------------
 
 
-def shard_linear8bit(layer: Linear8bitLt, group=None, style: str = "column", *,
-                     gather_output: bool = True, input_is_parallel: bool = False,
-                     device: Optional[torch.device | str] = None) -> nn.Module:
+def shard_linear8bit(
+    layer: Linear8bitLt,
+    group=None,
+    style: str = "column",
+    *,
+    gather_output: bool = True,
+    input_is_parallel: bool = False,
+    device: torch.device | str | None = None,
+) -> nn.Module:
     """This rank's shard of the quantized ``layer``: ``style="column"`` (split out_features;
     ``gather_output``) or ``"row"`` (split in_features; ``input_is_parallel``). Call it on
     every rank of ``group`` (default: the whole world) with the same layer.
@@ -381,8 +462,9 @@ def shard_linear8bit(layer: Linear8bitLt, group=None, style: str = "column", *,
     raise ValueError(f"style must be one of {STYLES}, got {style!r}")
 
 
-def shard_model(model: nn.Module, plan: Mapping[str, str], group=None,
-                device: Optional[torch.device | str] = None) -> nn.Module:
+def shard_model(
+    model: nn.Module, plan: Mapping[str, str], group=None, device: torch.device | str | None = None
+) -> nn.Module:
     """Replaces (in place) the ``Linear8bitLt`` layers of ``model`` named by ``plan`` with their
     shards on this rank, and returns the model.
 
@@ -396,7 +478,9 @@ def shard_model(model: nn.Module, plan: Mapping[str, str], group=None,
     patterns of both styles is an error.
     """
     if not isinstance(plan, Mapping) or not plan:
-        raise ValueError(f"plan must be a non-empty mapping of name patterns to 'column'/'row', got {plan!r}")
+        raise ValueError(
+            f"plan must be a non-empty mapping of name patterns to 'column'/'row', got {plan!r}"
+        )
     for pattern, style in plan.items():
         if style not in STYLES:
             raise ValueError(f"plan[{pattern!r}] must be one of {STYLES}, got {style!r}")
@@ -415,11 +499,19 @@ def shard_model(model: nn.Module, plan: Mapping[str, str], group=None,
         used.update(hits)
     unused = [p for p in plan if p not in used]
     if unused:
-        raise ValueError(f"plan patterns {unused} match no Linear8bitLt of this {type(model).__name__}")
+        raise ValueError(
+            f"plan patterns {unused} match no Linear8bitLt of this {type(model).__name__}"
+        )
     for name, style in chosen.items():
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        shard = shard_linear8bit(getattr(parent, child), group, style, gather_output=False,
-                                 input_is_parallel=True, device=device)
+        shard = shard_linear8bit(
+            getattr(parent, child),
+            group,
+            style,
+            gather_output=False,
+            input_is_parallel=True,
+            device=device,
+        )
         setattr(parent, child, shard)
     return model

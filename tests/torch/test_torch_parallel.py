@@ -21,9 +21,10 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import SEED, require_cuda
+from reference import grad_input_ref, linear_error_bound, linear_ref, quantize_rows_ref
 
 import lt8.torch  # noqa: F401
-from conftest import SEED, require_cuda
 from lt8.torch import Linear8bitLt
 from lt8.torch.parallel import (
     ColumnParallelLinear8bitLt,
@@ -31,7 +32,6 @@ from lt8.torch.parallel import (
     shard_linear8bit,
     shard_model,
 )
-from reference import grad_input_ref, linear_error_bound, linear_ref, quantize_rows_ref
 
 DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
 UNIT_ROUNDOFF = {torch.float32: 2.0**-24, torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}
@@ -50,7 +50,9 @@ def quantized_layer(rng, in_f, out_f, threshold, device, bias=True) -> Linear8bi
     w = torch.from_numpy(rng.standard_normal((out_f, in_f)).astype(np.float32) * 0.05)
     layer.weight = lt8.torch.Int8Params(w, requires_grad=False)
     if bias:
-        layer.bias = torch.nn.Parameter(torch.from_numpy(rng.standard_normal(out_f).astype(np.float32)))
+        layer.bias = torch.nn.Parameter(
+            torch.from_numpy(rng.standard_normal(out_f).astype(np.float32))
+        )
     return layer.to(device)  # quantizes
 
 
@@ -61,7 +63,9 @@ def activations(rng, shape, world, dtype, device, threshold=THRESHOLD) -> torch.
     flat, k = x.reshape(-1, shape[-1]), shape[-1] // world
     for r in range(world):
         col = r * k + rng.integers(k)
-        flat[rng.integers(flat.shape[0]), col] = rng.choice([-1.0, 1.0]) * rng.uniform(threshold, 3 * threshold)
+        flat[rng.integers(flat.shape[0]), col] = rng.choice([-1.0, 1.0]) * rng.uniform(
+            threshold, 3 * threshold
+        )
     return torch.from_numpy(x).to(device=device, dtype=dtype)
 
 
@@ -96,7 +100,9 @@ def assert_close_rounding(a, b, dtype, slack):
     """|a - b| within ``slack`` (float32 differences) plus one rounding of each to ``dtype``."""
     a, b = f64(a), f64(b)
     tol = slack + 2 * UNIT_ROUNDOFF[dtype] * (np.abs(b) + slack)
-    assert np.all(np.abs(a - b) <= tol), f"max |diff| {np.abs(a - b).max()}, max excess {(np.abs(a - b) - tol).max()}"
+    assert np.all(np.abs(a - b) <= tol), (
+        f"max |diff| {np.abs(a - b).max()}, max excess {(np.abs(a - b) - tol).max()}"
+    )
 
 
 # --- the checks each rank runs --------------------------------------------------------------------
@@ -119,8 +125,11 @@ def check_column_parallel(rng, device, rank, world):
                 assert torch.equal(y, y_ref if gather else y_ref[..., own]), case
                 # grad_x: float32 partials summed over the ranks, one rounding to x's dtype.
                 W = dequantized(layer.weight.data, layer.weight.SCB)
-                ref = torch.from_numpy(grad_input_ref(f64(R.to(dtype)), layer.weight.data.cpu().numpy(),
-                                                      f64(layer.weight.SCB)))
+                ref = torch.from_numpy(
+                    grad_input_ref(
+                        f64(R.to(dtype)), layer.weight.data.cpu().numpy(), f64(layer.weight.SCB)
+                    )
+                )
                 slack = float32_bound(R.to(dtype), W, N + world + 4)
                 for g in (gx, gx_ref):
                     assert_close_rounding(g, ref, dtype, slack)
@@ -150,13 +159,22 @@ def check_row_parallel(rng, device, rank, world):
                 else:
                     n_outlier_cols = int(quantize_rows_ref(f64(x), threshold)[2].sum())
                     assert n_outlier_cols >= world, "every rank's slice must hold an outlier column"
-                    slack = float32_bound(x, dequantized(CB, SCB).T, n_outlier_cols + world + 4, bias)
+                    slack = float32_bound(
+                        x, dequantized(CB, SCB).T, n_outlier_cols + world + 4, bias
+                    )
                     assert_close_rounding(y, y_ref, dtype, slack)
                     # ... and it is LLM.int8() of the whole x in float64 (same int8 values).
                     q, _, _ = torch.ops.lt8.quantize_rows(x, threshold)
                     ref = linear_ref(f64(x), CB.cpu().numpy(), f64(SCB), f64(bias), threshold)
-                    bound = linear_error_bound(f64(x), CB.cpu().numpy(), f64(SCB), ref, UNIT_ROUNDOFF[dtype],
-                                               threshold=threshold, q=q.cpu().numpy())
+                    bound = linear_error_bound(
+                        f64(x),
+                        CB.cpu().numpy(),
+                        f64(SCB),
+                        ref,
+                        UNIT_ROUNDOFF[dtype],
+                        threshold=threshold,
+                        q=q.cpu().numpy(),
+                    )
                     assert np.all(np.abs(f64(y) - ref) <= bound + slack), case
                 # Each input feature's gradient is the unsharded kernel's sum: bit-identical.
                 assert torch.equal(gx, gx_ref[..., own] if parallel_input else gx_ref), case
@@ -199,7 +217,9 @@ def check_sharded_mlp(rng, device, rank, world):
         state = rng.bit_generator.state
         model = torch.nn.Sequential(MLP(rng, threshold, device)).half()
         rng.bit_generator.state = state
-        sharded = shard_model(torch.nn.Sequential(MLP(rng, threshold, device)), {"up": "column", "0.down": "row"})
+        sharded = shard_model(
+            torch.nn.Sequential(MLP(rng, threshold, device)), {"up": "column", "0.down": "row"}
+        )
         sharded = sharded.half()
         up, down = sharded[0].up, sharded[0].down
         assert isinstance(up, ColumnParallelLinear8bitLt) and not up.gather_output
@@ -220,8 +240,12 @@ def check_sharded_mlp(rng, device, rank, world):
         if threshold == 0.0:
             assert torch.equal(y, y_ref)
         else:  # a hidden value can round differently in float16: compare at the output's scale
-            np.testing.assert_allclose(f64(y), f64(y_ref), rtol=0, atol=4 * 2.0**-11 * np.abs(f64(y_ref)).max())
-        np.testing.assert_allclose(f64(gx), f64(gx_ref), rtol=0, atol=4 * 2.0**-11 * np.abs(f64(gx_ref)).max())
+            np.testing.assert_allclose(
+                f64(y), f64(y_ref), rtol=0, atol=4 * 2.0**-11 * np.abs(f64(y_ref)).max()
+            )
+        np.testing.assert_allclose(
+            f64(gx), f64(gx_ref), rtol=0, atol=4 * 2.0**-11 * np.abs(f64(gx_ref)).max()
+        )
     # Patterns name layers (whole name or last component), not the containers around them.
     for plan in ({"up_proj": "column"}, {"0": "column"}):
         with pytest.raises(ValueError, match="match no Linear8bitLt"):
@@ -246,7 +270,10 @@ def check_bad_arguments(rng, device, rank, world):
         shard_linear8bit(Linear8bitLt(K, N, has_fp16_weights=True).to(device), style="row")
     with pytest.raises(TypeError, match="Linear8bitLt"):
         shard_linear8bit(torch.nn.Linear(K, N), style="row")
-    col, row = shard_linear8bit(layer, style="column"), shard_linear8bit(layer, style="row", input_is_parallel=True)
+    col, row = (
+        shard_linear8bit(layer, style="column"),
+        shard_linear8bit(layer, style="row", input_is_parallel=True),
+    )
     with pytest.raises(ValueError, match=f"{K} features"):
         col(torch.randn(2, K - 1, device=device))
     with pytest.raises(ValueError, match=f"{K // world} features"):
@@ -255,7 +282,13 @@ def check_bad_arguments(rng, device, rank, world):
         row(torch.ones(2, K // world, dtype=torch.int32, device=device))
 
 
-CHECKS = [check_column_parallel, check_row_parallel, check_nonfinite_rows, check_sharded_mlp, check_bad_arguments]
+CHECKS = [
+    check_column_parallel,
+    check_row_parallel,
+    check_nonfinite_rows,
+    check_sharded_mlp,
+    check_bad_arguments,
+]
 
 
 def _worker(rank: int, world: int, backend: str, init_method: str, seed: int) -> None:
@@ -264,8 +297,13 @@ def _worker(rank: int, world: int, backend: str, init_method: str, seed: int) ->
     if backend == "nccl":
         device = torch.device("cuda", rank)
         torch.cuda.set_device(device)
-    dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=120))
+    dist.init_process_group(
+        backend,
+        init_method=init_method,
+        rank=rank,
+        world_size=world,
+        timeout=datetime.timedelta(seconds=120),
+    )
     try:
         for i, check in enumerate(CHECKS):
             rng = np.random.default_rng([seed, world, i])  # the same on every rank
@@ -273,8 +311,10 @@ def _worker(rank: int, world: int, backend: str, init_method: str, seed: int) ->
             try:
                 check(rng, device, rank, world)
             except Exception as e:
-                raise AssertionError(f"{check.__name__} failed on rank {rank} of {world} ({backend}, "
-                                     f"LT8_SEED={seed}): {e}") from e
+                raise AssertionError(
+                    f"{check.__name__} failed on rank {rank} of {world} ({backend}, "
+                    f"LT8_SEED={seed}): {e}"
+                ) from e
     finally:
         dist.destroy_process_group()
 
@@ -318,10 +358,18 @@ def _every_op(x, CB, SCB, bias, g) -> list:
     ops = torch.ops.lt8
     q, rs, mask = ops.quantize_rows(x, THRESHOLD)
     acc = ops.int8_gemm(q, CB)
-    return [q, rs, mask, acc, ops.dequant_epilogue(acc, rs, SCB, bias),
-            ops.int8_linear(x, CB, SCB, bias, 0.0), ops.int8_linear(x, CB, SCB, bias, THRESHOLD),
-            ops.int8_weight_linear(x, CB, SCB, bias), ops.int8_linear_grad_input(g, CB, SCB),
-            ops.transform_layout(CB, N, K, "row", "col32")]
+    return [
+        q,
+        rs,
+        mask,
+        acc,
+        ops.dequant_epilogue(acc, rs, SCB, bias),
+        ops.int8_linear(x, CB, SCB, bias, 0.0),
+        ops.int8_linear(x, CB, SCB, bias, THRESHOLD),
+        ops.int8_weight_linear(x, CB, SCB, bias),
+        ops.int8_linear_grad_input(g, CB, SCB),
+        ops.transform_layout(CB, N, K, "row", "col32"),
+    ]
 
 
 @pytest.mark.cuda
@@ -333,9 +381,13 @@ def test_cuda1_matches_cpu(rng):
     dev = torch.device("cuda", 1)
     W = torch.from_numpy(rng.standard_normal((N, K)).astype(np.float32) * 0.05)
     CB, SCB, _ = torch.ops.lt8.quantize_rows(W, 0.0)
-    inputs = (activations(rng, (37, K), 4, torch.float16, "cpu"), CB, SCB,
-              torch.from_numpy(rng.standard_normal(N).astype(np.float32)).half(),
-              torch.from_numpy(rng.standard_normal((37, N)).astype(np.float32)).half())
+    inputs = (
+        activations(rng, (37, K), 4, torch.float16, "cpu"),
+        CB,
+        SCB,
+        torch.from_numpy(rng.standard_normal(N).astype(np.float32)).half(),
+        torch.from_numpy(rng.standard_normal((37, N)).astype(np.float32)).half(),
+    )
     cpu = _every_op(*inputs)
 
     def check(gpu, how):
@@ -396,7 +448,10 @@ def test_model_split_across_two_gpus(rng):
 
     def blocks():
         local = np.random.default_rng([SEED, 7])
-        return [torch.nn.Sequential(quantized_layer(local, K, K, THRESHOLD, "cpu"), torch.nn.ReLU()) for _ in range(4)]
+        return [
+            torch.nn.Sequential(quantized_layer(local, K, K, THRESHOLD, "cpu"), torch.nn.ReLU())
+            for _ in range(4)
+        ]
 
     cpu_model = torch.nn.Sequential(*blocks())
     split = torch.nn.Sequential(*[_OnDevice(b, f"cuda:{i // 2}") for i, b in enumerate(blocks())])

@@ -10,12 +10,12 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from conftest import require_cuda
+from reference import grad_input_ref, linear_ref
 
 import lt8
 from lt8.nn import Int8Params, Linear8bitLt
 from lt8.torch import replace_linear
-from reference import grad_input_ref, linear_ref
-from conftest import require_cuda
 
 
 def quantized_pair(in_f, out_f, device, threshold=6.0, bias=True, dtype=torch.float32):
@@ -44,8 +44,12 @@ def test_forward_and_input_grad_match_reference(device, dtype, threshold):
     out = q(x)
     assert out.dtype == dtype and out.shape == (2, 5, 48)
     CB, SCB = q.weight.data.cpu().numpy(), q.weight.SCB.cpu().numpy()
-    ref = linear_ref(x.detach().cpu().double().numpy(), CB, SCB, q.bias.detach().cpu().numpy(), threshold)
-    tol = {torch.float16: 4e-3, torch.bfloat16: 3e-2, torch.float32: 1e-4}[dtype] * (np.abs(ref).max() + 1)
+    ref = linear_ref(
+        x.detach().cpu().double().numpy(), CB, SCB, q.bias.detach().cpu().numpy(), threshold
+    )
+    tol = {torch.float16: 4e-3, torch.bfloat16: 3e-2, torch.float32: 1e-4}[dtype] * (
+        np.abs(ref).max() + 1
+    )
     np.testing.assert_allclose(out.detach().cpu().double().numpy(), ref, atol=tol, rtol=0)
     g = torch.randn_like(out)
     out.backward(g)
@@ -80,8 +84,12 @@ def test_training_mode_gradients(device):
     q(x).pow(2).sum().backward()
     fp(x).pow(2).sum().backward()
     # Ordinary gradients of x @ W.T + b evaluated at the int8 forward: close to fp32's.
-    assert torch.allclose(q.weight.grad, fp.weight.grad, rtol=0.05, atol=0.05 * fp.weight.grad.abs().max().item())
-    assert torch.allclose(q.bias.grad, fp.bias.grad, rtol=0.05, atol=0.05 * fp.bias.grad.abs().max().item())
+    assert torch.allclose(
+        q.weight.grad, fp.weight.grad, rtol=0.05, atol=0.05 * fp.weight.grad.abs().max().item()
+    )
+    assert torch.allclose(
+        q.bias.grad, fp.bias.grad, rtol=0.05, atol=0.05 * fp.bias.grad.abs().max().item()
+    )
     # The weight stays float and trains.
     opt = torch.optim.SGD(q.parameters(), lr=0.1)
     before = q.weight.detach().clone()
@@ -95,7 +103,9 @@ def test_int8_weight_is_resident_and_half_of_fp16(device):
     assert q.weight.SCB.dtype == torch.float32 and q.weight.SCB.shape == (64,)
     assert q.state.CB is q.weight.data or torch.equal(q.state.CB, q.weight.data)
     fp16_bytes = 1024 * 64 * 2
-    assert q.weight.numel() * q.weight.element_size() + q.weight.SCB.numel() * 4 <= 0.51 * fp16_bytes
+    assert (
+        q.weight.numel() * q.weight.element_size() + q.weight.SCB.numel() * 4 <= 0.51 * fp16_bytes
+    )
     assert not q.weight.requires_grad
 
 
@@ -151,7 +161,9 @@ def test_load_tiled_checkpoint(device):
     for order, code in (("col_turing", 2), ("col_ampere", 3), ("col32", 1)):
         tiled, _ = lt8.functional.transform(sd["weight"], to_order=order)
         q2 = quantized_pair(40, 70, device)[1]
-        q2.load_state_dict(sd | {"weight": tiled, "weight_format": torch.tensor(code, dtype=torch.uint8)})
+        q2.load_state_dict(
+            sd | {"weight": tiled, "weight_format": torch.tensor(code, dtype=torch.uint8)}
+        )
         assert torch.equal(q2.weight.data, q.weight.data)
 
 
@@ -167,7 +179,9 @@ def test_replace_linear(device):
         def __init__(self):
             super().__init__()
             self.body = torch.nn.Sequential(
-                torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Sequential(torch.nn.Linear(32, 32))
+                torch.nn.Linear(16, 32),
+                torch.nn.ReLU(),
+                torch.nn.Sequential(torch.nn.Linear(32, 32)),
             )
             self.lm_head = torch.nn.Linear(32, 8)
 
@@ -193,7 +207,9 @@ def test_torch_compile(device, fullgraph):
     x = with_outliers(torch.randn(8, 64)).to(device=device, dtype=torch.float16)
     with torch.no_grad():
         ref = net(x)
-        compiled = torch.compile(net, fullgraph=fullgraph, backend="inductor" if device == "cuda" else "aot_eager")
+        compiled = torch.compile(
+            net, fullgraph=fullgraph, backend="inductor" if device == "cuda" else "aot_eager"
+        )
         out = compiled(x)
     torch.testing.assert_close(out, ref, rtol=0, atol=0)
     # Gradients through the compiled graph equal eager ones.
@@ -209,7 +225,9 @@ def test_torch_compile(device, fullgraph):
 def test_torch_compile_cuda_modes(mode):
     require_cuda()
     torch.compiler.reset()
-    net = torch.nn.Sequential(*[quantized_pair(256, 256, "cuda", threshold=6.0)[1] for _ in range(4)])
+    net = torch.nn.Sequential(
+        *[quantized_pair(256, 256, "cuda", threshold=6.0)[1] for _ in range(4)]
+    )
     x = with_outliers(torch.randn(16, 256)).to(device="cuda", dtype=torch.float16)
     with torch.no_grad():
         ref = net(x)
@@ -234,7 +252,9 @@ def test_cuda_graph_capture():
     with torch.cuda.graph(g), torch.no_grad():
         static_out = q(static_x)
     for _ in range(3):
-        new_x = with_outliers(torch.randn(4, 512), cols=(5, 99)).to(device="cuda", dtype=torch.float16)
+        new_x = with_outliers(torch.randn(4, 512), cols=(5, 99)).to(
+            device="cuda", dtype=torch.float16
+        )
         static_x.copy_(new_x)
         g.replay()
         torch.cuda.synchronize()

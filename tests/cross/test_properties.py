@@ -16,17 +16,30 @@ torch = pytest.importorskip("torch")
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
+from reference import (  # noqa: E402  # noqa: E402
+    dequant_epilogue_ref,
+    grad_input_ref,
+    linear_error_bound,
+    linear_ref,
+    quantize_rows_ref,
+    weight_linear_ref,
+)
 
 import lt8.torch  # noqa: E402,F401
-from reference import grad_input_ref, linear_ref, quantize_rows_ref  # noqa: E402
-from reference import dequant_epilogue_ref, linear_error_bound, weight_linear_ref  # noqa: E402
 
 EXAMPLES = int(os.environ.get("LT8_HYPOTHESIS_EXAMPLES", "25"))
-PROFILE = settings(max_examples=EXAMPLES, deadline=None, derandomize=False,
-                   suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+PROFILE = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=False,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 # (dtype, relative rounding, largest value used, absolute rounding of subnormal outputs)
-DTYPES = {"f32": (torch.float32, 2.0**-24, 3.0e38, 2.0**-150), "f16": (torch.float16, 2.0**-11, 6.0e4, 2.0**-25),
-          "bf16": (torch.bfloat16, 2.0**-8, 3.0e38, 2.0**-134)}
+DTYPES = {
+    "f32": (torch.float32, 2.0**-24, 3.0e38, 2.0**-150),
+    "f16": (torch.float16, 2.0**-11, 6.0e4, 2.0**-25),
+    "bf16": (torch.bfloat16, 2.0**-8, 3.0e38, 2.0**-134),
+}
 
 
 @st.composite
@@ -43,7 +56,9 @@ def activations(draw):
     elif kind == "heavy":
         x = rng.standard_t(1.5, (M, K)) * 3  # Student-t: many large values, many outlier columns
     elif kind == "all_outliers":
-        x = np.sign(rng.standard_normal((M, K)) + 0.1) * (max(threshold, 1.0) + rng.exponential(5, (M, K)))
+        x = np.sign(rng.standard_normal((M, K)) + 0.1) * (
+            max(threshold, 1.0) + rng.exponential(5, (M, K))
+        )
     elif kind == "zero_rows":
         x = rng.standard_normal((M, K))
         x[rng.random(M) < 0.5] = 0
@@ -86,9 +101,16 @@ def test_int8_linear_property(device, case, N, with_bias):
     W = torch.from_numpy((rng.standard_normal((N, K)) * rng.uniform(0.01, 1)).astype(np.float32))
     CB, SCB, _ = torch.ops.lt8.quantize_rows(W, 0.0)
     bias = torch.from_numpy(rng.standard_normal(N).astype(np.float32)) if with_bias else None
-    out = torch.ops.lt8.int8_linear(x.to(device), CB.to(device), SCB.to(device),
-                                    None if bias is None else bias.to(device), threshold).cpu()
-    ref = linear_ref(f64(x), CB.numpy(), SCB.numpy(), None if bias is None else bias.numpy(), threshold)
+    out = torch.ops.lt8.int8_linear(
+        x.to(device),
+        CB.to(device),
+        SCB.to(device),
+        None if bias is None else bias.to(device),
+        threshold,
+    ).cpu()
+    ref = linear_ref(
+        f64(x), CB.numpy(), SCB.numpy(), None if bias is None else bias.numpy(), threshold
+    )
     assert out.shape == (M, N) and out.dtype == x.dtype
     assert np.isfinite(f64(out)).all()
     # Bound: float32 accumulation (products summed in float32), one rounding to the output
@@ -99,7 +121,9 @@ def test_int8_linear_property(device, case, N, with_bias):
     # quantize one step away from the float64 reference. Account for exactly those elements.
     q, scale, _ = torch.ops.lt8.quantize_rows(x, threshold)
     q_ref, _, _ = quantize_rows_ref(f64(x), threshold)
-    steps = np.abs(q.numpy().astype(np.float64) - q_ref) * (scale.numpy().astype(np.float64)[:, None] / 127)
+    steps = np.abs(q.numpy().astype(np.float64) - q_ref) * (
+        scale.numpy().astype(np.float64)[:, None] / 127
+    )
     flips = steps @ Wd.T
     tol = (K + 4) * 2.0**-23 * S + 2 * DTYPES[dtype][1] * np.abs(ref) + flips + DTYPES[dtype][3]
     assert np.all(np.abs(f64(out) - ref) <= tol)
@@ -126,7 +150,9 @@ def test_int8_gemm_property(device, M, N, K, seed):
     rng = np.random.default_rng(seed)
     A = rng.integers(-127, 128, (M, K), dtype=np.int8)
     B = rng.integers(-127, 128, (N, K), dtype=np.int8)
-    C = torch.ops.lt8.int8_gemm(torch.from_numpy(A).to(device), torch.from_numpy(B).to(device)).cpu()
+    C = torch.ops.lt8.int8_gemm(
+        torch.from_numpy(A).to(device), torch.from_numpy(B).to(device)
+    ).cpu()
     np.testing.assert_array_equal(C.numpy(), A.astype(np.int64) @ B.astype(np.int64).T)
 
 
@@ -142,7 +168,9 @@ def _values(rng, shape, kind, threshold, dtype):
     elif kind == "heavy":
         x = rng.standard_t(1.5, shape) * 3  # Student-t: many large values, many outlier columns
     elif kind == "all_outliers":
-        x = np.sign(rng.standard_normal(shape) + 0.1) * (max(threshold, 1.0) + rng.exponential(5, shape))
+        x = np.sign(rng.standard_normal(shape) + 0.1) * (
+            max(threshold, 1.0) + rng.exponential(5, shape)
+        )
     elif kind == "zero_rows":
         x = rng.standard_normal(shape)
         flat = x.reshape(-1, K)
@@ -162,7 +190,9 @@ def _values(rng, shape, kind, threshold, dtype):
 def nd_activations(draw, max_rows: int = 24, max_k: int = 140):
     """(x float32 numpy of shape (*lead, K), dtype name, threshold, rng): lead has 0 to 3
     dimensions (0 included: empty batches), K from 1 to max_k."""
-    lead = tuple(draw(st.lists(st.integers(0, 5), max_size=3).filter(lambda d: int(np.prod(d)) <= max_rows)))
+    lead = tuple(
+        draw(st.lists(st.integers(0, 5), max_size=3).filter(lambda d: int(np.prod(d)) <= max_rows))
+    )
     K = draw(st.integers(1, max_k))
     dtype = draw(st.sampled_from(sorted(DTYPES)))
     kind = draw(st.sampled_from(["normal", "heavy", "all_outliers", "zero_rows", "few_outliers"]))
@@ -193,17 +223,26 @@ def test_int8_linear_nd_and_module_property(device, case, N, with_bias):
     CB, SCB = _int8_weight(rng, N, x.shape[-1])
     bias = rng.standard_normal(N).astype(np.float32) if with_bias else None
     xt = _torch(x, dtype, device)
-    args = (torch.from_numpy(CB).to(device), torch.from_numpy(SCB).to(device),
-            None if bias is None else torch.from_numpy(bias).to(device))
+    args = (
+        torch.from_numpy(CB).to(device),
+        torch.from_numpy(SCB).to(device),
+        None if bias is None else torch.from_numpy(bias).to(device),
+    )
     out = torch.ops.lt8.int8_linear(xt, *args, threshold)
     assert out.shape == (*x.shape[:-1], N) and out.dtype == xt.dtype
-    flat = torch.ops.lt8.int8_linear(xt.reshape(math.prod(x.shape[:-1]), x.shape[-1]), *args, threshold)
+    flat = torch.ops.lt8.int8_linear(
+        xt.reshape(math.prod(x.shape[:-1]), x.shape[-1]), *args, threshold
+    )
     assert torch.equal(out.reshape(flat.shape), flat)
     q, _, _ = torch.ops.lt8.quantize_rows(xt, threshold)
     ref = linear_ref(f64(xt), CB, SCB, bias, threshold)
-    bound = linear_error_bound(f64(xt), CB, SCB, ref, DTYPES[dtype][1] / 2, DTYPES[dtype][3], threshold, q.cpu().numpy())
+    bound = linear_error_bound(
+        f64(xt), CB, SCB, ref, DTYPES[dtype][1] / 2, DTYPES[dtype][3], threshold, q.cpu().numpy()
+    )
     assert np.all(np.abs(f64(out) - ref) <= bound)
-    layer = lt8.nn.Linear8bitLt(x.shape[-1], N, bias=with_bias, has_fp16_weights=False, threshold=threshold)
+    layer = lt8.nn.Linear8bitLt(
+        x.shape[-1], N, bias=with_bias, has_fp16_weights=False, threshold=threshold
+    )
     layer.weight = lt8.nn.Int8Params(args[0], requires_grad=False, SCB=args[1])
     if with_bias:
         layer.bias = torch.nn.Parameter(args[2])
@@ -219,44 +258,70 @@ def test_weight_linear_property(device, case, N, with_bias):
     CB, SCB = _int8_weight(rng, N, x.shape[-1])
     bias = rng.standard_normal(N).astype(np.float32) if with_bias else None
     xt = _torch(x, dtype, device)
-    out = torch.ops.lt8.int8_weight_linear(xt, torch.from_numpy(CB).to(device), torch.from_numpy(SCB).to(device),
-                                           None if bias is None else torch.from_numpy(bias).to(device))
+    out = torch.ops.lt8.int8_weight_linear(
+        xt,
+        torch.from_numpy(CB).to(device),
+        torch.from_numpy(SCB).to(device),
+        None if bias is None else torch.from_numpy(bias).to(device),
+    )
     ref = weight_linear_ref(f64(xt), CB, SCB, bias)
     assert out.shape == ref.shape and out.dtype == xt.dtype
-    assert np.all(np.abs(f64(out) - ref) <= linear_error_bound(f64(xt), CB, SCB, ref, DTYPES[dtype][1] / 2,
-                                                               DTYPES[dtype][3]))
+    assert np.all(
+        np.abs(f64(out) - ref)
+        <= linear_error_bound(f64(xt), CB, SCB, ref, DTYPES[dtype][1] / 2, DTYPES[dtype][3])
+    )
 
 
 @PROFILE
-@given(st.lists(st.integers(0, 5), max_size=3), st.integers(0, 90), st.sampled_from(sorted(DTYPES)),
-       st.integers(0, 2**32 - 1))
+@given(
+    st.lists(st.integers(0, 5), max_size=3),
+    st.integers(0, 90),
+    st.sampled_from(sorted(DTYPES)),
+    st.integers(0, 2**32 - 1),
+)
 def test_dequantize_rows_property(device, lead, K, dtype, seed):
     rng = np.random.default_rng(seed)
     q = rng.integers(-127, 128, (*lead, K), dtype=np.int8)
-    scale = np.asarray(rng.exponential(2, lead) * (rng.random(lead) < 0.9), np.float32).reshape(lead)  # some 0
-    out = torch.ops.lt8.dequantize_rows(torch.from_numpy(q).to(device), torch.from_numpy(scale).to(device),
-                                        DTYPES[dtype][0])
+    scale = np.asarray(rng.exponential(2, lead) * (rng.random(lead) < 0.9), np.float32).reshape(
+        lead
+    )  # some 0
+    out = torch.ops.lt8.dequantize_rows(
+        torch.from_numpy(q).to(device), torch.from_numpy(scale).to(device), DTYPES[dtype][0]
+    )
     ref = q.astype(np.float64) * scale.astype(np.float64)[..., None] / 127
     eps, tiny = DTYPES[dtype][1] / 2, DTYPES[dtype][3]
     assert np.all(np.abs(f64(out) - ref) <= (4 * 2.0**-24 + 2 * eps) * np.abs(ref) + tiny)
 
 
 @PROFILE
-@given(st.lists(st.integers(0, 5), max_size=2), st.integers(0, 40), st.integers(0, 70), st.booleans(),
-       st.sampled_from(sorted(DTYPES)), st.integers(0, 2**32 - 1))
+@given(
+    st.lists(st.integers(0, 5), max_size=2),
+    st.integers(0, 40),
+    st.integers(0, 70),
+    st.booleans(),
+    st.sampled_from(sorted(DTYPES)),
+    st.integers(0, 2**32 - 1),
+)
 def test_gemm_and_dequant_epilogue_property(device, lead, N, K, with_bias, dtype, seed):
     """int8 GEMM exact over leading dimensions; its dequantization within a few float32 roundings."""
     rng = np.random.default_rng(seed)
     A = rng.integers(-127, 128, (*lead, K), dtype=np.int8)
     B = rng.integers(-127, 128, (N, K), dtype=np.int8)
     C = torch.ops.lt8.int8_gemm(torch.from_numpy(A).to(device), torch.from_numpy(B).to(device))
-    C_ref = (A.astype(np.int64).reshape(math.prod(lead), K) @ B.astype(np.int64).T).reshape(*lead, N)
+    C_ref = (A.astype(np.int64).reshape(math.prod(lead), K) @ B.astype(np.int64).T).reshape(
+        *lead, N
+    )
     np.testing.assert_array_equal(C.cpu().numpy(), C_ref)
     rs = np.asarray(rng.exponential(3, lead), np.float32).reshape(lead)
     cs = rng.exponential(0.1, N).astype(np.float32)
     bias = rng.standard_normal(N).astype(np.float32) if with_bias else None
-    out = torch.ops.lt8.dequant_epilogue(C, torch.from_numpy(rs).to(device), torch.from_numpy(cs).to(device),
-                                         None if bias is None else torch.from_numpy(bias).to(device), DTYPES[dtype][0])
+    out = torch.ops.lt8.dequant_epilogue(
+        C,
+        torch.from_numpy(rs).to(device),
+        torch.from_numpy(cs).to(device),
+        None if bias is None else torch.from_numpy(bias).to(device),
+        DTYPES[dtype][0],
+    )
     ref = dequant_epilogue_ref(C_ref, rs, cs, bias)
     d = np.abs(dequant_epilogue_ref(C_ref, rs, cs)) + (0 if bias is None else np.abs(bias))
     eps, tiny = DTYPES[dtype][1] / 2, DTYPES[dtype][3]
@@ -264,8 +329,12 @@ def test_gemm_and_dequant_epilogue_property(device, lead, N, K, with_bias, dtype
 
 
 @PROFILE
-@given(st.integers(0, 70), st.integers(0, 70), st.sampled_from(["col32", "col_turing", "col_ampere"]),
-       st.integers(0, 2**32 - 1))
+@given(
+    st.integers(0, 70),
+    st.integers(0, 70),
+    st.sampled_from(["col32", "col_turing", "col_ampere"]),
+    st.integers(0, 2**32 - 1),
+)
 def test_transform_layout_property(device, rows, cols, order, seed):
     from lt8.core.layouts import to_layout_reference
 
@@ -283,10 +352,16 @@ def fp16_range(draw):
     M, K, N = draw(st.integers(1, 20)), draw(st.integers(1, 150)), draw(st.integers(1, 40))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     top = draw(st.sampled_from([6.0e4, 65504.0, 3.0e4]))
-    x = rng.choice([-1.0, 1.0], (M, K)) * rng.uniform(0, top, (M, K)) ** draw(st.sampled_from([1.0, 0.5]))
+    x = rng.choice([-1.0, 1.0], (M, K)) * rng.uniform(0, top, (M, K)) ** draw(
+        st.sampled_from([1.0, 0.5])
+    )
     x *= top / max(np.abs(x).max(), 1.0)
     W = rng.uniform(-0.9, 0.9, (N, K)) / K
-    return x.astype(np.float16), W.astype(np.float32), draw(st.sampled_from([0.0, 6.0, 1.0e3, 7.0e4]))
+    return (
+        x.astype(np.float16),
+        W.astype(np.float32),
+        draw(st.sampled_from([0.0, 6.0, 1.0e3, 7.0e4])),
+    )
 
 
 @PROFILE
@@ -297,21 +372,26 @@ def test_fp16_range_property(device, case):
     CB, SCB = (t.numpy() for t in torch.ops.lt8.quantize_rows(torch.from_numpy(W), 0.0)[:2])
     xt = torch.from_numpy(x).to(device)
     q, _, _ = torch.ops.lt8.quantize_rows(xt, threshold)
-    out = f64(torch.ops.lt8.int8_linear(xt, torch.from_numpy(CB).to(device), torch.from_numpy(SCB).to(device),
-                                        None, threshold))
+    out = f64(
+        torch.ops.lt8.int8_linear(
+            xt, torch.from_numpy(CB).to(device), torch.from_numpy(SCB).to(device), None, threshold
+        )
+    )
     ref = linear_ref(x, CB, SCB, None, threshold)
     assert np.isfinite(out).all()
-    assert np.all(np.abs(out - ref) <= linear_error_bound(x, CB, SCB, ref, 2.0**-11, 2.0**-24, threshold,
-                                                          q.cpu().numpy()))
+    assert np.all(
+        np.abs(out - ref)
+        <= linear_error_bound(x, CB, SCB, ref, 2.0**-11, 2.0**-24, threshold, q.cpu().numpy())
+    )
 
 
 # --- JAX: the same properties through lt8.jax ---------------------------------------------------------
 
 jax = pytest.importorskip("jax")
 import jax.numpy as jnp  # noqa: E402
+from jax_helpers import platform  # noqa: E402,F401
 
 import lt8.jax as lj  # noqa: E402
-from jax_helpers import platform  # noqa: E402,F401
 
 JAX_DTYPES = {"f32": jnp.float32, "f16": jnp.float16, "bf16": jnp.bfloat16}
 
@@ -355,33 +435,53 @@ def test_jax_linear_and_grad_property(platform, case, N, with_bias):
     ref = linear_ref(j64(xj), CB, SCB, b, threshold)
     q, _, _ = lj.int8_vectorwise_quant(xj, threshold)
     assert out.shape == ref.shape and out.dtype == xj.dtype
-    assert np.all(np.abs(j64(out) - ref) <= linear_error_bound(j64(xj), CB, SCB, ref, eps, tiny, threshold, np.asarray(q)))
+    assert np.all(
+        np.abs(j64(out) - ref)
+        <= linear_error_bound(j64(xj), CB, SCB, ref, eps, tiny, threshold, np.asarray(q))
+    )
     ref_w = weight_linear_ref(j64(xj), CB, SCB, b)
     out_w = lj.weight_linear(xj, CB, SCB, bias)
-    assert np.all(np.abs(j64(out_w) - ref_w) <= linear_error_bound(j64(xj), CB, SCB, ref_w, eps, tiny))
+    assert np.all(
+        np.abs(j64(out_w) - ref_w) <= linear_error_bound(j64(xj), CB, SCB, ref_w, eps, tiny)
+    )
     g = _jax(rng.standard_normal(out.shape), dtype)
     (gx,) = vjp(g)
     ref_g = grad_input_ref(j64(g), CB, SCB)
-    S = np.abs(j64(g)).reshape(math.prod(g.shape[:-1]), N) @ np.abs(CB.astype(np.float64) * SCB[:, None] / 127)
+    S = np.abs(j64(g)).reshape(math.prod(g.shape[:-1]), N) @ np.abs(
+        CB.astype(np.float64) * SCB[:, None] / 127
+    )
     bound = (N + 4) * 2.0**-23 * S.reshape(ref_g.shape) + 2 * eps * np.abs(ref_g) + tiny
     assert gx.shape == xj.shape and np.all(np.abs(j64(gx) - ref_g) <= bound)
 
 
 @PROFILE
-@given(st.lists(st.integers(0, 5), max_size=2), st.integers(0, 40), st.integers(0, 70), st.booleans(),
-       st.sampled_from(sorted(DTYPES)), st.integers(0, 2**32 - 1))
+@given(
+    st.lists(st.integers(0, 5), max_size=2),
+    st.integers(0, 40),
+    st.integers(0, 70),
+    st.booleans(),
+    st.sampled_from(sorted(DTYPES)),
+    st.integers(0, 2**32 - 1),
+)
 def test_jax_gemm_and_mm_dequant_property(platform, lead, N, K, with_bias, dtype, seed):
     rng = np.random.default_rng(seed)
     A = rng.integers(-127, 128, (*lead, K), dtype=np.int8)
     B = rng.integers(-127, 128, (N, K), dtype=np.int8)
     C = lj.int8_gemm(jnp.asarray(A), jnp.asarray(B))
-    C_ref = (A.astype(np.int64).reshape(math.prod(lead), K) @ B.astype(np.int64).T).reshape(*lead, N)
+    C_ref = (A.astype(np.int64).reshape(math.prod(lead), K) @ B.astype(np.int64).T).reshape(
+        *lead, N
+    )
     np.testing.assert_array_equal(np.asarray(C), C_ref)
     rs = np.asarray(rng.exponential(3, lead), np.float32).reshape(lead)
     cs = rng.exponential(0.1, N).astype(np.float32)
     bias = rng.standard_normal(N).astype(np.float32) if with_bias else None
-    out = lj.int8_mm_dequant(C, jnp.asarray(rs), jnp.asarray(cs), None if bias is None else jnp.asarray(bias),
-                             dtype=JAX_DTYPES[dtype])
+    out = lj.int8_mm_dequant(
+        C,
+        jnp.asarray(rs),
+        jnp.asarray(cs),
+        None if bias is None else jnp.asarray(bias),
+        dtype=JAX_DTYPES[dtype],
+    )
     ref = dequant_epilogue_ref(C_ref, rs, cs, bias)
     d = np.abs(dequant_epilogue_ref(C_ref, rs, cs)) + (0 if bias is None else np.abs(bias))
     eps, tiny = DTYPES[dtype][1] / 2, DTYPES[dtype][3]
@@ -389,7 +489,12 @@ def test_jax_gemm_and_mm_dequant_property(platform, lead, N, K, with_bias, dtype
 
 
 @PROFILE
-@given(st.integers(0, 40), st.integers(1, 90), st.sampled_from(sorted(DTYPES)), st.integers(0, 2**32 - 1))
+@given(
+    st.integers(0, 40),
+    st.integers(1, 90),
+    st.sampled_from(sorted(DTYPES)),
+    st.integers(0, 2**32 - 1),
+)
 def test_jax_weight_quantization_property(platform, N, K, dtype, seed):
     """quantize_weight is the reference's row quantization; dequantize_weight its inverse."""
     rng = np.random.default_rng(seed)
@@ -406,8 +511,12 @@ def test_jax_weight_quantization_property(platform, N, K, dtype, seed):
 
 
 @PROFILE
-@given(st.integers(0, 70), st.integers(0, 70), st.sampled_from(["col32", "col_turing", "col_ampere"]),
-       st.integers(0, 2**32 - 1))
+@given(
+    st.integers(0, 70),
+    st.integers(0, 70),
+    st.sampled_from(["col32", "col_turing", "col_ampere"]),
+    st.integers(0, 2**32 - 1),
+)
 def test_jax_transform_property(platform, rows, cols, order, seed):
     from lt8.core.layouts import to_layout_reference
 
@@ -428,4 +537,7 @@ def test_jax_fp16_range_property(platform, case):
     out = j64(lj.linear(xj, CB, SCB, None, threshold))
     ref = linear_ref(x, cb, scb, None, threshold)
     assert np.isfinite(out).all()
-    assert np.all(np.abs(out - ref) <= linear_error_bound(x, cb, scb, ref, 2.0**-11, 2.0**-24, threshold, np.asarray(q)))
+    assert np.all(
+        np.abs(out - ref)
+        <= linear_error_bound(x, cb, scb, ref, 2.0**-11, 2.0**-24, threshold, np.asarray(q))
+    )

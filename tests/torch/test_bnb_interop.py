@@ -10,9 +10,9 @@ import os
 
 import pytest
 import torch
+from conftest import require_cuda
 
 import lt8
-from conftest import require_cuda
 
 pytestmark = pytest.mark.cuda
 
@@ -26,8 +26,12 @@ except Exception as err:  # noqa: BLE001 - an import that fails for any reason m
 
 def quantized_layer(nn_mod, fp: torch.nn.Linear, threshold: float):
     """`fp`'s weights in `nn_mod`.Linear8bitLt (bitsandbytes.nn or lt8.nn), quantized on CUDA."""
-    m = nn_mod.Linear8bitLt(fp.in_features, fp.out_features, True, has_fp16_weights=False, threshold=threshold)
-    m.weight = nn_mod.Int8Params(fp.weight.data.clone(), requires_grad=False, has_fp16_weights=False)
+    m = nn_mod.Linear8bitLt(
+        fp.in_features, fp.out_features, True, has_fp16_weights=False, threshold=threshold
+    )
+    m.weight = nn_mod.Int8Params(
+        fp.weight.data.clone(), requires_grad=False, has_fp16_weights=False
+    )
     m.bias = torch.nn.Parameter(fp.bias.data.clone())
     return m.cuda()
 
@@ -99,5 +103,9 @@ def test_bnb_functional_primitives_agree():
     q_theirs, s_theirs, cols_theirs = bnb.functional.int8_vectorwise_quant(A, threshold=6.0)
     assert torch.equal(cols_ours.cpu(), cols_theirs.cpu())
     B = torch.randint(-127, 128, (70, 130), dtype=torch.int8, device="cuda")
-    torch.testing.assert_close(lt8.functional.int8_linear_matmul(q_theirs, B),
-                               bnb.functional.int8_linear_matmul(q_theirs, B), rtol=0, atol=0)
+    torch.testing.assert_close(
+        lt8.functional.int8_linear_matmul(q_theirs, B),
+        bnb.functional.int8_linear_matmul(q_theirs, B),
+        rtol=0,
+        atol=0,
+    )

@@ -14,14 +14,18 @@ import pytest
 torch = pytest.importorskip("torch")
 jax = pytest.importorskip("jax")
 import jax.numpy as jnp  # noqa: E402
-
-import lt8.torch  # noqa: E402,F401
-from lt8.jax import Dense8bit, ops as jops  # noqa: E402
 from conftest import require_cuda  # noqa: E402
 from jax_helpers import gpu_device  # noqa: E402
 
-DTYPES = [("f32", torch.float32, jnp.float32), ("f16", torch.float16, jnp.float16),
-          ("bf16", torch.bfloat16, jnp.bfloat16)]
+import lt8.torch  # noqa: E402,F401
+from lt8.jax import Dense8bit  # noqa: E402
+from lt8.jax import ops as jops
+
+DTYPES = [
+    ("f32", torch.float32, jnp.float32),
+    ("f16", torch.float16, jnp.float16),
+    ("bf16", torch.bfloat16, jnp.bfloat16),
+]
 
 
 @pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
@@ -74,21 +78,34 @@ def test_ops_bit_identical(devices, rng, dt, threshold):
     CB, SCB = quantized_weight(rng, N, K)
     bias_t = torch.from_numpy(rng.standard_normal(N).astype(np.float32)).to(dt[1])
     put = lambda a: jax.device_put(a, jdev)  # noqa: E731
-    CBj, SCBj, biasj = put(jnp.asarray(CB.numpy())), put(jnp.asarray(SCB.numpy())), put(jnp.asarray(bias_t.float().numpy(), dt[2]))
+    CBj, SCBj, biasj = (
+        put(jnp.asarray(CB.numpy())),
+        put(jnp.asarray(SCB.numpy())),
+        put(jnp.asarray(bias_t.float().numpy(), dt[2])),
+    )
     xt, xj = xt.to(tdev), put(xj)
     CBt, SCBt, biast = CB.to(tdev), SCB.to(tdev), bias_t.to(tdev)
 
     # quantization
-    for a, b in zip(torch.ops.lt8.quantize_rows(xt, threshold), jops.int8_vectorwise_quant(xj, threshold)):
-        assert_same_bits(a.to(torch.uint8) if a.dtype == torch.bool else a, b.astype(jnp.uint8) if b.dtype == jnp.bool_ else b)
+    for a, b in zip(
+        torch.ops.lt8.quantize_rows(xt, threshold), jops.int8_vectorwise_quant(xj, threshold)
+    ):
+        assert_same_bits(
+            a.to(torch.uint8) if a.dtype == torch.bool else a,
+            b.astype(jnp.uint8) if b.dtype == jnp.bool_ else b,
+        )
     # weight quantization from the same float weight
     Wt = torch.randn(N, K).to(dt[1])
-    for a, b in zip(lt8.torch.functional.quantize_weight(Wt.to(tdev)),
-                    jops.quantize_weight(put(jnp.asarray(Wt.float().numpy(), dt[2])))):
+    for a, b in zip(
+        lt8.torch.functional.quantize_weight(Wt.to(tdev)),
+        jops.quantize_weight(put(jnp.asarray(Wt.float().numpy(), dt[2]))),
+    ):
         assert_same_bits(a, b)
     # int8 GEMM
     q = torch.ops.lt8.quantize_rows(xt, threshold)[0]
-    assert_same_bits(torch.ops.lt8.int8_gemm(q, CBt), jops.int8_gemm(put(jnp.asarray(q.cpu().numpy())), CBj))
+    assert_same_bits(
+        torch.ops.lt8.int8_gemm(q, CBt), jops.int8_gemm(put(jnp.asarray(q.cpu().numpy())), CBj)
+    )
     # fused linear forward and input gradient
     out_t = torch.ops.lt8.int8_linear(xt, CBt, SCBt, biast, threshold)
     out_j = jax.jit(lambda x: jops.linear(x, CBj, SCBj, biasj, threshold=threshold))(xj)
@@ -99,8 +116,10 @@ def test_ops_bit_identical(devices, rng, dt, threshold):
     _, vjp = jax.vjp(lambda x: jops.linear(x, CBj, SCBj, biasj, threshold=threshold), xj)
     assert_same_bits(gx_t, vjp(gj)[0])
     # weight-only path
-    assert_same_bits(torch.ops.lt8.int8_weight_linear(xt, CBt, SCBt, biast),
-                     jops.weight_linear(xj, CBj, SCBj, biasj))
+    assert_same_bits(
+        torch.ops.lt8.int8_weight_linear(xt, CBt, SCBt, biast),
+        jops.weight_linear(xj, CBj, SCBj, biasj),
+    )
 
 
 def test_layouts_bit_identical(devices, rng):
@@ -122,7 +141,9 @@ class TorchBlock(torch.nn.Module):
 
     def forward(self, x):
         q, k, v = self.q(x), self.k(x), self.v(x)
-        att = torch.softmax((q.float() @ k.float().transpose(-1, -2)) / q.shape[-1] ** 0.5, -1).to(x.dtype)
+        att = torch.softmax((q.float() @ k.float().transpose(-1, -2)) / q.shape[-1] ** 0.5, -1).to(
+            x.dtype
+        )
         h = x + self.o(att @ v)
         return h + self.down(torch.relu(self.up(h)))
 
@@ -130,7 +151,10 @@ class TorchBlock(torch.nn.Module):
 def jax_block(params, x, threshold):
     lin = lambda name, h: jops.linear(h, *params[name], threshold=threshold)  # noqa: E731
     q, k, v = lin("q", x), lin("k", x), lin("v", x)
-    att = jax.nn.softmax((q.astype(jnp.float32) @ jnp.swapaxes(k.astype(jnp.float32), -1, -2)) / q.shape[-1] ** 0.5, -1).astype(x.dtype)
+    att = jax.nn.softmax(
+        (q.astype(jnp.float32) @ jnp.swapaxes(k.astype(jnp.float32), -1, -2)) / q.shape[-1] ** 0.5,
+        -1,
+    ).astype(x.dtype)
     h = x + lin("o", att @ v)
     return h + lin("down", jax.nn.relu(lin("up", h)))
 
@@ -149,16 +173,25 @@ def test_model_from_one_checkpoint(devices, rng, dt, threshold):
     sd = model.state_dict()
     params = {}
     for name in ("q", "k", "v", "o", "up", "down"):
-        variables = Dense8bit.variables_from_torch({k[len(name) + 1:]: v for k, v in sd.items() if k.startswith(name + ".")})
+        variables = Dense8bit.variables_from_torch(
+            {k[len(name) + 1 :]: v for k, v in sd.items() if k.startswith(name + ".")}
+        )
         variables = jax.device_put(variables, jdev)
-        params[name] = (variables["int8"]["CB"], variables["int8"]["SCB"], variables["params"]["bias"])
+        params[name] = (
+            variables["int8"]["CB"],
+            variables["int8"]["SCB"],
+            variables["params"]["bias"],
+        )
     xt, xj = inputs(rng, (2, 8, d), dt)
     xt, xj = xt.to(tdev), jax.device_put(xj, jdev)
     with torch.no_grad():
         out_t = model(xt)
         for name in ("q", "up"):  # layer by layer on the same input: bit-identical
             layer_in_t = xt
-            assert_same_bits(getattr(model, name)(layer_in_t), jops.linear(xj, *params[name], threshold=threshold))
+            assert_same_bits(
+                getattr(model, name)(layer_in_t),
+                jops.linear(xj, *params[name], threshold=threshold),
+            )
         # The MLP half has only exactly-rounded float glue (relu, one add): bit-identical too.
         mlp_t = xt + model.down(torch.relu(model.up(xt)))
     lin = lambda name, h: jops.linear(h, *params[name], threshold=threshold)  # noqa: E731

@@ -22,8 +22,8 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import REQUIRE_CUDA, require_cuda
+
 from lt8.core import layouts as L
 
 torch = pytest.importorskip("torch")
@@ -62,7 +62,13 @@ class CublasLt:
         vp, p = ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p)
         self.lib.cublasLtCreate.argtypes = [p]
         self.lib.cublasLtDestroy.argtypes = [vp]
-        self.lib.cublasLtMatrixLayoutCreate.argtypes = [p, ctypes.c_int, ctypes.c_uint64, ctypes.c_uint64, ctypes.c_int64]
+        self.lib.cublasLtMatrixLayoutCreate.argtypes = [
+            p,
+            ctypes.c_int,
+            ctypes.c_uint64,
+            ctypes.c_uint64,
+            ctypes.c_int64,
+        ]
         self.lib.cublasLtMatrixLayoutDestroy.argtypes = [vp]
         self.lib.cublasLtMatrixLayoutSetAttribute.argtypes = [vp, ctypes.c_int, vp, ctypes.c_size_t]
         self.lib.cublasLtMatrixTransformDescCreate.argtypes = [p, ctypes.c_int]
@@ -80,28 +86,44 @@ class CublasLt:
     def _layout(self, order: str, rows: int, cols: int) -> ctypes.c_void_p:
         desc = ctypes.c_void_p()
         ld = L.leading_dim(order, rows, cols)  # ROW: cols; tiled: 32 * padded rows
-        self._check(self.lib.cublasLtMatrixLayoutCreate(ctypes.byref(desc), CUDA_R_8I, rows, cols, ld), "LayoutCreate")
+        self._check(
+            self.lib.cublasLtMatrixLayoutCreate(ctypes.byref(desc), CUDA_R_8I, rows, cols, ld),
+            "LayoutCreate",
+        )
         value = ctypes.c_int32(L.LAYOUTS[order].cublaslt_order)
         self._check(
-            self.lib.cublasLtMatrixLayoutSetAttribute(desc, CUBLASLT_MATRIX_LAYOUT_ORDER, ctypes.byref(value), 4),
+            self.lib.cublasLtMatrixLayoutSetAttribute(
+                desc, CUBLASLT_MATRIX_LAYOUT_ORDER, ctypes.byref(value), 4
+            ),
             "LayoutSetAttribute(ORDER)",
         )
         return desc
 
-    def transform(self, x: "torch.Tensor", to_order: str) -> "torch.Tensor":
+    def transform(self, x: torch.Tensor, to_order: str) -> torch.Tensor:
         """Row-major int8 CUDA (rows, cols) -> ``to_order``, in a zero-filled padded buffer."""
         assert x.dtype == torch.int8 and x.is_cuda and x.dim() == 2
         x = x.contiguous()
         rows, cols = x.shape
         out = torch.zeros(L.padded_shape(to_order, rows, cols), dtype=torch.int8, device=x.device)
         desc = ctypes.c_void_p()
-        self._check(self.lib.cublasLtMatrixTransformDescCreate(ctypes.byref(desc), CUDA_R_32F), "TransformDescCreate")
+        self._check(
+            self.lib.cublasLtMatrixTransformDescCreate(ctypes.byref(desc), CUDA_R_32F),
+            "TransformDescCreate",
+        )
         a_desc, c_desc = self._layout("row", rows, cols), self._layout(to_order, rows, cols)
         alpha, beta = ctypes.c_float(1.0), ctypes.c_float(0.0)
         try:
             status = self.lib.cublasLtMatrixTransform(
-                self.handle, desc, ctypes.byref(alpha), ctypes.c_void_p(x.data_ptr()), a_desc,
-                ctypes.byref(beta), None, None, ctypes.c_void_p(out.data_ptr()), c_desc,
+                self.handle,
+                desc,
+                ctypes.byref(alpha),
+                ctypes.c_void_p(x.data_ptr()),
+                a_desc,
+                ctypes.byref(beta),
+                None,
+                None,
+                ctypes.c_void_p(out.data_ptr()),
+                c_desc,
                 ctypes.c_void_p(torch.cuda.current_stream().cuda_stream),
             )
             self._check(status, f"cublasLtMatrixTransform(row -> {to_order})")
@@ -130,7 +152,7 @@ def lt8_transform(x, to_order, from_order="row", state=None):
     return F.transform(x, to_order=to_order, from_order=from_order, state=state)
 
 
-def valid_mask(order: str, rows: int, cols: int) -> "torch.Tensor":
+def valid_mask(order: str, rows: int, cols: int) -> torch.Tensor:
     """True at the bytes of a tiled CUDA buffer that hold matrix elements (not padding); the
     numpy reference's offsets, evaluated with torch on the GPU so that full-size weights fit."""
     tr, tc = L.TILE_SHAPES[order]
@@ -145,7 +167,7 @@ def valid_mask(order: str, rows: int, cols: int) -> "torch.Tensor":
     return mask.view(prows, pcols)
 
 
-def random_int8_cuda(rows: int, cols: int) -> "torch.Tensor":
+def random_int8_cuda(rows: int, cols: int) -> torch.Tensor:
     return torch.randint(-128, 128, (rows, cols), dtype=torch.int8, device="cuda")
 
 

@@ -11,18 +11,28 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from jax_helpers import DTYPE_IDS, DTYPES, activations, f64, int8_weight, platform, rel_eps  # noqa: F401
+from reference import (
+    dequantize_weight_ref,
+    grad_input_ref,
+    linear_ref,
+    quantize_rows_ref,
+    weight_linear_ref,
+)
+
 from lt8.core import layouts as L
 from lt8.jax import ops
-from reference import dequantize_weight_ref, grad_input_ref, linear_ref, quantize_rows_ref, weight_linear_ref
 
 
 def linear_tol(dtype, ref, x, W) -> float:
     """Output rounding of ``dtype`` plus float32 accumulation, plus one int8 step of x flipped by
     a float32-vs-float64 rounding tie."""
     scale = np.abs(ref).max(initial=0.0) + 1e-3
-    return 4 * rel_eps(dtype) * scale + 1e-5 * scale + 2 * np.abs(x).max(initial=0.0) / 127 * np.abs(W).max()
+    return (
+        4 * rel_eps(dtype) * scale
+        + 1e-5 * scale
+        + 2 * np.abs(x).max(initial=0.0) / 127 * np.abs(W).max()
+    )
 
 
 # --- quantization -----------------------------------------------------------------------------
@@ -33,7 +43,9 @@ def linear_tol(dtype, ref, x, W) -> float:
 @pytest.mark.parametrize("shape", [(7, 33), (2, 3, 40), (1, 300)])
 def test_vectorwise_quant_matches_reference(platform, rng, dtype, threshold, shape):
     x = activations(rng, shape, threshold, dtype=dtype)
-    x = jnp.concatenate([x, jnp.zeros((*shape[:-2], 1, shape[-1]), dtype)], axis=-2)  # an all-zero row
+    x = jnp.concatenate(
+        [x, jnp.zeros((*shape[:-2], 1, shape[-1]), dtype)], axis=-2
+    )  # an all-zero row
     q, scale, mask = ops.int8_vectorwise_quant(x, threshold)
     q_ref, scale_ref, mask_ref = quantize_rows_ref(f64(x), threshold)
     assert (q.dtype, q.shape) == (jnp.int8, x.shape)
@@ -87,15 +99,22 @@ def test_int8_gemm_exact(platform, rng, a_shape, N):
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("with_bias", [False, True])
 def test_mm_dequant(platform, rng, dtype, with_bias):
-    C = rng.integers(-2**20, 2**20, size=(2, 6, 10)).astype(np.int32)
+    C = rng.integers(-(2**20), 2**20, size=(2, 6, 10)).astype(np.int32)
     rs = rng.uniform(0.1, 3, size=(2, 6)).astype(np.float32)
     cs = rng.uniform(0.1, 3, size=10).astype(np.float32)
     bias = rng.standard_normal(10).astype(np.float32) if with_bias else None
-    out = ops.int8_mm_dequant(jnp.asarray(C), jnp.asarray(rs), jnp.asarray(cs),
-                              None if bias is None else jnp.asarray(bias), dtype=dtype)
+    out = ops.int8_mm_dequant(
+        jnp.asarray(C),
+        jnp.asarray(rs),
+        jnp.asarray(cs),
+        None if bias is None else jnp.asarray(bias),
+        dtype=dtype,
+    )
     ref = C * rs.astype(np.float64)[..., None] * cs / 127.0**2 + (0 if bias is None else bias)
     assert out.dtype == dtype and out.shape == C.shape
-    np.testing.assert_allclose(f64(out), ref, rtol=0, atol=(4 * rel_eps(dtype) + 1e-6) * np.abs(ref).max())
+    np.testing.assert_allclose(
+        f64(out), ref, rtol=0, atol=(4 * rel_eps(dtype) + 1e-6) * np.abs(ref).max()
+    )
 
 
 def test_int8_pieces_compose_to_linear_without_outliers(platform, rng):
@@ -103,7 +122,9 @@ def test_int8_pieces_compose_to_linear_without_outliers(platform, rng):
     _, CB, SCB = int8_weight(rng, 20, 48)
     q, rs, _ = ops.int8_vectorwise_quant(x)
     piecewise = ops.int8_mm_dequant(ops.int8_gemm(q, CB), rs, SCB, dtype=jnp.float32)
-    np.testing.assert_allclose(f64(piecewise), f64(ops.linear(x, CB, SCB, threshold=0.0)), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        f64(piecewise), f64(ops.linear(x, CB, SCB, threshold=0.0)), rtol=1e-6, atol=1e-6
+    )
 
 
 # --- the fused linear op ----------------------------------------------------------------------
@@ -134,7 +155,9 @@ def test_linear_close_to_float_dense(platform, rng, threshold):
     xf = f64(x)
     exact = xf @ W.astype(np.float64).T
     sx, sw = np.abs(xf).max(1, keepdims=True), np.abs(W).max(1)[None, :]
-    bound = (sw * np.abs(xf).sum(1, keepdims=True) + sx * np.abs(W).sum(1)[None, :]) / 254 + K * sx * sw / 254**2
+    bound = (
+        sw * np.abs(xf).sum(1, keepdims=True) + sx * np.abs(W).sum(1)[None, :]
+    ) / 254 + K * sx * sw / 254**2
     assert np.all(np.abs(out - exact) <= bound * 1.001 + 1e-5)
     rel = np.linalg.norm(out - exact) / np.linalg.norm(exact)
     assert rel < 0.03
@@ -168,12 +191,16 @@ def test_linear_vjp_matches_reference(platform, rng, dtype, bias_dtype):
     r = jnp.asarray(rng.standard_normal((3, 4, N)), dtype)
 
     def loss(x, CB, SCB, bias):
-        return jnp.sum(ops.linear(x, CB, SCB, bias, 6.0).astype(jnp.float32) * r.astype(jnp.float32))
+        return jnp.sum(
+            ops.linear(x, CB, SCB, bias, 6.0).astype(jnp.float32) * r.astype(jnp.float32)
+        )
 
     gx, gb = jax.grad(loss, argnums=(0, 3))(x, CB, SCB, bias)
     assert (gx.dtype, gx.shape, gb.dtype, gb.shape) == (dtype, x.shape, bias_dtype, bias.shape)
     ref_gx = grad_input_ref(f64(r), CB, SCB)
-    np.testing.assert_allclose(f64(gx), ref_gx, rtol=0, atol=(4 * rel_eps(dtype) + 1e-5) * np.abs(ref_gx).max())
+    np.testing.assert_allclose(
+        f64(gx), ref_gx, rtol=0, atol=(4 * rel_eps(dtype) + 1e-5) * np.abs(ref_gx).max()
+    )
     ref_gb = f64(r).sum((0, 1))
     np.testing.assert_allclose(f64(gb), ref_gb, rtol=4 * rel_eps(bias_dtype) + 1e-5, atol=1e-5)
     # The int8 weight and its scales are constants: their cotangents are zero.
@@ -199,7 +226,9 @@ def test_linear_fp_forward_and_grads(platform, rng, dtype):
     assert (gx.dtype, gw.dtype, gb.dtype) == (dtype, jnp.float32, jnp.float32)
     r64, x64, w64 = f64(r.astype(dtype)), f64(x), f64(w)
     ref_gx = r64 @ w64
-    np.testing.assert_allclose(f64(gx), ref_gx, rtol=0, atol=(4 * rel_eps(dtype) + 1e-5) * np.abs(ref_gx).max())
+    np.testing.assert_allclose(
+        f64(gx), ref_gx, rtol=0, atol=(4 * rel_eps(dtype) + 1e-5) * np.abs(ref_gx).max()
+    )
     ref_gw = r64.reshape(-1, N).T @ x64.reshape(-1, K)
     np.testing.assert_allclose(f64(gw), ref_gw, rtol=0, atol=1e-5 * np.abs(ref_gw).max())
     np.testing.assert_allclose(f64(gb), r64.sum((0, 1)), rtol=1e-5, atol=1e-5)
@@ -239,7 +268,9 @@ def test_vmap_over_stacked_weights_and_quantize(platform, rng):
     CBs, SCBs = jnp.stack([w[1] for w in ws]), jnp.stack([w[2] for w in ws])
     out = jax.vmap(lambda cb, scb: ops.linear(x, cb, scb, None, 6.0))(CBs, SCBs)
     for i in range(3):
-        np.testing.assert_array_equal(np.asarray(out[i]), np.asarray(ops.linear(x, CBs[i], SCBs[i], None, 6.0)))
+        np.testing.assert_array_equal(
+            np.asarray(out[i]), np.asarray(ops.linear(x, CBs[i], SCBs[i], None, 6.0))
+        )
     xs = activations(rng, (3, 5, 24), 6.0)
     q, s, m = jax.vmap(lambda x: ops.int8_vectorwise_quant(x, 6.0))(xs)
     assert m.shape == (3, 24)
@@ -261,8 +292,14 @@ def test_vmap_of_grad_and_checkpoint(platform, rng):
 
     per_elem = jax.jit(jax.vmap(jax.grad(loss)))(x)
     for i in range(4):
-        np.testing.assert_allclose(np.asarray(per_elem[i]), np.asarray(jax.grad(loss)(x[i])), rtol=1e-6, atol=1e-7)
-    remat = jax.grad(lambda x: loss(jax.checkpoint(lambda x: ops.linear(x, CB, SCB, None, 6.0))(x) @ CB.astype(jnp.float32)))
+        np.testing.assert_allclose(
+            np.asarray(per_elem[i]), np.asarray(jax.grad(loss)(x[i])), rtol=1e-6, atol=1e-7
+        )
+    remat = jax.grad(
+        lambda x: loss(
+            jax.checkpoint(lambda x: ops.linear(x, CB, SCB, None, 6.0))(x) @ CB.astype(jnp.float32)
+        )
+    )
     plain = jax.grad(lambda x: loss(ops.linear(x, CB, SCB, None, 6.0) @ CB.astype(jnp.float32)))
     np.testing.assert_array_equal(np.asarray(jax.jit(remat)(x)), np.asarray(jax.jit(plain)(x)))
 
@@ -274,8 +311,11 @@ def test_empty_batch(platform, rng, shape):
     x = jnp.zeros(shape, jnp.float16)
     out = ops.linear(x, CB, SCB, bias, 6.0)
     assert out.shape == (*shape[:-1], 8) and out.dtype == jnp.float16
-    gx, gb = jax.jit(jax.grad(lambda x, b: jnp.sum(ops.linear(x, CB, SCB, b, 6.0).astype(jnp.float32)),
-                              argnums=(0, 1)))(x, bias)
+    gx, gb = jax.jit(
+        jax.grad(
+            lambda x, b: jnp.sum(ops.linear(x, CB, SCB, b, 6.0).astype(jnp.float32)), argnums=(0, 1)
+        )
+    )(x, bias)
     assert gx.shape == shape and not np.any(np.asarray(gb))
     q, s, m = ops.int8_vectorwise_quant(x, 6.0)
     assert q.shape == shape and s.shape == shape[:-1] and not np.any(np.asarray(m))
@@ -293,8 +333,9 @@ def test_transform_matches_layout_reference(platform, rng, order, shape):
     np.testing.assert_array_equal(np.asarray(tiled), L.to_layout_reference(a, order))
     np.testing.assert_array_equal(np.asarray(ops.transform(tiled, "row", order, shape)), a)
     other = "col32" if order != "col32" else "col_ampere"
-    np.testing.assert_array_equal(np.asarray(ops.transform(tiled, other, order, shape)),
-                                  L.to_layout_reference(a, other))
+    np.testing.assert_array_equal(
+        np.asarray(ops.transform(tiled, other, order, shape)), L.to_layout_reference(a, other)
+    )
 
 
 @pytest.mark.parametrize("order", ["col_turing", "col_ampere"])
@@ -313,23 +354,75 @@ def _w(N=8, K=16):
     return jnp.zeros((N, K), jnp.int8), jnp.ones(N, jnp.float32)
 
 
-@pytest.mark.parametrize("make_call,exc,match", [
-    (lambda: ops.linear(jnp.zeros((2, 16), jnp.int32), *_w()), TypeError, "x must be float32"),
-    (lambda: ops.linear(jnp.zeros((2, 16)), _w()[0].astype(jnp.int32), _w()[1]), TypeError, "CB must be int8"),
-    (lambda: ops.linear(jnp.zeros((2, 16)), _w()[0], _w()[1].astype(jnp.float16)), TypeError, "SCB must be float32"),
-    (lambda: ops.linear(jnp.zeros((2, 15)), *_w()), ValueError, "x has 15 features but CB expects 16"),
-    (lambda: ops.linear(jnp.zeros((2, 16)), _w()[0], jnp.ones(7)), ValueError, r"SCB must have shape \(8,\)"),
-    (lambda: ops.linear(jnp.zeros((2, 16)), *_w(), bias=jnp.ones(3)), ValueError, r"bias must have shape \(8,\)"),
-    (lambda: ops.linear(jnp.zeros((2, 16)), *_w(), threshold=-1.0), ValueError, "threshold must be"),
-    (lambda: ops.linear(jnp.zeros((2, 16)), *_w(), threshold=float("nan")), ValueError, "threshold must be"),
-    (lambda: ops.linear(jnp.zeros(()), *_w()), ValueError, "at least one dimension"),
-    (lambda: ops.linear_fp(jnp.zeros((2, 16)), jnp.zeros((8, 16), jnp.int8)), TypeError, "w must be float32"),
-    (lambda: ops.int8_gemm(jnp.zeros((2, 16), jnp.int8), jnp.zeros((8, 15), jnp.int8)), ValueError, "B must be 2-D"),
-    (lambda: ops.int8_mm_dequant(jnp.zeros((2, 8), jnp.int32), jnp.ones(2), jnp.ones(8), dtype=jnp.int8),
-     TypeError, "dtype must be"),
-    (lambda: ops.transform(jnp.zeros((4, 4), jnp.int8), "col64"), ValueError, "to_order must be one of"),
-    (lambda: ops.transform(jnp.zeros((4, 32), jnp.int8), "row", "col32"), ValueError, "needs shape"),
-])
+@pytest.mark.parametrize(
+    "make_call,exc,match",
+    [
+        (lambda: ops.linear(jnp.zeros((2, 16), jnp.int32), *_w()), TypeError, "x must be float32"),
+        (
+            lambda: ops.linear(jnp.zeros((2, 16)), _w()[0].astype(jnp.int32), _w()[1]),
+            TypeError,
+            "CB must be int8",
+        ),
+        (
+            lambda: ops.linear(jnp.zeros((2, 16)), _w()[0], _w()[1].astype(jnp.float16)),
+            TypeError,
+            "SCB must be float32",
+        ),
+        (
+            lambda: ops.linear(jnp.zeros((2, 15)), *_w()),
+            ValueError,
+            "x has 15 features but CB expects 16",
+        ),
+        (
+            lambda: ops.linear(jnp.zeros((2, 16)), _w()[0], jnp.ones(7)),
+            ValueError,
+            r"SCB must have shape \(8,\)",
+        ),
+        (
+            lambda: ops.linear(jnp.zeros((2, 16)), *_w(), bias=jnp.ones(3)),
+            ValueError,
+            r"bias must have shape \(8,\)",
+        ),
+        (
+            lambda: ops.linear(jnp.zeros((2, 16)), *_w(), threshold=-1.0),
+            ValueError,
+            "threshold must be",
+        ),
+        (
+            lambda: ops.linear(jnp.zeros((2, 16)), *_w(), threshold=float("nan")),
+            ValueError,
+            "threshold must be",
+        ),
+        (lambda: ops.linear(jnp.zeros(()), *_w()), ValueError, "at least one dimension"),
+        (
+            lambda: ops.linear_fp(jnp.zeros((2, 16)), jnp.zeros((8, 16), jnp.int8)),
+            TypeError,
+            "w must be float32",
+        ),
+        (
+            lambda: ops.int8_gemm(jnp.zeros((2, 16), jnp.int8), jnp.zeros((8, 15), jnp.int8)),
+            ValueError,
+            "B must be 2-D",
+        ),
+        (
+            lambda: ops.int8_mm_dequant(
+                jnp.zeros((2, 8), jnp.int32), jnp.ones(2), jnp.ones(8), dtype=jnp.int8
+            ),
+            TypeError,
+            "dtype must be",
+        ),
+        (
+            lambda: ops.transform(jnp.zeros((4, 4), jnp.int8), "col64"),
+            ValueError,
+            "to_order must be one of",
+        ),
+        (
+            lambda: ops.transform(jnp.zeros((4, 32), jnp.int8), "row", "col32"),
+            ValueError,
+            "needs shape",
+        ),
+    ],
+)
 def test_bad_inputs_raise_clear_errors(make_call, exc, match):
     with pytest.raises(exc, match=match):
         make_call()

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import cuda_available
 from reference import quantize_rows_ref
 
@@ -62,7 +61,10 @@ def test_convert_quantizes_linear_weights_against_reference(rng, tmp_path, capsy
     assert rc == 0, err
     got, info = ckpt.load_file(dst)
     assert info.is_lt8 and info.threshold_for("layers.0") == 6.0
-    assert info.metadata["note"] == "kept" and info.metadata["lt8.converted_from"] == "float.safetensors"
+    assert (
+        info.metadata["note"] == "kept"
+        and info.metadata["lt8.converted_from"] == "float.safetensors"
+    )
     assert ckpt.linear_prefixes(got) == ["layers.0", "layers.1"]
     for p in ("layers.0", "layers.1"):
         assert ckpt.validate_linear(got, p) == "row"
@@ -76,7 +78,15 @@ def test_convert_quantizes_linear_weights_against_reference(rng, tmp_path, capsy
         assert got[f"{p}.weight_format"].dtype == np.uint8 and int(got[f"{p}.weight_format"]) == 0
     assert SCB.dtype == np.float32 and got["layers.0.SCB"][3] == 40.0
     # Everything else is copied as it was: dtype and bits.
-    for k in ("embed.weight", "lm_head.weight", "norm.weight", "norm.bias", "layers.0.bias", "layers.1.bias", "step"):
+    for k in (
+        "embed.weight",
+        "lm_head.weight",
+        "norm.weight",
+        "norm.bias",
+        "layers.0.bias",
+        "layers.1.bias",
+        "step",
+    ):
         assert got[k].dtype == orig[k].dtype and np.array_equal(got[k], orig[k]), k
 
     before = sum(a.nbytes for a in orig.values())
@@ -137,19 +147,36 @@ def test_converted_file_loads_into_replace_linear_model_and_jax(rng, tmp_path, c
         yj = jax.jit(Dense8bit(y.shape[-1], threshold=6.0).apply)(v, x.numpy())
         np.testing.assert_array_equal(np.asarray(yj), y.numpy())  # same kernel, same bits
     # float layers come back as Flax kernels (in, out)
-    np.testing.assert_array_equal(np.asarray(tree["params"]["lm_head"]["kernel"]),
-                                  reference.lm_head.weight.detach().numpy().T)
+    np.testing.assert_array_equal(
+        np.asarray(tree["params"]["lm_head"]["kernel"]), reference.lm_head.weight.detach().numpy().T
+    )
 
 
 def test_skip_patterns(rng, tmp_path, capsys):
     src = tmp_path / "float.safetensors"
     _float_checkpoint(rng, src)
     out1 = tmp_path / "a.safetensors"
-    assert _run(["convert", str(src), str(out1), "--skip", "layers.1", "--no-progress"], capsys)[0] == 0
+    assert (
+        _run(["convert", str(src), str(out1), "--skip", "layers.1", "--no-progress"], capsys)[0]
+        == 0
+    )
     assert ckpt.linear_prefixes(ckpt.load_file(out1)[0]) == ["layers.0"]
     out2 = tmp_path / "b.safetensors"
-    assert _run(["convert", str(src), str(out2), "--no-default-skip", "--skip", "emb*", "--no-progress"],
-                capsys)[0] == 0
+    assert (
+        _run(
+            [
+                "convert",
+                str(src),
+                str(out2),
+                "--no-default-skip",
+                "--skip",
+                "emb*",
+                "--no-progress",
+            ],
+            capsys,
+        )[0]
+        == 0
+    )
     assert ckpt.linear_prefixes(ckpt.load_file(out2)[0]) == ["layers.0", "layers.1", "lm_head"]
     # OUT may be a folder (the file keeps IN's name); IN may be a folder with model.safetensors
     folder = tmp_path / "model"
@@ -165,13 +192,18 @@ def test_convert_errors_are_clear(rng, tmp_path, capsys):
     src = tmp_path / "float.safetensors"
     _float_checkpoint(rng, src)
     cases = [
-        (["convert", str(tmp_path / "missing.safetensors"), str(tmp_path / "o")], "no safetensors file"),
+        (
+            ["convert", str(tmp_path / "missing.safetensors"), str(tmp_path / "o")],
+            "no safetensors file",
+        ),
         (["convert", str(src), str(src)], "OUT must differ from IN"),
         (["convert", str(src), str(tmp_path / "o"), "--threshold", "-1"], "threshold must be"),
         (["convert", str(src), str(tmp_path / "o"), "--skip", "*"], "no Linear weight to quantize"),
     ]
     (tmp_path / "garbage.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
-    cases.append((["convert", str(tmp_path / "garbage.safetensors"), str(tmp_path / "o")], "not a readable"))
+    cases.append(
+        (["convert", str(tmp_path / "garbage.safetensors"), str(tmp_path / "o")], "not a readable")
+    )
     for argv, message in cases:
         rc, out, err = _run(argv + ["--no-progress"], capsys)
         assert rc == 1 and message in err and "Traceback" not in err, (argv, err)
@@ -220,8 +252,12 @@ def test_convert_real_minilm_checkpoint_with_the_command(tmp_path):
 
     folder = embedded_model_dir()
     dst = tmp_path / "minilm-int8.safetensors"
-    proc = subprocess.run([sys.executable, "-m", "lt8", "convert", str(folder), str(dst)],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "lt8", "convert", str(folder), str(dst)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     m = re.search(r"quantized (\d+) Linear weights", proc.stdout)
     assert m and int(m.group(1)) == 37
@@ -245,8 +281,12 @@ def test_convert_real_minilm_checkpoint_with_the_command(tmp_path):
 
 @pytest.mark.skipif(cuda_available(), reason="checks the message on a machine without CUDA")
 def test_bench_without_cuda_says_so_and_fails():
-    proc = subprocess.run([sys.executable, "-m", "lt8", "bench", "--quick"], capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "lt8", "bench", "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 1
     assert "needs a CUDA GPU" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -265,10 +305,12 @@ def test_bench_runs_the_scripts_main_with_its_arguments(monkeypatch, tmp_path):
     # A stand-in script on a pretend GPU: bench must run its main() with the arguments it got.
     script = tmp_path / "bench_linear.py"
     record = tmp_path / "argv.txt"
-    script.write_text("import sys\n"
-                      "def main():\n"
-                      f"    open({str(record)!r}, 'w').write(' '.join(sys.argv[1:]))\n"
-                      "    if '--fail' in sys.argv: raise SystemExit(3)\n")
+    script.write_text(
+        "import sys\n"
+        "def main():\n"
+        f"    open({str(record)!r}, 'w').write(' '.join(sys.argv[1:]))\n"
+        "    if '--fail' in sys.argv: raise SystemExit(3)\n"
+    )
     monkeypatch.setattr(cli, "_bench_script", lambda: script)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(lt8, "has_cuda", lambda: True)

@@ -26,7 +26,9 @@ def id_formatter(label: str):
 
 def _layout_exact_match(x: torch.Tensor, device: str) -> None:
     for tile_size, order in ((8, 32), "col_turing"), ((32, 32), "col_ampere"):
-        transform = lambda t: F.transform(t.to(device), from_order="row", to_order=order)[0].to(t.device)  # noqa: E731
+        transform = lambda t: F.transform(t.to(device), from_order="row", to_order=order)[0].to(
+            t.device
+        )  # noqa: E731
         tile_indices = get_inverse_transform_indices(transform, tile_size)
         cxb = transform(x)
         restored_x = undo_layout(cxb, tile_indices)
@@ -44,7 +46,9 @@ def test_layout_exact_match_cpu():
 @pytest.mark.slow
 def test_layout_exact_match(device):
     if device != "cuda":
-        pytest.skip("the full-size (43008 x 14336) variant runs on CUDA; the CPU runs a smaller one")
+        pytest.skip(
+            "the full-size (43008 x 14336) variant runs on CUDA; the CPU runs a smaller one"
+        )
     x = (torch.randn(14336 * 3, 14336) * 10).to(torch.int8).cuda()
     _layout_exact_match(x, "cuda")
 
@@ -84,11 +88,16 @@ def test_linear_no_igemmlt(device):
 
 
 @pytest.mark.parametrize("has_fp16_weights", TRUE_FALSE, ids=id_formatter("has_fp16_weights"))
-@pytest.mark.parametrize("serialize_before_forward", TRUE_FALSE, ids=id_formatter("serialize_before_forward"))
-@pytest.mark.parametrize("deserialize_before_cuda", TRUE_FALSE, ids=id_formatter("deserialize_before_cuda"))
+@pytest.mark.parametrize(
+    "serialize_before_forward", TRUE_FALSE, ids=id_formatter("serialize_before_forward")
+)
+@pytest.mark.parametrize(
+    "deserialize_before_cuda", TRUE_FALSE, ids=id_formatter("deserialize_before_cuda")
+)
 @pytest.mark.parametrize("force_no_igemmlt", TRUE_FALSE, ids=id_formatter("force_no_igemmlt"))
-def test_linear_serialization(device, has_fp16_weights, serialize_before_forward,
-                              deserialize_before_cuda, force_no_igemmlt):
+def test_linear_serialization(
+    device, has_fp16_weights, serialize_before_forward, deserialize_before_cuda, force_no_igemmlt
+):
     linear = torch.nn.Linear(32, 96)
     x = torch.randn(3, 32, dtype=torch.half)
 
@@ -103,7 +112,9 @@ def test_linear_serialization(device, has_fp16_weights, serialize_before_forward
         linear_custom.state.force_no_igemmlt = True
 
     linear_custom.weight = lt8.nn.Int8Params(
-        linear.weight.data.clone(), requires_grad=has_fp16_weights, has_fp16_weights=has_fp16_weights
+        linear.weight.data.clone(),
+        requires_grad=has_fp16_weights,
+        has_fp16_weights=has_fp16_weights,
     )
     linear_custom.bias = linear.bias
     linear_custom = linear_custom.to(device)

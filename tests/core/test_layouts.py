@@ -17,7 +17,7 @@ from lt8.core import layouts as L
 
 TILED = ["col32", "col_turing", "col_ampere"]
 SHAPES = [(40, 70), (3, 5), (1, 1), (33, 33), (64, 96), (8, 32), (31, 64), (0, 7), (7, 0)]
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 # --- brute force, one statement of each cublasLt.h description, element by element ----------
@@ -30,7 +30,7 @@ def _padded(a: np.ndarray, prows: int, pcols: int) -> np.ndarray:
 
 
 def brute_col32(a: np.ndarray) -> list[int]:
-    """"Column-major ordered tiles of 32 columns": each 32-column group, row by row."""
+    """ "Column-major ordered tiles of 32 columns": each 32-column group, row by row."""
     rows, cols = a.shape
     p = _padded(a, rows, -(-cols // 32) * 32)
     out = []
@@ -41,7 +41,7 @@ def brute_col32(a: np.ndarray) -> list[int]:
 
 
 def brute_col_turing(a: np.ndarray) -> list[int]:
-    """"Column-major ordered tiles of composite tiles with total 32 columns and 8 rows, tile
+    """ "Column-major ordered tiles of composite tiles with total 32 columns and 8 rows, tile
     composed of interleaved inner tiles of 4 columns within 4 even or odd rows": per 8x32 tile,
     the even rows' 4x4 blocks (one per 4 columns) then the odd rows' blocks."""
     rows, cols = a.shape
@@ -165,7 +165,12 @@ def test_codes_match_cpp_enum():
     header = (REPO / "cuda" / "lt8.h").read_text()
     enum = re.search(r"enum class Layout[^{]*\{([^}]*)\}", header).group(1)
     cpp = {name: int(v) for name, v in re.findall(r"(k\w+)\s*=\s*(\d+)", enum)}
-    names = {"kRow": "row", "kCol32": "col32", "kColTuring": "col_turing", "kColAmpere": "col_ampere"}
+    names = {
+        "kRow": "row",
+        "kCol32": "col32",
+        "kColTuring": "col_turing",
+        "kColAmpere": "col_ampere",
+    }
     assert {names[k]: v for k, v in cpp.items()} == {n: s.code for n, s in L.LAYOUTS.items()}
     assert L.TILE_SHAPES == {"col32": (1, 32), "col_turing": (8, 32), "col_ampere": (32, 32)}
 

@@ -12,11 +12,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from jax_helpers import platform  # noqa: F401
 
 import lt8
 import lt8.jax as lj
 import lt8.torch  # noqa: F401
-from jax_helpers import platform  # noqa: F401
 
 THREADS = 8
 ROUNDS = 3
@@ -50,7 +50,9 @@ def batches(rng, K, threshold):
 @pytest.mark.parametrize("mode", ["no_grad", "grad", "fp16_weights"])
 def test_torch_module_concurrent_forwards(device, rng, mode):
     K, N, threshold = 256, 192, 6.0
-    layer = lt8.nn.Linear8bitLt(K, N, has_fp16_weights=mode == "fp16_weights", threshold=threshold).to(device)
+    layer = lt8.nn.Linear8bitLt(
+        K, N, has_fp16_weights=mode == "fp16_weights", threshold=threshold
+    ).to(device)
     xs = [torch.from_numpy(x).half().to(device) for x in batches(rng, K, threshold)]
 
     def forward(x):
@@ -81,11 +83,16 @@ def test_torch_ops_concurrent_on_one_weight(device, rng):
     K, N = 200, 96
     CB, SCB, _ = torch.ops.lt8.quantize_rows(torch.randn(N, K, device=device), 0.0)
     bias = torch.randn(N, device=device)
-    cases = [(torch.from_numpy(x).to(device), [0.0, 6.0][i % 2]) for i, x in enumerate(batches(rng, K, 6.0))]
+    cases = [
+        (torch.from_numpy(x).to(device), [0.0, 6.0][i % 2])
+        for i, x in enumerate(batches(rng, K, 6.0))
+    ]
 
     def call(case):
         x, t = case
-        return torch.ops.lt8.int8_linear(x, CB, SCB, bias, t), torch.ops.lt8.int8_weight_linear(x, CB, SCB, bias)
+        return torch.ops.lt8.int8_linear(x, CB, SCB, bias, t), torch.ops.lt8.int8_weight_linear(
+            x, CB, SCB, bias
+        )
 
     sequential = [call(c) for c in cases]
     for seq, con in zip(sequential, run_concurrently(call, cases)):
@@ -97,7 +104,9 @@ def test_jax_jitted_linear_concurrent(platform, rng):
     CB, SCB = lj.quantize_weight(jnp.asarray(rng.standard_normal((N, K)).astype(np.float32)))
     bias = jnp.asarray(rng.standard_normal(N).astype(np.float32))
     f = jax.jit(lambda x: lj.linear(x, CB, SCB, bias, threshold))
-    grad = jax.jit(jax.grad(lambda x: (lj.linear(x, CB, SCB, bias, threshold).astype(jnp.float32) ** 2).sum()))
+    grad = jax.jit(
+        jax.grad(lambda x: (lj.linear(x, CB, SCB, bias, threshold).astype(jnp.float32) ** 2).sum())
+    )
     xs = [jnp.asarray(x, jnp.float16) for x in batches(rng, K, threshold)]
 
     def call(x):

@@ -128,13 +128,18 @@ def test_torch_round_trip_is_exact(saved, rng):
 def test_file_holds_bitsandbytes_keys(saved):
     model, path = saved
     tensors, info = ckpt.load_file(path)
-    assert set(tensors) == {f"layers.{i}.{k}" for i in range(N) for k in ("weight", "SCB", "bias", "weight_format")}
+    assert set(tensors) == {
+        f"layers.{i}.{k}" for i in range(N) for k in ("weight", "SCB", "bias", "weight_format")
+    }
     assert ckpt.linear_prefixes(tensors) == [f"layers.{i}" for i in range(N)]
     for i in range(N):
         assert ckpt.validate_linear(tensors, f"layers.{i}", SIZES[i + 1], SIZES[i]) == "row"
         assert tensors[f"layers.{i}.weight"].dtype == np.int8
         assert tensors[f"layers.{i}.SCB"].dtype == np.float32
-        assert tensors[f"layers.{i}.weight_format"].shape == () and int(tensors[f"layers.{i}.weight_format"]) == 0
+        assert (
+            tensors[f"layers.{i}.weight_format"].shape == ()
+            and int(tensors[f"layers.{i}.weight_format"]) == 0
+        )
     assert info.format_version == ckpt.FORMAT_VERSION and info.is_lt8
     assert info.metadata["format"] == ckpt.FORMAT_NAME
 
@@ -146,16 +151,19 @@ def test_torch_to_jax_is_bit_identical(saved, rng):
     variables = lt8.jax.load_variables(path, like=like)
     assert jax.tree.structure(variables) == jax.tree.structure(like)
     for i in range(N):
-        np.testing.assert_array_equal(np.asarray(variables["int8"][f"layers.{i}"]["CB"]),
-                                      model.layers[i].weight.data.numpy())
+        np.testing.assert_array_equal(
+            np.asarray(variables["int8"][f"layers.{i}"]["CB"]), model.layers[i].weight.data.numpy()
+        )
     y = np.asarray(flax_apply(variables, jnp.asarray(x)))
     np.testing.assert_array_equal(y, torch_out(model, x))
 
     # Without a template the tree nests by the keys' dots.
     nested = lt8.jax.load_variables(path)
     assert set(nested) == {"params", "int8"}
-    np.testing.assert_array_equal(np.asarray(nested["int8"]["layers"]["1"]["CB"]),
-                                  np.asarray(variables["int8"]["layers.1"]["CB"]))
+    np.testing.assert_array_equal(
+        np.asarray(nested["int8"]["layers"]["1"]["CB"]),
+        np.asarray(variables["int8"]["layers.1"]["CB"]),
+    )
     assert set(nested["params"]["layers"]["2"]) == {"bias"}
 
 
@@ -197,6 +205,7 @@ class FlaxMixed(fnn.Module):
 def random_like(template, rng):
     """Random arrays of a template's shapes and dtypes (SCB positive): variables with a real
     model's structure (from jax.eval_shape), without running its initializers."""
+
     def leaf(path, t):
         if t.dtype == jnp.int8:
             return jnp.asarray(rng.integers(-127, 128, t.shape).astype(np.int8))
@@ -209,17 +218,31 @@ def random_like(template, rng):
 
 
 def test_variables_to_tensors_convention(rng):
-    variables = random_like(jax.eval_shape(FlaxMixed().init, jax.random.key(0), jnp.zeros((1, 12))), rng)
+    variables = random_like(
+        jax.eval_shape(FlaxMixed().init, jax.random.key(0), jnp.zeros((1, 12))), rng
+    )
     tensors = lt8.jax.variables_to_tensors(variables)
     assert set(tensors) == {
-        "body.weight", "body.SCB", "body.bias", "body.weight_format",
-        "norm.scale", "norm.bias",
-        "adapter.weight", "adapter.bias",
-        "head.weight", "head.bias",
+        "body.weight",
+        "body.SCB",
+        "body.bias",
+        "body.weight_format",
+        "norm.scale",
+        "norm.bias",
+        "adapter.weight",
+        "adapter.bias",
+        "head.weight",
+        "head.bias",
     }
-    np.testing.assert_array_equal(tensors["body.weight"], np.asarray(variables["int8"]["body"]["CB"]))
-    np.testing.assert_array_equal(tensors["head.weight"], np.asarray(variables["params"]["head"]["kernel"]).T)
-    np.testing.assert_array_equal(tensors["adapter.weight"], np.asarray(variables["params"]["adapter"]["kernel"]).T)
+    np.testing.assert_array_equal(
+        tensors["body.weight"], np.asarray(variables["int8"]["body"]["CB"])
+    )
+    np.testing.assert_array_equal(
+        tensors["head.weight"], np.asarray(variables["params"]["head"]["kernel"]).T
+    )
+    np.testing.assert_array_equal(
+        tensors["adapter.weight"], np.asarray(variables["params"]["adapter"]["kernel"]).T
+    )
     assert tensors["head.weight"].shape == (6, 20) and tensors["adapter.weight"].shape == (20, 24)
 
     back = lt8.jax.tensors_to_variables(tensors, like=variables)
@@ -228,8 +251,10 @@ def test_variables_to_tensors_convention(rng):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
     nested = lt8.jax.tensors_to_variables(tensors)  # no template: 2-D float weights become kernels
-    np.testing.assert_array_equal(np.asarray(nested["params"]["head"]["kernel"]),
-                                  np.asarray(variables["params"]["head"]["kernel"]))
+    np.testing.assert_array_equal(
+        np.asarray(nested["params"]["head"]["kernel"]),
+        np.asarray(variables["params"]["head"]["kernel"]),
+    )
     assert set(nested["int8"]) == {"body"}
 
     with pytest.raises(ValueError, match="batch_stats"):
@@ -258,9 +283,13 @@ def test_jax_float_head_loads_into_torch_linear(tmp_path, rng):
     model = lt8.torch.replace_linear(TorchHead())  # lm_head stays a float nn.Linear
     assert type(model.lm_head) is nn.Linear
     lt8.torch.load_quantized(model, path)
-    np.testing.assert_array_equal(model.lm_head.weight.detach().numpy(),
-                                  np.asarray(variables["params"]["lm_head"]["kernel"]).T)
-    np.testing.assert_array_equal(model.fc.weight.numpy(), np.asarray(variables["int8"]["fc"]["CB"]))
+    np.testing.assert_array_equal(
+        model.lm_head.weight.detach().numpy(),
+        np.asarray(variables["params"]["lm_head"]["kernel"]).T,
+    )
+    np.testing.assert_array_equal(
+        model.fc.weight.numpy(), np.asarray(variables["int8"]["fc"]["CB"])
+    )
 
 
 def test_nnx_save_and_load(tmp_path):
@@ -274,26 +303,45 @@ def test_nnx_save_and_load(tmp_path):
             def init(key, shape, dtype):
                 return jnp.asarray(gen.standard_normal(shape), dtype)
 
-            self.layers = nnx.List([Linear8bit(a, b, threshold=THRESHOLD, kernel_init=init, bias_init=init,
-                                               rngs=nnx.Rngs(seed))
-                                    for a, b in zip(SIZES[:-1], SIZES[1:])])
+            self.layers = nnx.List(
+                [
+                    Linear8bit(
+                        a,
+                        b,
+                        threshold=THRESHOLD,
+                        kernel_init=init,
+                        bias_init=init,
+                        rngs=nnx.Rngs(seed),
+                    )
+                    for a, b in zip(SIZES[:-1], SIZES[1:])
+                ]
+            )
 
     def same_state(a, b):
         la, lb = jax.tree.leaves(nnx.state(a)), jax.tree.leaves(nnx.state(b))
-        return len(la) == len(lb) and all(np.array_equal(np.asarray(u), np.asarray(v)) for u, v in zip(la, lb))
+        return len(la) == len(lb) and all(
+            np.array_equal(np.asarray(u), np.asarray(v)) for u, v in zip(la, lb)
+        )
 
     src = NnxMLP(0)
     path = tmp_path / "nnx.safetensors"
     lt8.jax.save_variables(path, src, threshold=THRESHOLD)
-    assert set(ckpt.load_file(path)[0]) == {f"layers.{i}.{k}" for i in range(N)
-                                           for k in ("weight", "SCB", "bias", "weight_format")}
+    assert set(ckpt.load_file(path)[0]) == {
+        f"layers.{i}.{k}" for i in range(N) for k in ("weight", "SCB", "bias", "weight_format")
+    }
     # torch reads it (the outputs then agree as in the linen tests: same bytes, same kernels) ...
     model = quantized_torch_model(2)
     lt8.torch.load_quantized(model, path)
     for i, layer in enumerate(src.layers):
-        np.testing.assert_array_equal(model.layers[i].weight.numpy(), np.asarray(layer.CB.get_value()))
-        np.testing.assert_array_equal(model.layers[i].weight.SCB.numpy(), np.asarray(layer.SCB.get_value()))
-        np.testing.assert_array_equal(model.layers[i].bias.detach().numpy(), np.asarray(layer.bias.get_value()))
+        np.testing.assert_array_equal(
+            model.layers[i].weight.numpy(), np.asarray(layer.CB.get_value())
+        )
+        np.testing.assert_array_equal(
+            model.layers[i].weight.SCB.numpy(), np.asarray(layer.SCB.get_value())
+        )
+        np.testing.assert_array_equal(
+            model.layers[i].bias.detach().numpy(), np.asarray(layer.bias.get_value())
+        )
     # ... and an NNX module is updated in place, after the checks.
     dst = NnxMLP(1)
     bad = tmp_path / "bad.safetensors"
@@ -351,7 +399,9 @@ def test_per_layer_thresholds_and_extra_metadata(tmp_path):
 
 def test_no_threshold(tmp_path):
     path = tmp_path / "t.safetensors"
-    ckpt.save_file(ckpt.write_linear(np.ones((2, 3), np.int8), np.ones(2, np.float32), prefix="fc."), path)
+    ckpt.save_file(
+        ckpt.write_linear(np.ones((2, 3), np.int8), np.ones(2, np.float32), prefix="fc."), path
+    )
     tensors, info = ckpt.load_file(path)
     assert info.format_version == 1 and info.thresholds == {} and info.threshold_for("fc") is None
     entry = ckpt.read_linear(tensors, "fc.")
@@ -435,8 +485,17 @@ def test_bad_file_leaves_torch_model_unchanged(saved, tmp_path, how):
     assert_unchanged(model, before)
 
 
-@pytest.mark.parametrize("how", ["weight shape", "SCB float16", "weight_format 9", "bias shape", "missing bias",
-                                 "unexpected key"])
+@pytest.mark.parametrize(
+    "how",
+    [
+        "weight shape",
+        "SCB float16",
+        "weight_format 9",
+        "bias shape",
+        "missing bias",
+        "unexpected key",
+    ],
+)
 def test_bad_file_into_jax_names_the_key(saved, tmp_path, how):
     _, path = saved
     tensors, _ = ckpt.load_file(path)
@@ -444,8 +503,10 @@ def test_bad_file_into_jax_names_the_key(saved, tmp_path, how):
     ckpt.save_file(_edit(tensors, how), bad)
     like = flax_template()
     # The torch messages, but for the key-set ones (JAX names the key its own way).
-    match = {"missing bias": r"missing key 'layers\.1\.bias'",
-             "unexpected key": r"unexpected keys .*'layers\.0\.extra'"}.get(how, BAD[how])
+    match = {
+        "missing bias": r"missing key 'layers\.1\.bias'",
+        "unexpected key": r"unexpected keys .*'layers\.0\.extra'",
+    }.get(how, BAD[how])
     with pytest.raises(ValueError, match=match):
         lt8.jax.load_variables(bad, like=like)
 
@@ -459,7 +520,9 @@ def test_non_strict_load_skips_unknown_keys_but_checks_the_rest(saved, tmp_path,
     bias1 = fresh.layers[1].bias.detach().clone()
     result = lt8.torch.load_quantized(fresh, extra, strict=False)
     assert result.missing_keys == ["layers.1.bias"] and result.unexpected_keys == ["layers.0.extra"]
-    assert torch.equal(fresh.layers[1].bias, bias1) and torch.equal(fresh.layers[1].weight, model.layers[1].weight)
+    assert torch.equal(fresh.layers[1].bias, bias1) and torch.equal(
+        fresh.layers[1].weight, model.layers[1].weight
+    )
     bad = tmp_path / "bad.safetensors"
     ckpt.save_file(_edit(tensors, "weight shape"), bad)
     with pytest.raises(ValueError, match=r"layers\.0\.weight"):
@@ -467,8 +530,14 @@ def test_non_strict_load_skips_unknown_keys_but_checks_the_rest(saved, tmp_path,
 
 
 def test_save_writes_no_stray_files(tmp_path):
-    ckpt.save_file({"weight": np.zeros((2, 2), np.int8), "SCB": np.ones(2, np.float32)}, tmp_path / "a.safetensors")
-    ckpt.save_file({"weight": np.ones((2, 2), np.int8), "SCB": np.ones(2, np.float32)}, tmp_path / "a.safetensors")
+    ckpt.save_file(
+        {"weight": np.zeros((2, 2), np.int8), "SCB": np.ones(2, np.float32)},
+        tmp_path / "a.safetensors",
+    )
+    ckpt.save_file(
+        {"weight": np.ones((2, 2), np.int8), "SCB": np.ones(2, np.float32)},
+        tmp_path / "a.safetensors",
+    )
     assert [p.name for p in tmp_path.iterdir()] == ["a.safetensors"]
     assert int(ckpt.load_file(tmp_path / "a.safetensors")[0]["weight"][0, 0]) == 1
 
@@ -503,22 +572,33 @@ def test_not_an_lt8_file(tmp_path):
     model = quantized_torch_model(1)
     before = snapshot(model)
     unrelated = tmp_path / "unrelated.safetensors"
-    safetensors_numpy.save_file({"embeddings": np.zeros((4, 4), np.float32), "step": np.array(3)}, unrelated)
+    safetensors_numpy.save_file(
+        {"embeddings": np.zeros((4, 4), np.float32), "step": np.array(3)}, unrelated
+    )
     with pytest.raises(ValueError, match="not an lt8 or bitsandbytes 8-bit checkpoint"):
         lt8.torch.load_quantized(model, unrelated)
     other = tmp_path / "other.safetensors"
-    safetensors_numpy.save_file({"weight": np.zeros((2, 2), np.int8), "SCB": np.ones(2, np.float32)},
-                                other, metadata={"format": "gguf"})
+    safetensors_numpy.save_file(
+        {"weight": np.zeros((2, 2), np.int8), "SCB": np.ones(2, np.float32)},
+        other,
+        metadata={"format": "gguf"},
+    )
     with pytest.raises(ValueError, match="names the format 'gguf'"):
         lt8.torch.load_quantized(model, other)
     newer = tmp_path / "newer.safetensors"
-    safetensors_numpy.save_file({"weight": np.zeros((2, 2), np.int8), "SCB": np.ones(2, np.float32)},
-                                newer, metadata={"format": ckpt.FORMAT_NAME, "format_version": "2"})
+    safetensors_numpy.save_file(
+        {"weight": np.zeros((2, 2), np.int8), "SCB": np.ones(2, np.float32)},
+        newer,
+        metadata={"format": ckpt.FORMAT_NAME, "format_version": "2"},
+    )
     with pytest.raises(ValueError, match="format version 2 is newer"):
         lt8.jax.load_variables(newer)
     badmeta = tmp_path / "badmeta.safetensors"
-    safetensors_numpy.save_file({"x": np.zeros(2, np.float32)}, badmeta,
-                                metadata={"format": ckpt.FORMAT_NAME, "format_version": "1", "threshold": "[1]"})
+    safetensors_numpy.save_file(
+        {"x": np.zeros(2, np.float32)},
+        badmeta,
+        metadata={"format": ckpt.FORMAT_NAME, "format_version": "1", "threshold": "[1]"},
+    )
     with pytest.raises(ValueError, match="threshold"):
         ckpt.read_info(badmeta)
     assert_unchanged(model, before)
@@ -543,11 +623,15 @@ def test_bitsandbytes_file_without_lt8_metadata(saved, tmp_path, rng, metadata):
     from safetensors.torch import save_file
 
     model, _ = saved
-    sd = {k: v for k, v in model.state_dict().items() if not k.endswith("weight_format")}  # older bnb
+    sd = {
+        k: v for k, v in model.state_dict().items() if not k.endswith("weight_format")
+    }  # older bnb
     path = tmp_path / "bnb.safetensors"
     save_file(sd, path, metadata=metadata)
     info = ckpt.read_info(path)
-    assert info.format_version is None and not info.is_lt8 and info.threshold_for("layers.0") is None
+    assert (
+        info.format_version is None and not info.is_lt8 and info.threshold_for("layers.0") is None
+    )
     fresh = quantized_torch_model(1)
     lt8.torch.load_quantized(fresh, path)
     x = inputs(rng)
@@ -611,13 +695,24 @@ def test_bfloat16_tensors_round_trip(tmp_path):
 # --- every bad file leaves an NNX module as it was -------------------------------------------------
 
 # The key each edit of _edit breaks (the JAX loaders word some messages their own way).
-BAD_KEY = {"missing bias": "layers.1.bias", "missing SCB": "layers.1.weight", "missing weight": "layers.2.weight",
-           "weight shape": "layers.0.weight", "SCB shape": "layers.2.SCB", "bias shape": "layers.2.bias",
-           "weight int16": "layers.1.weight", "SCB float16": "layers.1.SCB", "bias int32": "layers.0.bias",
-           "weight_format 9": "layers.2.weight_format", "weight_format int64": "layers.2.weight_format",
-           "unexpected key": "layers.0.extra", "weight float next to SCB": "layers.0.weight",
-           "SCB 2-D": "layers.1.SCB", "weight_format float": "layers.0.weight_format",
-           "float weight shape": "layers.2.weight"}
+BAD_KEY = {
+    "missing bias": "layers.1.bias",
+    "missing SCB": "layers.1.weight",
+    "missing weight": "layers.2.weight",
+    "weight shape": "layers.0.weight",
+    "SCB shape": "layers.2.SCB",
+    "bias shape": "layers.2.bias",
+    "weight int16": "layers.1.weight",
+    "SCB float16": "layers.1.SCB",
+    "bias int32": "layers.0.bias",
+    "weight_format 9": "layers.2.weight_format",
+    "weight_format int64": "layers.2.weight_format",
+    "unexpected key": "layers.0.extra",
+    "weight float next to SCB": "layers.0.weight",
+    "SCB 2-D": "layers.1.SCB",
+    "weight_format float": "layers.0.weight_format",
+    "float weight shape": "layers.2.weight",
+}
 
 
 def nnx_mlp(seed: int):
@@ -632,15 +727,29 @@ def nnx_mlp(seed: int):
 
     class NnxMLP(nnx.Module):
         def __init__(self):
-            self.layers = nnx.List([Linear8bit(a, b, threshold=THRESHOLD, kernel_init=init, bias_init=init,
-                                               rngs=nnx.Rngs(seed)) for a, b in zip(SIZES[:-1], SIZES[1:])])
+            self.layers = nnx.List(
+                [
+                    Linear8bit(
+                        a,
+                        b,
+                        threshold=THRESHOLD,
+                        kernel_init=init,
+                        bias_init=init,
+                        rngs=nnx.Rngs(seed),
+                    )
+                    for a, b in zip(SIZES[:-1], SIZES[1:])
+                ]
+            )
 
     return NnxMLP()
 
 
 def nnx_snapshot(module) -> list:
     nnx = pytest.importorskip("flax.nnx")
-    return [(path, np.array(leaf)) for path, leaf in jax.tree_util.tree_leaves_with_path(nnx.state(module))]
+    return [
+        (path, np.array(leaf))
+        for path, leaf in jax.tree_util.tree_leaves_with_path(nnx.state(module))
+    ]
 
 
 def assert_nnx_unchanged(module, before: list) -> None:
@@ -688,7 +797,9 @@ def test_int8_file_into_float_master_weights_is_refused(saved):
     there, and the model stays as it was."""
     _, path = saved
     torch.manual_seed(3)
-    model = lt8.torch.replace_linear(TorchMLP(), threshold=THRESHOLD, skip_modules=(), has_fp16_weights=True)
+    model = lt8.torch.replace_linear(
+        TorchMLP(), threshold=THRESHOLD, skip_modules=(), has_fp16_weights=True
+    )
     before = snapshot(model)
     with pytest.raises(ValueError, match="not quantized"):
         lt8.torch.load_quantized(model, path)
@@ -700,7 +811,9 @@ def test_int8_file_into_float_master_weights_is_refused(saved):
 
 def one_layer(seed: int, has_fp16_weights: bool = False, bias: bool = True):
     torch.manual_seed(seed)
-    layer = lt8.nn.Linear8bitLt(24, 10, bias=bias, has_fp16_weights=has_fp16_weights, threshold=THRESHOLD)
+    layer = lt8.nn.Linear8bitLt(
+        24, 10, bias=bias, has_fp16_weights=has_fp16_weights, threshold=THRESHOLD
+    )
     return layer if has_fp16_weights else layer.to("cpu")
 
 
@@ -711,31 +824,96 @@ def _drop(sd, *keys):
 GOOD = one_layer(100).state_dict()
 FLOAT_GOOD = nn.Linear(24, 10).state_dict()
 LAYER_BAD = {  # state dict -> (error type, what the message must name)
-    "missing weight": (_drop(GOOD, "weight"), RuntimeError, r'Missing key\(s\) in state_dict: "weight"'),
-    "missing bias": (_drop(GOOD, "bias"), RuntimeError, r'(?s)nothing was loaded.*Missing key\(s\) in state_dict: "bias"'),
-    "missing SCB": (_drop(GOOD, "SCB", "weight_format"), RuntimeError, r"weight: an int8 weight without SCB"),
-    "unexpected key": ({**GOOD, "extra": torch.zeros(2)}, RuntimeError, r'Unexpected key\(s\) in state_dict: "extra"'),
-    "weight shape": ({**GOOD, "weight": torch.zeros(10, 23, dtype=torch.int8)}, RuntimeError,
-                     r"weight: expected shape \(10, 24\), got \(10, 23\)"),
-    "weight int16": ({**GOOD, "weight": torch.zeros(10, 24, dtype=torch.int16)}, RuntimeError,
-                     r"weight: expected an int8 tensor next to SCB, got torch\.int16"),
-    "weight int32, no SCB": (_drop({**GOOD, "weight": torch.zeros(10, 24, dtype=torch.int32)}, "SCB", "weight_format"),
-                             RuntimeError, r"weight: a torch\.int32 weight without SCB"),
-    "SCB shape": ({**GOOD, "SCB": torch.ones(9)}, RuntimeError, r"SCB: expected a float tensor of shape \(10,\)"),
-    "SCB int": ({**GOOD, "SCB": torch.ones(10, dtype=torch.int32)}, RuntimeError, r"SCB: expected a float tensor"),
-    "bias shape": ({**GOOD, "bias": torch.zeros(3)}, RuntimeError, r"bias: expected a float tensor of shape \(10,\)"),
-    "bias int": ({**GOOD, "bias": torch.zeros(10, dtype=torch.int64)}, RuntimeError, r"bias: expected a float tensor"),
-    "weight_format 9": ({**GOOD, "weight_format": torch.tensor(9, dtype=torch.uint8)}, RuntimeError,
-                        r"weight_format: expected an integer scalar tensor, one of \[0, 1, 2, 3\]"),
-    "weight_format float": ({**GOOD, "weight_format": torch.tensor(0.5)}, RuntimeError, r"weight_format: expected an integer"),
-    "weight_format 2 values": ({**GOOD, "weight_format": torch.zeros(2, dtype=torch.uint8)}, RuntimeError,
-                               r"weight_format: expected an integer scalar"),
-    "tiled weight size": ({**GOOD, "weight_format": torch.tensor(1, dtype=torch.uint8)}, RuntimeError,
-                          r"weight: a col32 weight of \(10, 24\) needs 320 elements, got 240"),
-    "float weight shape": ({**FLOAT_GOOD, "weight": torch.zeros(10, 25)}, RuntimeError,
-                           r"weight: expected shape \(10, 24\), got \(10, 25\)"),
-    "float bias shape": ({**FLOAT_GOOD, "bias": torch.zeros(11)}, RuntimeError, r"bias: expected a float tensor of shape"),
-    "float checkpoint, bias missing": (_drop(FLOAT_GOOD, "bias"), RuntimeError, r'Missing key\(s\).*"bias"'),
+    "missing weight": (
+        _drop(GOOD, "weight"),
+        RuntimeError,
+        r'Missing key\(s\) in state_dict: "weight"',
+    ),
+    "missing bias": (
+        _drop(GOOD, "bias"),
+        RuntimeError,
+        r'(?s)nothing was loaded.*Missing key\(s\) in state_dict: "bias"',
+    ),
+    "missing SCB": (
+        _drop(GOOD, "SCB", "weight_format"),
+        RuntimeError,
+        r"weight: an int8 weight without SCB",
+    ),
+    "unexpected key": (
+        {**GOOD, "extra": torch.zeros(2)},
+        RuntimeError,
+        r'Unexpected key\(s\) in state_dict: "extra"',
+    ),
+    "weight shape": (
+        {**GOOD, "weight": torch.zeros(10, 23, dtype=torch.int8)},
+        RuntimeError,
+        r"weight: expected shape \(10, 24\), got \(10, 23\)",
+    ),
+    "weight int16": (
+        {**GOOD, "weight": torch.zeros(10, 24, dtype=torch.int16)},
+        RuntimeError,
+        r"weight: expected an int8 tensor next to SCB, got torch\.int16",
+    ),
+    "weight int32, no SCB": (
+        _drop({**GOOD, "weight": torch.zeros(10, 24, dtype=torch.int32)}, "SCB", "weight_format"),
+        RuntimeError,
+        r"weight: a torch\.int32 weight without SCB",
+    ),
+    "SCB shape": (
+        {**GOOD, "SCB": torch.ones(9)},
+        RuntimeError,
+        r"SCB: expected a float tensor of shape \(10,\)",
+    ),
+    "SCB int": (
+        {**GOOD, "SCB": torch.ones(10, dtype=torch.int32)},
+        RuntimeError,
+        r"SCB: expected a float tensor",
+    ),
+    "bias shape": (
+        {**GOOD, "bias": torch.zeros(3)},
+        RuntimeError,
+        r"bias: expected a float tensor of shape \(10,\)",
+    ),
+    "bias int": (
+        {**GOOD, "bias": torch.zeros(10, dtype=torch.int64)},
+        RuntimeError,
+        r"bias: expected a float tensor",
+    ),
+    "weight_format 9": (
+        {**GOOD, "weight_format": torch.tensor(9, dtype=torch.uint8)},
+        RuntimeError,
+        r"weight_format: expected an integer scalar tensor, one of \[0, 1, 2, 3\]",
+    ),
+    "weight_format float": (
+        {**GOOD, "weight_format": torch.tensor(0.5)},
+        RuntimeError,
+        r"weight_format: expected an integer",
+    ),
+    "weight_format 2 values": (
+        {**GOOD, "weight_format": torch.zeros(2, dtype=torch.uint8)},
+        RuntimeError,
+        r"weight_format: expected an integer scalar",
+    ),
+    "tiled weight size": (
+        {**GOOD, "weight_format": torch.tensor(1, dtype=torch.uint8)},
+        RuntimeError,
+        r"weight: a col32 weight of \(10, 24\) needs 320 elements, got 240",
+    ),
+    "float weight shape": (
+        {**FLOAT_GOOD, "weight": torch.zeros(10, 25)},
+        RuntimeError,
+        r"weight: expected shape \(10, 24\), got \(10, 25\)",
+    ),
+    "float bias shape": (
+        {**FLOAT_GOOD, "bias": torch.zeros(11)},
+        RuntimeError,
+        r"bias: expected a float tensor of shape",
+    ),
+    "float checkpoint, bias missing": (
+        _drop(FLOAT_GOOD, "bias"),
+        RuntimeError,
+        r'Missing key\(s\).*"bias"',
+    ),
 }
 
 
@@ -750,19 +928,25 @@ def test_layer_load_state_dict_is_atomic(how):
     assert_unchanged(layer, before)
     x = torch.randn(3, 24)
     with torch.no_grad():  # the layer still computes with its own weight and scales
-        ref = torch.ops.lt8.int8_linear(x, before["weight"], before["SCB"], before["bias"], THRESHOLD)
+        ref = torch.ops.lt8.int8_linear(
+            x, before["weight"], before["SCB"], before["bias"], THRESHOLD
+        )
         assert torch.equal(layer(x), ref)
 
 
 @pytest.mark.parametrize("has_fp16_weights", [False, True], ids=["unquantized", "fp16_weights"])
 def test_int8_state_dict_into_a_float_layer_is_refused(has_fp16_weights):
     torch.manual_seed(1)
-    layer = lt8.nn.Linear8bitLt(24, 10, has_fp16_weights=has_fp16_weights, threshold=THRESHOLD)  # not moved
+    layer = lt8.nn.Linear8bitLt(
+        24, 10, has_fp16_weights=has_fp16_weights, threshold=THRESHOLD
+    )  # not moved
     before = snapshot(layer)
     match = "has_fp16_weights=True" if has_fp16_weights else "has not been quantized yet"
     with pytest.raises(RuntimeError, match=match):
         layer.load_state_dict(GOOD)
-    with pytest.raises(RuntimeError, match="int8 weight without SCB"):  # would copy int8 values as floats
+    with pytest.raises(
+        RuntimeError, match="int8 weight without SCB"
+    ):  # would copy int8 values as floats
         layer.load_state_dict(_drop(GOOD, "SCB", "weight_format"))
     assert_unchanged(layer, before)
 
@@ -787,7 +971,9 @@ def test_layer_load_state_dict_good_cases():
     assert result.missing_keys == ["bias"]
     assert torch.equal(layer.weight.data, src.weight.data) and torch.equal(layer.bias, bias)
     before = snapshot(layer)
-    with pytest.raises(RuntimeError, match="checkpoint has SCB but no weight"):  # even when not strict
+    with pytest.raises(
+        RuntimeError, match="checkpoint has SCB but no weight"
+    ):  # even when not strict
         layer.load_state_dict(_drop(GOOD, "weight"), strict=False)
     assert_unchanged(layer, before)
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from reference import grad_input_ref
 
 D_IN, D_HID, D_OUT, RANK, ALPHA = 32, 48, 8, 4, 8.0
@@ -23,8 +22,14 @@ STEPS, LR, MAX_LOSS_RATIO = 40, 1e-2, 0.4
 def _float_mlp(rng):
     """Float weights (out, in) and biases of a 32 -> 48 -> 8 MLP."""
     return {
-        "fc1": (rng.normal(0, 0.3, (D_HID, D_IN)).astype(np.float32), rng.normal(0, 0.1, D_HID).astype(np.float32)),
-        "fc2": (rng.normal(0, 0.3, (D_OUT, D_HID)).astype(np.float32), rng.normal(0, 0.1, D_OUT).astype(np.float32)),
+        "fc1": (
+            rng.normal(0, 0.3, (D_HID, D_IN)).astype(np.float32),
+            rng.normal(0, 0.1, D_HID).astype(np.float32),
+        ),
+        "fc2": (
+            rng.normal(0, 0.3, (D_OUT, D_HID)).astype(np.float32),
+            rng.normal(0, 0.1, D_OUT).astype(np.float32),
+        ),
     }
 
 
@@ -91,8 +96,11 @@ def _torch_int8_mlp(torch, weights):
 def _frozen_snapshot(torch, model):
     from lt8.torch import Linear8bitLt
 
-    return {n: (m.weight.data.clone(), m.weight.SCB.clone(), m.bias.detach().clone())
-            for n, m in model.named_modules() if isinstance(m, Linear8bitLt)}
+    return {
+        n: (m.weight.data.clone(), m.weight.SCB.clone(), m.bias.detach().clone())
+        for n, m in model.named_modules()
+        if isinstance(m, Linear8bitLt)
+    }
 
 
 def _assert_frozen_unchanged(torch, model, snap):
@@ -134,7 +142,9 @@ def test_torch_lora_trains_on_frozen_int8(tlora, rng, device):
     lora.add_lora(model, r=RANK, alpha=ALPHA)
     assert isinstance(model.fc1, lora.LoRALinear) and isinstance(model.fc2, lora.LoRALinear)
     params = lora.lora_parameters(model)
-    assert len(params) == 4 and {id(p) for p in params} == {id(p) for p in model.parameters() if p.requires_grad}
+    assert len(params) == 4 and {id(p) for p in params} == {
+        id(p) for p in model.parameters() if p.requires_grad
+    }
     with torch.no_grad():
         assert torch.equal(model(x), y0)  # B = 0: a fresh adapter changes nothing
 
@@ -155,8 +165,15 @@ def test_torch_lora_gradients_match_float64_reference(tlora, rng):
     hidden = []
     model.act.register_forward_hook(lambda mod, inp, out: hidden.append(out.detach()))
     (model(x) * G).sum().backward()
-    layers = [(m.base.weight.data.numpy(), m.base.weight.SCB.numpy(), m.lora_A.weight.detach().numpy(),
-               m.lora_B.weight.detach().numpy()) for m in (model.fc1, model.fc2)]
+    layers = [
+        (
+            m.base.weight.data.numpy(),
+            m.base.weight.SCB.numpy(),
+            m.lora_A.weight.detach().numpy(),
+            m.lora_B.weight.detach().numpy(),
+        )
+        for m in (model.fc1, model.fc2)
+    ]
     ref = _lora_grads_ref(x.numpy(), hidden[0].numpy(), layers, G.numpy())
     for name, m in (("fc1", model.fc1), ("fc2", model.fc2)):
         _assert_close_rel(m.lora_A.weight.grad, ref[f"{name}.A"], 1e-4, f"{name}.lora_A")
@@ -203,7 +220,9 @@ def test_torch_lora_errors(tlora):
 
 def test_peft_lora_trains_on_frozen_int8(rng, device):
     torch = pytest.importorskip("torch")
-    peft = pytest.importorskip("peft", reason="peft is not installed (optional; lt8.torch.lora needs no PEFT)")
+    peft = pytest.importorskip(
+        "peft", reason="peft is not installed (optional; lt8.torch.lora needs no PEFT)"
+    )
     from lt8.torch import Linear8bitLt
 
     model = _torch_int8_mlp(torch, _float_mlp(rng)).to(device)
@@ -212,7 +231,9 @@ def test_peft_lora_trains_on_frozen_int8(rng, device):
     with torch.no_grad():
         target = model(x) + torch.from_numpy(shift).to(device)
     snap = _frozen_snapshot(torch, model)
-    pm = peft.get_peft_model(model, peft.LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=["fc1", "fc2"]))
+    pm = peft.get_peft_model(
+        model, peft.LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=["fc1", "fc2"])
+    )
     bases = [m for m in pm.modules() if isinstance(m, Linear8bitLt)]
     assert len(bases) == 2  # PEFT wraps lt8's layers (nn.Linear subclasses) as they are
     params = [p for p in pm.parameters() if p.requires_grad]
@@ -254,7 +275,9 @@ def _jax_variables(jax, lora, weights, key):
     params, int8 = {}, {}
     for (name, (w, b)), k in zip(weights.items(), jax.random.split(key, 2)):
         base = Dense8bit.variables_from_dense({"kernel": w.T, "bias": b})
-        v = lora.LoRADense8bit(w.shape[0], rank=RANK, alpha=ALPHA).variables_from_base(k, base, w.shape[1])
+        v = lora.LoRADense8bit(w.shape[0], rank=RANK, alpha=ALPHA).variables_from_base(
+            k, base, w.shape[1]
+        )
         params[name], int8[name] = v["params"], v["int8"]
     return {"params": params, "int8": int8}
 
@@ -272,7 +295,10 @@ def test_jax_lora_trains_on_frozen_int8(jlora, rng):
     from lt8.jax import Dense8bit
 
     def base(name):
-        return {"params": variables["params"][name]["base"], "int8": variables["int8"][name]["base"]}
+        return {
+            "params": variables["params"][name]["base"],
+            "int8": variables["int8"][name]["base"],
+        }
 
     plain = Dense8bit(D_OUT).apply(base("fc2"), jnp.tanh(Dense8bit(D_HID).apply(base("fc1"), x)))
     np.testing.assert_array_equal(np.asarray(y0), np.asarray(plain))
@@ -299,8 +325,11 @@ def test_jax_lora_trains_on_frozen_int8(jlora, rng):
     assert losses[-1] < MAX_LOSS_RATIO * losses[0], losses
 
     mask = lora.lora_mask(params)
-    for (path, new), old, is_lora in zip(jax.tree_util.tree_leaves_with_path(params),
-                                         jax.tree_util.tree_leaves(params0), jax.tree_util.tree_leaves(mask)):
+    for (path, new), old, is_lora in zip(
+        jax.tree_util.tree_leaves_with_path(params),
+        jax.tree_util.tree_leaves(params0),
+        jax.tree_util.tree_leaves(mask),
+    ):
         changed = not np.array_equal(np.asarray(new), np.asarray(old))
         assert changed == is_lora, jax.tree_util.keystr(path)  # only the adapters move
     for leaf in jax.tree_util.tree_leaves(int8):
@@ -312,13 +341,16 @@ def test_jax_lora_matches_torch_and_reference(jlora, rng):
     jax, _, lora = jlora
     torch = pytest.importorskip("torch")
     import jax.numpy as jnp
+
     from lt8.torch import lora as tl
 
     weights = _float_mlp(rng)
     variables = _jax_variables(jax, lora, weights, jax.random.key(int(rng.integers(2**31))))
     for name in ("fc1", "fc2"):  # nonzero B, so every gradient is
         B = variables["params"][name]["lora_B"]
-        variables["params"][name]["lora_B"] = jnp.asarray(rng.normal(0, 0.5, B.shape).astype(np.float32))
+        variables["params"][name]["lora_B"] = jnp.asarray(
+            rng.normal(0, 0.5, B.shape).astype(np.float32)
+        )
     x_np = _task(rng, n=24)[0]
     G = rng.normal(size=(24, D_OUT)).astype(np.float32)
     model = _jax_model(lora)
@@ -328,7 +360,9 @@ def test_jax_lora_matches_torch_and_reference(jlora, rng):
     with torch.no_grad():
         for name in ("fc1", "fc2"):
             m, p = getattr(tm, name), variables["params"][name]
-            assert np.array_equal(m.base.weight.data.numpy(), np.asarray(variables["int8"][name]["base"]["CB"]))
+            assert np.array_equal(
+                m.base.weight.data.numpy(), np.asarray(variables["int8"][name]["base"]["CB"])
+            )
             m.lora_A.weight.copy_(torch.from_numpy(np.asarray(p["lora_A"]).T.copy()))
             m.lora_B.weight.copy_(torch.from_numpy(np.asarray(p["lora_B"]).T.copy()))
     xt = torch.from_numpy(x_np)
@@ -342,13 +376,23 @@ def test_jax_lora_matches_torch_and_reference(jlora, rng):
         yj = model.apply(variables, x)
     _assert_close_rel(yj, yt.detach().numpy(), 1e-5, "JAX vs torch output")
     with jax.default_matmul_precision("highest"):
-        grads = jax.grad(lambda p: jnp.sum(model.apply({"params": p, "int8": variables["int8"]}, x) * G))(
-            variables["params"])
-        hid = jnp.tanh(lora.LoRADense8bit(D_HID, rank=RANK, alpha=ALPHA).apply(
-            {"params": variables["params"]["fc1"], "int8": variables["int8"]["fc1"]}, x))
-    layers = [(np.asarray(variables["int8"][n]["base"]["CB"]), np.asarray(variables["int8"][n]["base"]["SCB"]),
-               np.asarray(variables["params"][n]["lora_A"]).T, np.asarray(variables["params"][n]["lora_B"]).T)
-              for n in ("fc1", "fc2")]
+        grads = jax.grad(
+            lambda p: jnp.sum(model.apply({"params": p, "int8": variables["int8"]}, x) * G)
+        )(variables["params"])
+        hid = jnp.tanh(
+            lora.LoRADense8bit(D_HID, rank=RANK, alpha=ALPHA).apply(
+                {"params": variables["params"]["fc1"], "int8": variables["int8"]["fc1"]}, x
+            )
+        )
+    layers = [
+        (
+            np.asarray(variables["int8"][n]["base"]["CB"]),
+            np.asarray(variables["int8"][n]["base"]["SCB"]),
+            np.asarray(variables["params"][n]["lora_A"]).T,
+            np.asarray(variables["params"][n]["lora_B"]).T,
+        )
+        for n in ("fc1", "fc2")
+    ]
     ref = _lora_grads_ref(x_np, np.asarray(hid), layers, G)
     for name in ("fc1", "fc2"):
         gA, gB = np.asarray(grads[name]["lora_A"]).T, np.asarray(grads[name]["lora_B"]).T

@@ -10,18 +10,20 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx, serialization
-
 from jax_helpers import DTYPE_IDS, DTYPES, activations, f64, platform, rel_eps  # noqa: F401
+from reference import linear_ref, quantize_rows_ref
+
 from lt8.jax import Dense8bit
 from lt8.jax.nnx import Int8Weight, Linear8bit
-from reference import linear_ref, quantize_rows_ref
 
 
 def int8_bound(x: np.ndarray, W: np.ndarray) -> np.ndarray:
     """Worst-case |LLM.int8() - x @ W.T| from rounding x and W to int8 (half a step each)."""
     sx, sw = np.abs(x).max(-1, keepdims=True), np.abs(W).max(1)
     K = x.shape[-1]
-    return (sw * np.abs(x).sum(-1, keepdims=True) + sx * np.abs(W).sum(1)) / 254 + K * sx * sw / 254**2
+    return (
+        sw * np.abs(x).sum(-1, keepdims=True) + sx * np.abs(W).sum(1)
+    ) / 254 + K * sx * sw / 254**2
 
 
 # --- linen ------------------------------------------------------------------------------------
@@ -62,7 +64,11 @@ def test_from_dense_is_close_to_dense(platform, rng, dtype):
     assert out.dtype == dtype
     exact = f64(x) @ f64(params["kernel"]) + f64(params["bias"])
     bound = int8_bound(f64(x).reshape(-1, 64), f64(params["kernel"]).T).reshape(exact.shape)
-    tol = bound + 4 * rel_eps(dtype) * (np.abs(exact).max() + 1) + 2 * rel_eps(dtype) * np.abs(f64(x)).max() * 8
+    tol = (
+        bound
+        + 4 * rel_eps(dtype) * (np.abs(exact).max() + 1)
+        + 2 * rel_eps(dtype) * np.abs(f64(x)).max() * 8
+    )
     assert np.all(np.abs(f64(out) - exact) <= tol)
     # dtype=None computes in the input's dtype.
     assert Dense8bit(32).apply(variables, x.astype(dtype)).dtype == dtype
@@ -77,8 +83,12 @@ def test_serialization_roundtrip_gives_identical_outputs(platform, rng):
     template = layer.init(jax.random.key(0), x)
     restored = serialization.from_bytes(template, blob)
     assert restored["int8"]["CB"].dtype == np.int8
-    np.testing.assert_array_equal(np.asarray(restored["int8"]["CB"]), np.asarray(variables["int8"]["CB"]))
-    np.testing.assert_array_equal(np.asarray(layer.apply(restored, x)), np.asarray(layer.apply(variables, x)))
+    np.testing.assert_array_equal(
+        np.asarray(restored["int8"]["CB"]), np.asarray(variables["int8"]["CB"])
+    )
+    np.testing.assert_array_equal(
+        np.asarray(layer.apply(restored, x)), np.asarray(layer.apply(variables, x))
+    )
 
 
 def test_apply_without_int8_collection_is_a_clear_error():
@@ -150,13 +160,23 @@ def test_nnx_from_linear_is_close_to_linear(platform, rng):
 
 
 def test_nnx_and_linen_agree_and_int8_state_is_not_a_param(platform, rng):
-    layer = Linear8bit(32, 16, rngs=nnx.Rngs(int(rng.integers(2**31))), bias_init=nnx.initializers.ones_init())
+    layer = Linear8bit(
+        32, 16, rngs=nnx.Rngs(int(rng.integers(2**31))), bias_init=nnx.initializers.ones_init()
+    )
     params = nnx.state(layer, nnx.Param)
     int8 = nnx.state(layer, Int8Weight)
-    assert set(nnx.to_pure_dict(params)) == {"bias"} and set(nnx.to_pure_dict(int8)) == {"CB", "SCB"}
+    assert set(nnx.to_pure_dict(params)) == {"bias"} and set(nnx.to_pure_dict(int8)) == {
+        "CB",
+        "SCB",
+    }
     x = activations(rng, (4, 32), 6.0)
-    variables = {"params": {"bias": layer.bias[...]}, "int8": {"CB": layer.CB[...], "SCB": layer.SCB[...]}}
-    np.testing.assert_array_equal(np.asarray(layer(x)), np.asarray(Dense8bit(16).apply(variables, x)))
+    variables = {
+        "params": {"bias": layer.bias[...]},
+        "int8": {"CB": layer.CB[...], "SCB": layer.SCB[...]},
+    }
+    np.testing.assert_array_equal(
+        np.asarray(layer(x)), np.asarray(Dense8bit(16).apply(variables, x))
+    )
     # nnx.grad differentiates Params only; the int8 weight rides along untouched.
     grads = nnx.grad(lambda m: jnp.sum(m(x)))(layer)
     np.testing.assert_allclose(f64(grads.bias[...]), np.full(16, 4.0))
@@ -196,20 +216,34 @@ def test_variables_from_torch_linear_and_back(rng):
     x = rng.standard_normal((6, 40)).astype(np.float32)
     variables = Dense8bit.variables_from_torch(fp.state_dict())
     out = np.asarray(Dense8bit(12).apply(variables, jnp.asarray(x)), np.float64)
-    exact = x.astype(np.float64) @ fp.weight.detach().double().numpy().T + fp.bias.detach().double().numpy()
-    assert np.all(np.abs(out - exact) <= int8_bound(x.astype(np.float64), fp.weight.detach().double().numpy()) + 1e-5)
+    exact = (
+        x.astype(np.float64) @ fp.weight.detach().double().numpy().T
+        + fp.bias.detach().double().numpy()
+    )
+    assert np.all(
+        np.abs(out - exact)
+        <= int8_bound(x.astype(np.float64), fp.weight.detach().double().numpy()) + 1e-5
+    )
 
     # lt8's torch layer loads the JAX checkpoint and computes the same bits on the same kernels.
     q = lt8.nn.Linear8bitLt(40, 12, has_fp16_weights=False, threshold=6.0).to("cpu")
     sd = {k: torch.from_numpy(np.array(v)) for k, v in Dense8bit.to_state_dict(variables).items()}
-    assert set(sd) == {"weight", "SCB", "bias", "weight_format"} and sd["weight"].dtype == torch.int8
+    assert (
+        set(sd) == {"weight", "SCB", "bias", "weight_format"} and sd["weight"].dtype == torch.int8
+    )
     q.load_state_dict(sd)
-    np.testing.assert_array_equal(q(torch.from_numpy(x)).detach().numpy(), np.asarray(out, np.float32))
+    np.testing.assert_array_equal(
+        q(torch.from_numpy(x)).detach().numpy(), np.asarray(out, np.float32)
+    )
 
     # And a torch Linear8bitLt state dict comes back to JAX unchanged.
     back = Dense8bit.variables_from_torch(q.state_dict())
-    np.testing.assert_array_equal(np.asarray(back["int8"]["CB"]), np.asarray(variables["int8"]["CB"]))
-    np.testing.assert_array_equal(np.asarray(back["int8"]["SCB"]), np.asarray(variables["int8"]["SCB"]))
+    np.testing.assert_array_equal(
+        np.asarray(back["int8"]["CB"]), np.asarray(variables["int8"]["CB"])
+    )
+    np.testing.assert_array_equal(
+        np.asarray(back["int8"]["SCB"]), np.asarray(variables["int8"]["SCB"])
+    )
 
 
 def test_variables_from_tiled_numpy_checkpoint(rng):
@@ -217,8 +251,11 @@ def test_variables_from_tiled_numpy_checkpoint(rng):
 
     CB = rng.integers(-127, 128, size=(10, 40)).astype(np.int8)
     SCB = rng.uniform(0.1, 1, size=10).astype(np.float32)
-    sd = {"weight": to_layout_reference(CB, "col_turing"), "SCB": SCB,
-          "weight_format": np.array(2, np.uint8)}
+    sd = {
+        "weight": to_layout_reference(CB, "col_turing"),
+        "SCB": SCB,
+        "weight_format": np.array(2, np.uint8),
+    }
     with pytest.raises(ValueError, match="in_features"):
         Dense8bit.variables_from_torch(sd)
     variables = Dense8bit.variables_from_torch(sd, in_features=40)

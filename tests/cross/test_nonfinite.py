@@ -13,9 +13,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-
-import lt8.jax as lj
-import lt8.torch  # noqa: F401  (registers torch.ops.lt8)
 from jax_helpers import platform  # noqa: F401
 from reference import (
     grad_input_ref,
@@ -24,6 +21,9 @@ from reference import (
     quantize_rows_ref,
     weight_linear_ref,
 )
+
+import lt8.jax as lj
+import lt8.torch  # noqa: F401  (registers torch.ops.lt8)
 
 TORCH_DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
 JAX_DTYPES = {"f32": jnp.float32, "f16": jnp.float16, "bf16": jnp.bfloat16}
@@ -74,12 +74,18 @@ def weight(rng, N: int, K: int, zero_at=None) -> np.ndarray:
 def assert_policy(out, out_clean, ref, bad_rows):
     """Rows hit by a non-finite value match the reference's NaN/+inf/-inf pattern exactly; the
     other rows are finite and bit-identical to the clean run."""
-    out, out_clean, ref = (np.asarray(a, np.float64).reshape(len(bad_rows), -1) for a in (out, out_clean, ref))
+    out, out_clean, ref = (
+        np.asarray(a, np.float64).reshape(len(bad_rows), -1) for a in (out, out_clean, ref)
+    )
     ok = ~bad_rows
     assert np.isfinite(out[ok]).all(), "a non-finite value leaked into rows it does not touch"
-    np.testing.assert_array_equal(out[ok], out_clean[ok], err_msg="rows without non-finite values changed")
+    np.testing.assert_array_equal(
+        out[ok], out_clean[ok], err_msg="rows without non-finite values changed"
+    )
     for name, test in (("NaN", np.isnan), ("+inf", np.isposinf), ("-inf", np.isneginf)):
-        np.testing.assert_array_equal(test(out[bad_rows]), test(ref[bad_rows]), err_msg=f"{name} pattern")
+        np.testing.assert_array_equal(
+            test(out[bad_rows]), test(ref[bad_rows]), err_msg=f"{name} pattern"
+        )
     assert not np.isfinite(ref[bad_rows]).any()  # the planted values reach every column
 
 
@@ -118,7 +124,9 @@ def test_torch_linear_nonfinite_activations(device, rng, value, threshold, dtype
 
 @pytest.mark.parametrize("value", list(NONFINITE))
 @pytest.mark.parametrize("threshold", [0.0, 6.0])
-@pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad"])  # fast path / registered op
+@pytest.mark.parametrize(
+    "grad", [False, True], ids=["no_grad", "grad"]
+)  # fast path / registered op
 def test_torch_module_nonfinite_activations(device, rng, value, threshold, grad):
     K, N, M = 40, 16, 6
     x, clean, bad = planted(rng, M, K, threshold, NONFINITE[value])
@@ -128,8 +136,13 @@ def test_torch_module_nonfinite_activations(device, rng, value, threshold, grad)
     xt, ct = (torch.from_numpy(a).half().to(device).requires_grad_(grad) for a in (x, clean))
     with torch.set_grad_enabled(grad):
         out, out_clean = layer(xt), layer(ct)
-    ref = linear_ref(t64(xt), layer.weight.cpu().numpy(), layer.weight.SCB.cpu().numpy(),
-                     t64(layer.bias), threshold)
+    ref = linear_ref(
+        t64(xt),
+        layer.weight.cpu().numpy(),
+        layer.weight.SCB.cpu().numpy(),
+        t64(layer.bias),
+        threshold,
+    )
     assert_policy(t64(out), t64(out_clean), ref, bad)
 
 
@@ -145,7 +158,12 @@ def test_torch_weight_only_and_grad_input_nonfinite(device, rng, value, dtype):
     xt, ct = (torch.from_numpy(a).to(TORCH_DTYPES[dtype]).to(device) for a in (x, clean))
     out = torch.ops.lt8.int8_weight_linear(xt, CB, SCB, None)
     out_clean = torch.ops.lt8.int8_weight_linear(ct, CB, SCB, None)
-    assert_policy(t64(out), t64(out_clean), weight_linear_ref(t64(xt), CB.cpu().numpy(), SCB.cpu().numpy()), bad)
+    assert_policy(
+        t64(out),
+        t64(out_clean),
+        weight_linear_ref(t64(xt), CB.cpu().numpy(), SCB.cpu().numpy()),
+        bad,
+    )
 
     g, g_clean, g_bad = planted(rng, M, N, 0.0, NONFINITE[value])
     Wg = weight(rng, N, K)
@@ -154,7 +172,9 @@ def test_torch_weight_only_and_grad_input_nonfinite(device, rng, value, dtype):
     gt, gc = (torch.from_numpy(a).to(TORCH_DTYPES[dtype]).to(device) for a in (g, g_clean))
     gx = torch.ops.lt8.int8_linear_grad_input(gt, CB, SCB)
     gx_clean = torch.ops.lt8.int8_linear_grad_input(gc, CB, SCB)
-    assert_policy(t64(gx), t64(gx_clean), grad_input_ref(t64(gt), CB.cpu().numpy(), SCB.cpu().numpy()), g_bad)
+    assert_policy(
+        t64(gx), t64(gx_clean), grad_input_ref(t64(gt), CB.cpu().numpy(), SCB.cpu().numpy()), g_bad
+    )
 
 
 # --- non-finite activations: JAX -------------------------------------------------------------------
@@ -175,7 +195,12 @@ def test_jax_linear_nonfinite_activations(platform, rng, value, threshold, dtype
     assert_policy(j64(f(xj)), j64(f(cj)), ref, bad)
 
     out_w, out_w_clean = lj.weight_linear(xj, CB, SCB), lj.weight_linear(cj, CB, SCB)
-    assert_policy(j64(out_w), j64(out_w_clean), weight_linear_ref(j64(xj), np.asarray(CB), np.asarray(SCB)), bad)
+    assert_policy(
+        j64(out_w),
+        j64(out_w_clean),
+        weight_linear_ref(j64(xj), np.asarray(CB), np.asarray(SCB)),
+        bad,
+    )
 
 
 @pytest.mark.parametrize("value", list(NONFINITE))
@@ -190,7 +215,12 @@ def test_jax_grad_input_nonfinite(platform, rng, value):
     def grad_x(g):
         return jax.vjp(lambda x: lj.linear(x, CB, SCB, None, 6.0), x)[1](jnp.asarray(g))[0]
 
-    assert_policy(j64(grad_x(g)), j64(grad_x(g_clean)), grad_input_ref(g, np.asarray(CB), np.asarray(SCB)), bad)
+    assert_policy(
+        j64(grad_x(g)),
+        j64(grad_x(g_clean)),
+        grad_input_ref(g, np.asarray(CB), np.asarray(SCB)),
+        bad,
+    )
 
 
 # --- non-finite weights ----------------------------------------------------------------------------
@@ -221,7 +251,9 @@ def test_torch_nonfinite_weight_reaches_its_column_only(device, rng, threshold):
     out_clean = t64(torch.ops.lt8.int8_linear(xt, *torch_weight(W_clean, device), None, threshold))
     assert np.isnan(out[:, cols]).all()
     np.testing.assert_array_equal(out[:, ~cols], out_clean[:, ~cols])
-    np.testing.assert_array_equal(np.isnan(out), np.isnan(linear_ref(x, CB.cpu().numpy(), SCB.cpu().numpy(), None, threshold)))
+    np.testing.assert_array_equal(
+        np.isnan(out), np.isnan(linear_ref(x, CB.cpu().numpy(), SCB.cpu().numpy(), None, threshold))
+    )
 
 
 def test_jax_nonfinite_weight_reaches_its_column_only(platform, rng):
@@ -230,7 +262,9 @@ def test_jax_nonfinite_weight_reaches_its_column_only(platform, rng):
     x, _, _ = planted(rng, M, K, 6.0, 0.0)
     CB, SCB = lj.quantize_weight(jnp.asarray(W))
     out = j64(lj.linear(jnp.asarray(x, jnp.float16), CB, SCB, None, 6.0))
-    out_clean = j64(lj.linear(jnp.asarray(x, jnp.float16), *lj.quantize_weight(jnp.asarray(W_clean)), None, 6.0))
+    out_clean = j64(
+        lj.linear(jnp.asarray(x, jnp.float16), *lj.quantize_weight(jnp.asarray(W_clean)), None, 6.0)
+    )
     assert np.isnan(out[:, cols]).all()
     np.testing.assert_array_equal(out[:, ~cols], out_clean[:, ~cols])
 
@@ -261,20 +295,34 @@ def test_torch_zero_rows_and_columns_are_exact(device, rng, threshold, dtype, wi
     M, K, N = 6, 40, 10
     x, W, zero_rows, zero_cols = _with_zeros(rng, M, K, N)
     CB, SCB = torch_weight(W, device)
-    bias = torch.from_numpy(rng.standard_normal(N).astype(np.float32)).to(device) if with_bias else None
+    bias = (
+        torch.from_numpy(rng.standard_normal(N).astype(np.float32)).to(device)
+        if with_bias
+        else None
+    )
     expected = np.zeros(N) if bias is None else t64(bias.to(TORCH_DTYPES[dtype]))
     xt = torch.from_numpy(x).to(TORCH_DTYPES[dtype]).to(device)
-    for out in (torch.ops.lt8.int8_linear(xt, CB, SCB, bias, threshold),
-                torch.ops.lt8.int8_weight_linear(xt, CB, SCB, bias)):
+    for out in (
+        torch.ops.lt8.int8_linear(xt, CB, SCB, bias, threshold),
+        torch.ops.lt8.int8_weight_linear(xt, CB, SCB, bias),
+    ):
         out = t64(out)
-        np.testing.assert_array_equal(out[zero_rows], np.broadcast_to(expected, (zero_rows.sum(), N)))
-        np.testing.assert_array_equal(out[:, zero_cols], np.broadcast_to(expected[zero_cols], (M, zero_cols.sum())))
+        np.testing.assert_array_equal(
+            out[zero_rows], np.broadcast_to(expected, (zero_rows.sum(), N))
+        )
+        np.testing.assert_array_equal(
+            out[:, zero_cols], np.broadcast_to(expected[zero_cols], (M, zero_cols.sum()))
+        )
     g = np.clip(rng.standard_normal((M, N)), -2, 2).astype(np.float32)
     g[zero_rows] = 0.0
     Wk = W.copy()
     Wk[:, [2, K - 1]] = 0.0  # zero weight columns: zero input-gradient columns
     CBk, SCBk = torch_weight(Wk, device)
-    gx = t64(torch.ops.lt8.int8_linear_grad_input(torch.from_numpy(g).to(TORCH_DTYPES[dtype]).to(device), CBk, SCBk))
+    gx = t64(
+        torch.ops.lt8.int8_linear_grad_input(
+            torch.from_numpy(g).to(TORCH_DTYPES[dtype]).to(device), CBk, SCBk
+        )
+    )
     assert np.all(gx[zero_rows] == 0) and np.all(gx[:, [2, K - 1]] == 0)
 
 
@@ -289,8 +337,12 @@ def test_jax_zero_rows_and_columns_are_exact(platform, rng, threshold, dtype):
     xj = jnp.asarray(x, JAX_DTYPES[dtype])
     for out in (lj.linear(xj, CB, SCB, bias, threshold), lj.weight_linear(xj, CB, SCB, bias)):
         out = j64(out)
-        np.testing.assert_array_equal(out[zero_rows], np.broadcast_to(expected, (zero_rows.sum(), N)))
-        np.testing.assert_array_equal(out[:, zero_cols], np.broadcast_to(expected[zero_cols], (M, zero_cols.sum())))
+        np.testing.assert_array_equal(
+            out[zero_rows], np.broadcast_to(expected, (zero_rows.sum(), N))
+        )
+        np.testing.assert_array_equal(
+            out[:, zero_cols], np.broadcast_to(expected[zero_cols], (M, zero_cols.sum()))
+        )
 
 
 # --- large magnitudes ------------------------------------------------------------------------------
@@ -298,7 +350,9 @@ def test_jax_zero_rows_and_columns_are_exact(platform, rng, threshold, dtype):
 
 def near_max(rng, shape, top: float) -> np.ndarray:
     """Values of magnitude in [0.9 * top, top], random signs."""
-    return (rng.choice([-1.0, 1.0], size=shape) * rng.uniform(0.9 * top, top, size=shape)).astype(np.float32)
+    return (rng.choice([-1.0, 1.0], size=shape) * rng.uniform(0.9 * top, top, size=shape)).astype(
+        np.float32
+    )
 
 
 def small_weight(rng, N, K) -> np.ndarray:
@@ -306,7 +360,9 @@ def small_weight(rng, N, K) -> np.ndarray:
     return (rng.uniform(-0.9, 0.9, (N, K)) / K).astype(np.float32)
 
 
-@pytest.mark.parametrize("threshold", [0.0, 6.0, 7e4], ids=["no_outliers", "all_outliers", "above_fp16_max"])
+@pytest.mark.parametrize(
+    "threshold", [0.0, 6.0, 7e4], ids=["no_outliers", "all_outliers", "above_fp16_max"]
+)
 @pytest.mark.parametrize("M", [3, 40])
 def test_torch_fp16_near_max_does_not_overflow(device, rng, threshold, M):
     """fp16 activations up to 65504: the int8 path, the weight-only path and the input gradient
@@ -320,13 +376,18 @@ def test_torch_fp16_near_max_does_not_overflow(device, rng, threshold, M):
     ref = linear_ref(t64(x), cb, scb, None, threshold)
     assert np.isfinite(ref).all() and np.abs(ref).max() < 65504
     assert np.isfinite(out).all()
-    assert np.all(np.abs(out - ref) <= linear_error_bound(t64(x), cb, scb, ref, *EPS["f16"], threshold, q.cpu().numpy()))
+    assert np.all(
+        np.abs(out - ref)
+        <= linear_error_bound(t64(x), cb, scb, ref, *EPS["f16"], threshold, q.cpu().numpy())
+    )
     out_w = t64(torch.ops.lt8.int8_weight_linear(x, CB, SCB, None))
     ref_w = weight_linear_ref(t64(x), cb, scb)
     assert np.isfinite(out_w).all()
     assert np.all(np.abs(out_w - ref_w) <= linear_error_bound(t64(x), cb, scb, ref_w, *EPS["f16"]))
     g = torch.from_numpy(near_max(rng, (M, N), 65504.0)).half().to(device)
-    CBg, SCBg = torch_weight(small_weight(rng, K, N).T.copy(), device)  # |W| <= 0.9 / N down each column
+    CBg, SCBg = torch_weight(
+        small_weight(rng, K, N).T.copy(), device
+    )  # |W| <= 0.9 / N down each column
     gx = t64(torch.ops.lt8.int8_linear_grad_input(g, CBg, SCBg))
     ref_g = grad_input_ref(t64(g), CBg.cpu().numpy(), SCBg.cpu().numpy())
     assert np.isfinite(gx).all() and np.abs(ref_g).max() < 65504
@@ -343,7 +404,9 @@ def test_torch_module_fp16_near_max(device, rng, threshold):
     x = torch.from_numpy(near_max(rng, (5, K), 65504.0)).half().to(device)
     with torch.no_grad():
         out = t64(layer(x))
-    ref = linear_ref(t64(x), layer.weight.cpu().numpy(), layer.weight.SCB.cpu().numpy(), None, threshold)
+    ref = linear_ref(
+        t64(x), layer.weight.cpu().numpy(), layer.weight.SCB.cpu().numpy(), None, threshold
+    )
     assert np.isfinite(out).all()
     np.testing.assert_allclose(out, ref, rtol=0, atol=0.02 * np.abs(ref).max())
 
@@ -358,7 +421,10 @@ def test_jax_fp16_near_max_does_not_overflow(platform, rng, threshold):
     out = j64(jax.jit(lambda x: lj.linear(x, CB, SCB, None, threshold))(x))
     ref = linear_ref(j64(x), cb, scb, None, threshold)
     assert np.isfinite(out).all()
-    assert np.all(np.abs(out - ref) <= linear_error_bound(j64(x), cb, scb, ref, *EPS["f16"], threshold, np.asarray(q)))
+    assert np.all(
+        np.abs(out - ref)
+        <= linear_error_bound(j64(x), cb, scb, ref, *EPS["f16"], threshold, np.asarray(q))
+    )
     out_w = j64(lj.weight_linear(x, CB, SCB))
     assert np.isfinite(out_w).all()
 
@@ -366,7 +432,9 @@ def test_jax_fp16_near_max_does_not_overflow(platform, rng, threshold):
 @pytest.mark.parametrize("dtype", ["f32", "bf16"])
 def test_huge_activations_quantize_correctly(device, rng, dtype):
     K, N = 16, 8
-    x = torch.from_numpy(near_max(rng, (4, K), 3.0e38) * rng.uniform(0.01, 1, (4, K)).astype(np.float32))
+    x = torch.from_numpy(
+        near_max(rng, (4, K), 3.0e38) * rng.uniform(0.01, 1, (4, K)).astype(np.float32)
+    )
     x = x.to(TORCH_DTYPES[dtype]).to(device)
     CB, SCB = torch_weight(small_weight(rng, N, K), device)
     q, _, _ = torch.ops.lt8.quantize_rows(x, 0.0)
@@ -374,8 +442,12 @@ def test_huge_activations_quantize_correctly(device, rng, dtype):
     assert np.abs(q.cpu().numpy().astype(int) - q_ref).max() <= 1
     out = t64(torch.ops.lt8.int8_linear(x, CB, SCB, None, 0.0))
     ref = linear_ref(t64(x), CB.cpu().numpy(), SCB.cpu().numpy(), None, 0.0)
-    assert np.all(np.abs(out - ref) <= linear_error_bound(t64(x), CB.cpu().numpy(), SCB.cpu().numpy(), ref,
-                                                          *EPS[dtype], 0.0, q.cpu().numpy()))
+    assert np.all(
+        np.abs(out - ref)
+        <= linear_error_bound(
+            t64(x), CB.cpu().numpy(), SCB.cpu().numpy(), ref, *EPS[dtype], 0.0, q.cpu().numpy()
+        )
+    )
 
 
 def test_weight_only_path_does_not_overflow_before_scaling(device, rng):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from reference import grad_input_ref, linear_ref, quantize_rows_ref
 
 import lt8.torch  # noqa: F401  (registers torch.ops.lt8)
-from reference import grad_input_ref, linear_ref, quantize_rows_ref
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 DTYPE_IDS = ["f32", "f16", "bf16"]
@@ -24,7 +24,9 @@ def activations(rng, shape, threshold=6.0, n_outlier_cols=3, dtype=torch.float16
         flat = x.reshape(-1, K)
         cols = rng.choice(K, size=min(n_outlier_cols, K), replace=False)
         rows = rng.integers(0, flat.shape[0], size=cols.size)
-        flat[rows, cols] = rng.choice([-1.0, 1.0], size=cols.size) * rng.uniform(threshold, 4 * threshold, size=cols.size)
+        flat[rows, cols] = rng.choice([-1.0, 1.0], size=cols.size) * rng.uniform(
+            threshold, 4 * threshold, size=cols.size
+        )
     return torch.from_numpy(x).to(dtype)
 
 
@@ -68,7 +70,9 @@ def test_quantize_all_zero_rows_give_exact_zeros(device):
     assert q[1].abs().max() == 127
 
 
-@pytest.mark.parametrize("M,N,K", [(5, 7, 1), (3, 9, 3), (33, 17, 33), (64, 128, 256), (0, 8, 16), (2, 3, 0)])
+@pytest.mark.parametrize(
+    "M,N,K", [(5, 7, 1), (3, 9, 3), (33, 17, 33), (64, 128, 256), (0, 8, 16), (2, 3, 0)]
+)
 def test_int8_gemm_exact(device, rng, M, N, K):
     A = torch.from_numpy(rng.integers(-127, 128, (M, K), dtype=np.int8))
     B = torch.from_numpy(rng.integers(-127, 128, (N, K), dtype=np.int8))
@@ -86,8 +90,13 @@ def test_dequant_epilogue(device, rng, out_dtype, with_bias):
     rs = torch.from_numpy(rng.uniform(0.1, 8, M).astype(np.float32))
     cs = torch.from_numpy(rng.uniform(0.01, 2, N).astype(np.float32))
     bias = torch.from_numpy(rng.standard_normal(N).astype(np.float32)).half() if with_bias else None
-    out = torch.ops.lt8.dequant_epilogue(C.to(device), rs.to(device), cs.to(device),
-                                         None if bias is None else bias.to(device), out_dtype)
+    out = torch.ops.lt8.dequant_epilogue(
+        C.to(device),
+        rs.to(device),
+        cs.to(device),
+        None if bias is None else bias.to(device),
+        out_dtype,
+    )
     ref = C.numpy().astype(np.float64) * rs.numpy()[:, None] * cs.numpy()[None, :] / 127.0**2
     if bias is not None:
         ref = ref + as_f64(bias)[None, :]
@@ -105,16 +114,27 @@ def test_dequantize_rows(device, rng):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("threshold", [0.0, 6.0])
-@pytest.mark.parametrize("shape,N", [((4, 64), 48), ((2, 5, 33), 17), ((1, 4097), 9), ((16, 256), 130)])
+@pytest.mark.parametrize(
+    "shape,N", [((4, 64), 48), ((2, 5, 33), 17), ((1, 4097), 9), ((16, 256), 130)]
+)
 @pytest.mark.parametrize("with_bias", [False, True])
 def test_int8_linear_matches_reference(device, rng, dtype, threshold, shape, N, with_bias):
     K = shape[-1]
     _, CB, SCB = weight(rng, N, K, device)
-    bias = torch.from_numpy(rng.standard_normal(N).astype(np.float32)).to(device) if with_bias else None
+    bias = (
+        torch.from_numpy(rng.standard_normal(N).astype(np.float32)).to(device)
+        if with_bias
+        else None
+    )
     x = activations(rng, shape, threshold, dtype=dtype).to(device)
     out = torch.ops.lt8.int8_linear(x, CB, SCB, bias, threshold)
-    ref = linear_ref(as_f64(x), CB.cpu().numpy(), SCB.cpu().numpy(),
-                     None if bias is None else bias.cpu().numpy(), threshold)
+    ref = linear_ref(
+        as_f64(x),
+        CB.cpu().numpy(),
+        SCB.cpu().numpy(),
+        None if bias is None else bias.cpu().numpy(),
+        threshold,
+    )
     assert out.dtype == dtype and out.shape == (*shape[:-1], N)
     # The kernel accumulates the dequantized product and the outlier terms in float32, then
     # rounds once to the output dtype. For float32 inputs x * 127 is inexact, so a value within
@@ -160,7 +180,9 @@ def test_autograd_through_int8_linear(device, rng):
     out = torch.ops.lt8.int8_linear(x, CB, SCB, bias, 6.0)
     g = torch.randn_like(out)
     out.backward(g)
-    ref_gx = grad_input_ref(as_f64(g).reshape(-1, 24), CB.cpu().numpy(), SCB.cpu().numpy()).reshape(3, 4, 40)
+    ref_gx = grad_input_ref(as_f64(g).reshape(-1, 24), CB.cpu().numpy(), SCB.cpu().numpy()).reshape(
+        3, 4, 40
+    )
     np.testing.assert_allclose(as_f64(x.grad), ref_gx, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(as_f64(bias.grad), as_f64(g).sum((0, 1)), rtol=1e-5, atol=1e-5)
 
@@ -183,7 +205,10 @@ def test_opcheck(device, rng):
         (torch.ops.lt8.int8_linear.default, (x.float().requires_grad_(), CB, SCB, None, 0.0)),
         (torch.ops.lt8.quantize_rows.default, (x, 6.0)),
         (torch.ops.lt8.int8_gemm.default, (CB, CB)),
-        (torch.ops.lt8.int8_linear_grad_input.default, (torch.randn(4, 16, device=device), CB, SCB)),
+        (
+            torch.ops.lt8.int8_linear_grad_input.default,
+            (torch.randn(4, 16, device=device), CB, SCB),
+        ),
         (torch.ops.lt8.dequantize_rows.default, (CB, SCB, torch.float16)),
         (torch.ops.lt8.transform_layout.default, (CB, 16, 32, "row", "col_ampere")),
     ]
@@ -194,11 +219,51 @@ def test_opcheck(device, rng):
 @pytest.mark.parametrize(
     "make_args,exc,match",
     [
-        (lambda d: (torch.zeros(2, 8, dtype=torch.int8, device=d), torch.zeros(4, 8, dtype=torch.int8, device=d), torch.ones(4, device=d)), TypeError, "x must be float32"),
-        (lambda d: (torch.zeros(2, 8, device=d), torch.zeros(4, 8, device=d), torch.ones(4, device=d)), TypeError, "CB must be torch.int8"),
-        (lambda d: (torch.zeros(2, 7, device=d), torch.zeros(4, 8, dtype=torch.int8, device=d), torch.ones(4, device=d)), ValueError, "x has 7 features"),
-        (lambda d: (torch.zeros(2, 8, device=d), torch.zeros(4, 8, dtype=torch.int8, device=d), torch.ones(3, device=d)), ValueError, "SCB must have shape"),
-        (lambda d: (torch.zeros(2, 8, device=d), torch.zeros(4, 8, dtype=torch.int8, device=d), torch.ones(4, dtype=torch.float64, device=d)), TypeError, "SCB must be torch.float32"),
+        (
+            lambda d: (
+                torch.zeros(2, 8, dtype=torch.int8, device=d),
+                torch.zeros(4, 8, dtype=torch.int8, device=d),
+                torch.ones(4, device=d),
+            ),
+            TypeError,
+            "x must be float32",
+        ),
+        (
+            lambda d: (
+                torch.zeros(2, 8, device=d),
+                torch.zeros(4, 8, device=d),
+                torch.ones(4, device=d),
+            ),
+            TypeError,
+            "CB must be torch.int8",
+        ),
+        (
+            lambda d: (
+                torch.zeros(2, 7, device=d),
+                torch.zeros(4, 8, dtype=torch.int8, device=d),
+                torch.ones(4, device=d),
+            ),
+            ValueError,
+            "x has 7 features",
+        ),
+        (
+            lambda d: (
+                torch.zeros(2, 8, device=d),
+                torch.zeros(4, 8, dtype=torch.int8, device=d),
+                torch.ones(3, device=d),
+            ),
+            ValueError,
+            "SCB must have shape",
+        ),
+        (
+            lambda d: (
+                torch.zeros(2, 8, device=d),
+                torch.zeros(4, 8, dtype=torch.int8, device=d),
+                torch.ones(4, dtype=torch.float64, device=d),
+            ),
+            TypeError,
+            "SCB must be torch.float32",
+        ),
     ],
 )
 def test_bad_inputs_raise_clear_errors(device, make_args, exc, match):
@@ -215,7 +280,10 @@ def test_bad_threshold(device, threshold):
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("M,K,N", [(1, 4096, 512), (7, 1024, 300), (16, 256, 64), (17, 512, 130), (64, 33, 70), (300, 4097, 40)])
+@pytest.mark.parametrize(
+    "M,K,N",
+    [(1, 4096, 512), (7, 1024, 300), (16, 256, 64), (17, 512, 130), (64, 33, 70), (300, 4097, 40)],
+)
 def test_cuda_matches_cpu_bit_for_bit(rng, dtype, M, K, N):
     """The CUDA kernels round exactly like the CPU ones (no FMA contraction in the epilogues),
     on the small-M GEMV path, the tiled GEMM path and the odd-K fallbacks alike."""
@@ -228,11 +296,15 @@ def test_cuda_matches_cpu_bit_for_bit(rng, dtype, M, K, N):
     for threshold in (0.0, 6.0):
         cpu = torch.ops.lt8.int8_linear(x, CB, SCB, bias, threshold)
         gpu = torch.ops.lt8.int8_linear(x.cuda(), CB.cuda(), SCB.cuda(), bias.cuda(), threshold)
-        assert torch.equal(cpu, gpu.cpu()), f"threshold={threshold}: max diff {(cpu.float() - gpu.cpu().float()).abs().max()}"
+        assert torch.equal(cpu, gpu.cpu()), (
+            f"threshold={threshold}: max diff {(cpu.float() - gpu.cpu().float()).abs().max()}"
+        )
         q_cpu = torch.ops.lt8.quantize_rows(x, threshold)
         q_gpu = torch.ops.lt8.quantize_rows(x.cuda(), threshold)
         for a, b in zip(q_cpu, q_gpu):
             assert torch.equal(a, b.cpu())
     g = torch.from_numpy(rng.standard_normal((M, N)).astype(np.float32)).to(dtype)
-    assert torch.equal(torch.ops.lt8.int8_linear_grad_input(g, CB, SCB),
-                       torch.ops.lt8.int8_linear_grad_input(g.cuda(), CB.cuda(), SCB.cuda()).cpu())
+    assert torch.equal(
+        torch.ops.lt8.int8_linear_grad_input(g, CB, SCB),
+        torch.ops.lt8.int8_linear_grad_input(g.cuda(), CB.cuda(), SCB.cuda()).cpu(),
+    )

@@ -10,11 +10,11 @@ import contextlib
 import numpy as np
 import pytest
 import torch
+from reference import linear_ref
+from test_torch_ops import DTYPE_IDS, DTYPES, activations, as_f64, weight
 
 import lt8.torch  # noqa: F401  (registers torch.ops.lt8)
 from lt8._native import C
-from reference import linear_ref
-from test_torch_ops import DTYPE_IDS, DTYPES, activations, as_f64, weight
 
 pytestmark = pytest.mark.cuda
 
@@ -43,8 +43,15 @@ def test_cublaslt_is_found_next_to_torch():
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize(
     "M,K,N,n_outliers",
-    [(17, 512, 130, 5), (33, 1024, 256, 0), (64, 4096, 512, 3), (300, 256, 72, 70),
-     (129, 4100, 64, 2), (40, 36, 33, 1), (20, 4097, 40, 4)],
+    [
+        (17, 512, 130, 5),
+        (33, 1024, 256, 0),
+        (64, 4096, 512, 3),
+        (300, 256, 72, 70),
+        (129, 4100, 64, 2),
+        (40, 36, 33, 1),
+        (20, 4097, 40, 4),
+    ],
 )
 def test_engines_agree_with_cpu(rng, dtype, M, K, N, n_outliers):
     """cuBLASLt path, dp4a path and CPU: identical outputs, incl. more outlier columns than the
@@ -85,7 +92,7 @@ def test_offset_pointers_still_exact(rng, offset):
     M, K, N = 48, 512, 96
     base = torch.from_numpy(rng.integers(-127, 128, (N * K + offset,), dtype=np.int8)).cuda()
     CB = base[offset:].view(N, K)
-    A = base[offset:offset + 8 * K].view(8, K)
+    A = base[offset : offset + 8 * K].view(8, K)
     exact = A.cpu().to(torch.int64) @ CB.cpu().to(torch.int64).T
     assert torch.equal(torch.ops.lt8.int8_gemm(A, CB).cpu().to(torch.int64), exact)
     SCB = torch.rand(N, device="cuda") + 0.5
@@ -96,8 +103,16 @@ def test_offset_pointers_still_exact(rng, offset):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("M,K,N,n_outliers", [(1, 2080, 70, 3), (5, 4096, 33, 40), (9, 2080, 70, 0),
-                                               (12, 512, 1000, 35), (16, 16 * 129, 40, 5)])
+@pytest.mark.parametrize(
+    "M,K,N,n_outliers",
+    [
+        (1, 2080, 70, 3),
+        (5, 4096, 33, 40),
+        (9, 2080, 70, 0),
+        (12, 512, 1000, 35),
+        (16, 16 * 129, 40, 5),
+    ],
+)
 def test_decode_gemvs_agree_with_cpu(rng, dtype, M, K, N, n_outliers):
     """The decode path (M <= 16, K % 16 == 0): fused preparation kernel, then the dp4a GEMV
     (M <= 8) or the mma.sync GEMV (M > 8); chunk tails in K, N not a multiple of the block's
@@ -107,5 +122,7 @@ def test_decode_gemvs_agree_with_cpu(rng, dtype, M, K, N, n_outliers):
     x = activations(rng, (M, K), 6.0, n_outlier_cols=n_outliers, dtype=dtype)
     for threshold in (0.0, 6.0):
         cpu = torch.ops.lt8.int8_linear(x, CB, SCB, bias, threshold)
-        gpu = torch.ops.lt8.int8_linear(x.cuda(), CB.cuda(), SCB.cuda(), bias.cuda(), threshold).cpu()
+        gpu = torch.ops.lt8.int8_linear(
+            x.cuda(), CB.cuda(), SCB.cuda(), bias.cuda(), threshold
+        ).cpu()
         assert torch.equal(cpu, gpu), f"threshold={threshold}"

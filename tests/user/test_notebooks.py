@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 EXPECTED = {"01_torch_quickstart.ipynb", "02_jax_flax_quickstart.ipynb", "03_torch_to_jax.ipynb"}
 INSTALL_TAG = "colab-install"
@@ -69,9 +69,12 @@ def test_committed_notebook_is_clean(path):
 
     assert cells and cells[0]["cell_type"] == "markdown"
     first = _source(cells[0])
-    assert "colab-badge.svg" in first and COLAB_URL.format(name=path.name) in first, \
+    assert "colab-badge.svg" in first and COLAB_URL.format(name=path.name) in first, (
         "the first cell must hold an 'Open in Colab' badge linking to this notebook"
-    assert "placeholder" in first, "the first cell must say that the GitHub organisation is a placeholder"
+    )
+    assert "placeholder" in first, (
+        "the first cell must say that the GitHub organisation is a placeholder"
+    )
 
     code_cells = [c for c in cells if c["cell_type"] == "code"]
     install = [c for c in code_cells if INSTALL_TAG in _tags(c)]
@@ -81,8 +84,9 @@ def test_committed_notebook_is_clean(path):
     # Nothing else may install or shell out: the rest must run as it is on a CPU and a GPU runtime.
     for c in code_cells[1:]:
         assert "pip install" not in _source(c)
-    assert SENTINEL in _source(code_cells[-1]) and "assert" in _source(code_cells[-1]), \
+    assert SENTINEL in _source(code_cells[-1]) and "assert" in _source(code_cells[-1]), (
         "the last code cell must assert the notebook's results and print the sentinel"
+    )
 
 
 # --- execution ----------------------------------------------------------------------------------
@@ -103,11 +107,15 @@ def _kernel_manager(tmp_path: Path):
 
     spec_dir = tmp_path / "kernels" / "lt8-test"
     spec_dir.mkdir(parents=True)
-    (spec_dir / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "lt8 tests",
-        "language": "python",
-    }))
+    (spec_dir / "kernel.json").write_text(
+        json.dumps(
+            {
+                "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "display_name": "lt8 tests",
+                "language": "python",
+            }
+        )
+    )
     ksm = KernelSpecManager(kernel_dirs=[str(tmp_path / "kernels")], ensure_native_kernel=False)
     return KernelManager(kernel_name="lt8-test", kernel_spec_manager=ksm)
 
@@ -131,7 +139,10 @@ def test_notebook_runs(path, tmp_path):
 
     km = _kernel_manager(tmp_path)
     client = nbclient.NotebookClient(
-        nb, km=km, timeout=CELL_TIMEOUT_S, allow_errors=False,
+        nb,
+        km=km,
+        timeout=CELL_TIMEOUT_S,
+        allow_errors=False,
         resources={"metadata": {"path": str(workdir)}},
     )
     start = time.perf_counter()
@@ -149,14 +160,20 @@ def test_notebook_runs(path, tmp_path):
             nbformat.write(nb, out / path.name)
 
     def stdout(cell) -> str:
-        return "".join(o.get("text", "") for o in cell.get("outputs", []) if o.get("name") == "stdout")
+        return "".join(
+            o.get("text", "") for o in cell.get("outputs", []) if o.get("name") == "stdout"
+        )
 
     code_cells = [c for c in nb.cells if c.cell_type == "code"]
     assert all(c.execution_count is not None for c in code_cells), "not every cell ran"
     assert SENTINEL in stdout(code_cells[-1])
-    errors = [o for c in code_cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    errors = [
+        o for c in code_cells for o in c.get("outputs", []) if o.get("output_type") == "error"
+    ]
     assert not errors
     if "matplotlib" in NEEDS.get(path.name, ()):
-        images = [o for c in code_cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+        images = [
+            o for c in code_cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})
+        ]
         assert images, f"{path.name} drew no figure"
     print(f"{path.name}: {elapsed:.1f} s")

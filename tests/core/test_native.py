@@ -16,15 +16,24 @@ def run_python(code: str) -> subprocess.CompletedProcess:
 
 
 def test_import_lt8_imports_no_framework():
-    r = run_python("import sys, lt8; print(lt8.__version__); print('torch' in sys.modules, 'jax' in sys.modules)")
+    r = run_python(
+        "import sys, lt8; print(lt8.__version__); print('torch' in sys.modules, 'jax' in sys.modules)"
+    )
     assert r.returncode == 0, r.stderr
     version, flags = r.stdout.split("\n")[:2]
     assert version == lt8.__version__
     assert flags == "False False"
 
 
-@pytest.mark.parametrize("first,second", [("lt8._native", "torch"), ("torch", "lt8._native"),
-                                          ("lt8._native", "jax"), ("jax", "lt8._native")])
+@pytest.mark.parametrize(
+    "first,second",
+    [
+        ("lt8._native", "torch"),
+        ("torch", "lt8._native"),
+        ("lt8._native", "jax"),
+        ("jax", "lt8._native"),
+    ],
+)
 def test_import_order_does_not_matter(first, second):
     # Regression: lt8._C once exported GNU-unique symbols that crashed a later `import torch`.
     pytest.importorskip(first if first != "lt8._native" else second)
@@ -33,7 +42,9 @@ def test_import_order_does_not_matter(first, second):
 
 
 def test_cli_info_reports_build_and_frontends():
-    r = subprocess.run([sys.executable, "-m", "lt8", "info"], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "lt8", "info"], capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 0, r.stderr
     assert f"lt8 {lt8.__version__}" in r.stdout
     expected = "yes, for sm_" if _native.has_cuda() else "no (CPU-only build)"
