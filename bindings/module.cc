@@ -1,13 +1,21 @@
 // lt8._C: the nanobind module.
-//   * pointer entry points for torch (integers in: data pointers, sizes, dtype codes, stream);
+//   * one pointer entry point per op of cuda/ops.def, for torch (integers in: data pointers,
+//     sizes, dtype codes, stream), and ops(), the table of them;
+//   * the enums DType, Device and Layout of cuda/lt8.h, and the layout geometry
+//     (layout_padded_shape, layout_offsets) for lt8.core.layouts;
 //   * registrations(): XLA FFI handler capsules per platform, for lt8.jax.
 // Bad arguments raise ValueError, CUDA failures RuntimeError; nothing aborts the process.
 #include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/tuple.h>
 
 #include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
 
+#include "layout/layout_offsets.h"
 #include "lt8.h"
 
 #ifdef LT8_WITH_FFI
@@ -15,7 +23,9 @@
 #endif
 
 namespace nb = nanobind;
+using lt8::Device;
 using lt8::DType;
+using lt8::Layout;
 using lt8::Status;
 
 namespace {
@@ -26,33 +36,93 @@ void raise_if_error(const Status& s) {
   throw std::runtime_error(s.message);
 }
 
-// (device, stream, device_index) as passed from Python: device 0 = cpu, 1 = cuda.
+// An enum code from Python, checked by the enum's one validity check. `what` names the argument
+// ("dtype"), `type` the enum's Python class ("DType").
+template <class E>
+E checked_code(int code, const char* what, const char* type) {
+  const E e = static_cast<E>(code);
+  if (!lt8::is_valid(e))
+    throw std::invalid_argument(std::string(what) + " must be a member of lt8._C." + type +
+                                ", got unknown " + what + " code " + std::to_string(code));
+  return e;
+}
+
+// How a parameter of a C API function crosses the binding: Python passes plain ints and floats
+// (no enum objects, no tensors), so a call costs no conversion beyond the integer itself.
+template <class T>
+struct PyArg {  // sizes, thresholds: as they are
+  using type = T;
+  static T from(T v) { return v; }
+};
+template <class T>
+struct PyArg<T*> {  // buffers: integer addresses
+  using type = uintptr_t;
+  static T* from(uintptr_t p) { return reinterpret_cast<T*>(p); }
+};
+template <>
+struct PyArg<DType> {
+  using type = int;
+  static DType from(int c) { return checked_code<DType>(c, "dtype", "DType"); }
+};
+template <>
+struct PyArg<Layout> {
+  using type = int;
+  static Layout from(int c) { return checked_code<Layout>(c, "layout", "Layout"); }
+};
+
+// The first three arguments of every entry point: (device code, stream, device index).
 lt8::Exec make_exec(int device, uintptr_t stream, int device_index) {
-  if (device != 0 && device != 1) throw std::invalid_argument("device must be 0 (cpu) or 1 (cuda)");
   lt8::Exec ex;
-  ex.device = static_cast<lt8::Device>(device);
+  ex.device = checked_code<Device>(device, "device", "Device");
   ex.stream = reinterpret_cast<void*>(stream);
   ex.device_index = device_index;
   return ex;
 }
 
-DType to_dtype(int code) {
-  if (code < 0 || code > 5)
-    throw std::invalid_argument("unknown dtype code " + std::to_string(code));
-  return static_cast<DType>(code);
+// The entry points, in ops.def order: (name, number of Python arguments).
+std::vector<std::pair<const char*, size_t>>& op_table() {
+  static std::vector<std::pair<const char*, size_t>> table;
+  return table;
 }
 
-template <typename T>
-T* ptr(uintptr_t p) {
-  return reinterpret_cast<T*>(p);
+// Defines lt8._C.<name>(device, stream, device_index, <fn's parameters as PyArg types>), which
+// calls lt8::<name>. The kernels take raw pointers and never touch Python objects, so the entry
+// points release the GIL: forwards from several Python threads run their kernels concurrently.
+template <class... P>
+void def_op(nb::module_& m, const char* name, Status (*fn)(const lt8::Exec&, P...)) {
+  m.def(
+      name,
+      [fn](int device, uintptr_t stream, int device_index, typename PyArg<P>::type... a) {
+        raise_if_error(fn(make_exec(device, stream, device_index), PyArg<P>::from(a)...));
+      },
+      nb::call_guard<nb::gil_scoped_release>());
+  op_table().emplace_back(name, 3 + sizeof...(P));
 }
 
 }  // namespace
 
-// The kernel entry points take raw pointers and never touch Python objects, so they release the
-// GIL: forwards from several Python threads run their kernels concurrently.
 NB_MODULE(_C, m) {
   m.doc() = "lt8 native kernels (CPU always; CUDA when built with a CUDA toolkit)";
+
+  // Python members are named as lt8 names them elsewhere ("float32", "cuda", "col_turing").
+  // is_arithmetic: members are ints, so Python can cache int(member) for the per-call paths.
+#define LT8_VALUE(e, code, name, ...) enum_type.value(name, E::e);
+  {
+    using E = DType;
+    nb::enum_<E> enum_type(m, "DType", nb::is_arithmetic(), "Element types (cuda/lt8.h).");
+    LT8_DTYPES(LT8_VALUE)
+  }
+  {
+    using E = Device;
+    nb::enum_<E> enum_type(m, "Device", nb::is_arithmetic(), "Where an op runs.");
+    LT8_DEVICES(LT8_VALUE)
+  }
+  {
+    using E = Layout;
+    nb::enum_<E> enum_type(m, "Layout", nb::is_arithmetic(), "cuBLASLt's int8 tile orders.");
+    LT8_LAYOUTS(LT8_VALUE)
+  }
+#undef LT8_VALUE
 
   m.def("has_cuda", &lt8::cuda_built, "True when this build contains CUDA kernels.");
   m.def(
@@ -64,6 +134,10 @@ NB_MODULE(_C, m) {
   m.def("set_cublaslt_enabled", &lt8::set_cublaslt_enabled, nb::arg("enabled"),
         "Lets (True, default) or stops (False) the CUDA kernels using cuBLASLt; for "
         "tests/benchmarks.");
+  m.def("set_cpu_threads", &lt8::set_cpu_threads, nb::arg("n"),
+        "Threads of the CPU kernels: n > 0 uses n; n <= 0 restores the default (OMP_NUM_THREADS, "
+        "else the process's CPU affinity).");
+  m.def("cpu_threads", &lt8::cpu_threads, "Threads the next CPU kernel call will use.");
   m.def("has_ffi", [] {
 #ifdef LT8_WITH_FFI
     return true;
@@ -72,101 +146,50 @@ NB_MODULE(_C, m) {
 #endif
   });
 
+#define LT8_OP(name, Camel) def_op(m, #name, &lt8::name);
+#include "ops.def"
   m.def(
-      "quantize_rows",
-      [](int device, uintptr_t stream, int dev_idx, int x_dtype, uintptr_t x, int64_t M, int64_t K,
-         float threshold, uintptr_t q, uintptr_t row_scale, uintptr_t mask) {
-        raise_if_error(lt8::quantize_rows(make_exec(device, stream, dev_idx), to_dtype(x_dtype),
-                                          ptr<const void>(x), M, K, threshold, ptr<int8_t>(q),
-                                          ptr<float>(row_scale), ptr<uint8_t>(mask)));
+      "ops",
+      [] {
+        nb::dict d;
+        for (const auto& [name, arity] : op_table()) d[name] = arity;
+        return d;
       },
-      nb::call_guard<nb::gil_scoped_release>());
+      "The pointer entry points of cuda/ops.def: {name: number of arguments}, in list order.");
 
   m.def(
-      "dequantize_rows",
-      [](int device, uintptr_t stream, int dev_idx, uintptr_t q, uintptr_t row_scale, int64_t M,
-         int64_t K, int out_dtype, uintptr_t out) {
-        raise_if_error(lt8::dequantize_rows(make_exec(device, stream, dev_idx),
-                                            ptr<const int8_t>(q), ptr<const float>(row_scale), M, K,
-                                            to_dtype(out_dtype), ptr<void>(out)));
+      "layout_padded_shape",
+      [](int layout, int64_t rows, int64_t cols) {
+        int64_t pr = 0, pc = 0;
+        lt8::layout_padded_shape(PyArg<Layout>::from(layout), rows, cols, &pr, &pc);
+        return std::make_tuple(pr, pc);
       },
-      nb::call_guard<nb::gil_scoped_release>());
+      nb::arg("layout"), nb::arg("rows"), nb::arg("cols"),
+      "(padded_rows, padded_cols) of a (rows, cols) int8 matrix stored in `layout`.");
 
   m.def(
-      "int8_gemm",
-      [](int device, uintptr_t stream, int dev_idx, uintptr_t A, uintptr_t B, int64_t M, int64_t N,
-         int64_t K, uintptr_t C) {
-        raise_if_error(lt8::int8_gemm(make_exec(device, stream, dev_idx), ptr<const int8_t>(A),
-                                      ptr<const int8_t>(B), M, N, K, ptr<int32_t>(C)));
+      "layout_offsets",
+      [](int layout, int64_t rows, int64_t cols) {
+        const Layout l = PyArg<Layout>::from(layout);
+        if (rows < 0 || cols < 0)
+          throw std::invalid_argument("rows and cols must be >= 0, got " + std::to_string(rows) +
+                                      " and " + std::to_string(cols));
+        int64_t padded_rows = 0;
+        lt8::layout_padded_shape(l, rows, cols, &padded_rows, nullptr);
+        auto* data = new int64_t[static_cast<size_t>(rows * cols)];
+        for (int64_t r = 0; r < rows; ++r)
+          for (int64_t c = 0; c < cols; ++c)
+            data[r * cols + c] = lt8::layout_offset(l, r, c, cols, padded_rows);
+        nb::capsule owner(data, [](void* p) noexcept { delete[] static_cast<int64_t*>(p); });
+        return nb::ndarray<nb::numpy, int64_t, nb::ndim<2>>(
+            data, {static_cast<size_t>(rows), static_cast<size_t>(cols)}, owner);
       },
-      nb::call_guard<nb::gil_scoped_release>());
-
-  m.def(
-      "dequant_epilogue",
-      [](int device, uintptr_t stream, int dev_idx, uintptr_t C, uintptr_t row_scale,
-         uintptr_t col_scale, int bias_dtype, uintptr_t bias, int64_t M, int64_t N, int out_dtype,
-         uintptr_t out) {
-        raise_if_error(lt8::dequant_epilogue(
-            make_exec(device, stream, dev_idx), ptr<const int32_t>(C), ptr<const float>(row_scale),
-            ptr<const float>(col_scale), to_dtype(bias_dtype), ptr<const void>(bias), M, N,
-            to_dtype(out_dtype), ptr<void>(out)));
-      },
-      nb::call_guard<nb::gil_scoped_release>());
-
-  m.def("layout_padded_shape", [](int layout, int64_t rows, int64_t cols) {
-    if (layout < 0 || layout > 3) throw std::invalid_argument("unknown layout code");
-    int64_t pr = 0, pc = 0;
-    lt8::layout_padded_shape(static_cast<lt8::Layout>(layout), rows, cols, &pr, &pc);
-    return std::make_tuple(pr, pc);
-  });
-
-  m.def(
-      "transform_layout",
-      [](int device, uintptr_t stream, int dev_idx, uintptr_t in, uintptr_t out, int64_t rows,
-         int64_t cols, int from, int to) {
-        raise_if_error(lt8::transform_layout(
-            make_exec(device, stream, dev_idx), ptr<const int8_t>(in), ptr<int8_t>(out), rows, cols,
-            static_cast<lt8::Layout>(from), static_cast<lt8::Layout>(to)));
-      },
-      nb::call_guard<nb::gil_scoped_release>());
+      nb::arg("layout"), nb::arg("rows"), nb::arg("cols"),
+      "int64 (rows, cols) numpy array: the byte offset of each element of a (rows, cols) int8 "
+      "matrix in the buffer of `layout` (cuda/layout_offsets.h, the kernels' formula).");
 
   m.def("linear_workspace_size", &lt8::int8_linear_workspace_size,
         "Bytes of scratch the fused linear op needs for (M, N, K).");
-
-  m.def(
-      "int8_linear",
-      [](int device, uintptr_t stream, int dev_idx, int x_dtype, uintptr_t x, uintptr_t CB,
-         uintptr_t SCB, int bias_dtype, uintptr_t bias, int64_t M, int64_t N, int64_t K,
-         float threshold, uintptr_t out, uintptr_t workspace, size_t workspace_bytes) {
-        raise_if_error(lt8::int8_linear(make_exec(device, stream, dev_idx), to_dtype(x_dtype),
-                                        ptr<const void>(x), ptr<const int8_t>(CB),
-                                        ptr<const float>(SCB), to_dtype(bias_dtype),
-                                        ptr<const void>(bias), M, N, K, threshold, ptr<void>(out),
-                                        ptr<void>(workspace), workspace_bytes));
-      },
-      nb::call_guard<nb::gil_scoped_release>());
-
-  m.def(
-      "int8_weight_linear",
-      [](int device, uintptr_t stream, int dev_idx, int x_dtype, uintptr_t x, uintptr_t CB,
-         uintptr_t SCB, int bias_dtype, uintptr_t bias, int64_t M, int64_t N, int64_t K,
-         uintptr_t out) {
-        raise_if_error(lt8::int8_weight_linear(
-            make_exec(device, stream, dev_idx), to_dtype(x_dtype), ptr<const void>(x),
-            ptr<const int8_t>(CB), ptr<const float>(SCB), to_dtype(bias_dtype),
-            ptr<const void>(bias), M, N, K, ptr<void>(out)));
-      },
-      nb::call_guard<nb::gil_scoped_release>());
-
-  m.def(
-      "int8_linear_grad_input",
-      [](int device, uintptr_t stream, int dev_idx, int g_dtype, uintptr_t grad_out, uintptr_t CB,
-         uintptr_t SCB, int64_t M, int64_t N, int64_t K, uintptr_t grad_x) {
-        raise_if_error(lt8::int8_linear_grad_input(
-            make_exec(device, stream, dev_idx), to_dtype(g_dtype), ptr<const void>(grad_out),
-            ptr<const int8_t>(CB), ptr<const float>(SCB), M, N, K, ptr<void>(grad_x)));
-      },
-      nb::call_guard<nb::gil_scoped_release>());
 
   m.def(
       "registrations",

@@ -3,9 +3,17 @@
 #include <cstdlib>
 #include <string>
 
+#include "cpu_simd/thread_pool.h"
 #include "internal.h"
 
 namespace lt8 {
+
+void set_cpu_threads(int n) {
+  cpu::set_cpu_threads(n);
+}
+int cpu_threads() {
+  return cpu::cpu_threads();
+}
 
 #ifdef LT8_WITH_CUDA
 bool cuda_built() {
@@ -38,35 +46,20 @@ bool cublaslt_available() {
 #endif
 
 size_t dtype_size(DType t) {
-  switch (t) {
-    case DType::kF32:
-    case DType::kI32:
-      return 4;
-    case DType::kF16:
-    case DType::kBF16:
-      return 2;
-    case DType::kI8:
-    case DType::kU8:
-      return 1;
-  }
+#define LT8_SIZE_CASE(e, code, name, bytes) \
+  case DType::e:                            \
+    return bytes;
+  switch (t) { LT8_DTYPES(LT8_SIZE_CASE) }
+#undef LT8_SIZE_CASE
   return 0;
 }
 
 const char* dtype_name(DType t) {
-  switch (t) {
-    case DType::kF32:
-      return "float32";
-    case DType::kF16:
-      return "float16";
-    case DType::kBF16:
-      return "bfloat16";
-    case DType::kI8:
-      return "int8";
-    case DType::kI32:
-      return "int32";
-    case DType::kU8:
-      return "uint8";
-  }
+#define LT8_NAME_CASE(e, code, name, bytes) \
+  case DType::e:                            \
+    return name;
+  switch (t) { LT8_DTYPES(LT8_NAME_CASE) }
+#undef LT8_NAME_CASE
   return "unknown";
 }
 
@@ -117,11 +110,17 @@ Status no_cuda() {
     if (!_s.ok()) return _s; \
   } while (0)
 
+#define LT8_UNPAREN(...) __VA_ARGS__
 #ifdef LT8_WITH_CUDA
-#define LT8_ROUTE(cpu_call, gpu_call) return ex.device == Device::kCUDA ? (gpu_call) : (cpu_call)
+#define LT8_GPU_CALL(name, args) gpu::name(ex, LT8_UNPAREN args)
 #else
-#define LT8_ROUTE(cpu_call, gpu_call) return ex.device == Device::kCUDA ? no_cuda() : (cpu_call)
+#define LT8_GPU_CALL(name, args) no_cuda()
 #endif
+// The routing of every op: cpu::name(args) or gpu::name(ex, args) by ex.device, where `args` is
+// the parenthesized argument list of cpu::name.
+#define LT8_ROUTE(name, args)                                              \
+  if (!is_valid(ex.device)) return Status::Invalid("unknown device code"); \
+  return ex.device == Device::kCUDA ? LT8_GPU_CALL(name, args) : cpu::name args
 
 }  // namespace
 
@@ -151,6 +150,9 @@ size_t carve_linear_scratch(void* base, int64_t M, int64_t N, int64_t K, LinearS
   size_t ow = large ? take(sizeof(float) * kStagedOutliers * N) : 0;
   size_t ox = large ? take(sizeof(float) * kStagedOutliers * M) : 0;
   size_t ws = large ? take(kGemmWorkspaceBytes) : 0;
+  const size_t gather_row = 2 * static_cast<size_t>(outlier_gather_stride(K));
+  size_t tx = large ? take(gather_row * M) : 0;
+  size_t tw = large ? take(gather_row * N) : 0;
   if (base != nullptr && s != nullptr) {
     char* b = static_cast<char*>(base);
     s->q = reinterpret_cast<int8_t*>(b + q);
@@ -164,6 +166,8 @@ size_t carve_linear_scratch(void* base, int64_t M, int64_t N, int64_t K, LinearS
       s->outlier_x = reinterpret_cast<float*>(b + ox);
       s->gemm_ws = b + ws;
       s->gemm_ws_bytes = kGemmWorkspaceBytes;
+      s->tc_x = b + tx;
+      s->tc_w = b + tw;
     }
   }
   return off;
@@ -182,8 +186,7 @@ Status quantize_rows(const Exec& ex, DType x_dtype, const void* x, int64_t M, in
   LT8_TRY(check_ptrs({{"x", x}, {"q", q}}, M * K > 0));
   LT8_TRY(check_ptrs({{"row_scale", row_scale}}, M > 0));
   LT8_TRY(check_ptrs({{"outlier_mask", outlier_mask}}, K > 0));
-  LT8_ROUTE(cpu::quantize_rows(x_dtype, x, M, K, threshold, q, row_scale, outlier_mask),
-            gpu::quantize_rows(ex, x_dtype, x, M, K, threshold, q, row_scale, outlier_mask));
+  LT8_ROUTE(quantize_rows, (x_dtype, x, M, K, threshold, q, row_scale, outlier_mask));
 }
 
 Status dequantize_rows(const Exec& ex, const int8_t* q, const float* row_scale, int64_t M,
@@ -192,8 +195,7 @@ Status dequantize_rows(const Exec& ex, const int8_t* q, const float* row_scale, 
   LT8_TRY(check_dims({{"M", M}, {"K", K}}));
   LT8_TRY(check_ptrs({{"q", q}, {"out", out}}, M * K > 0));
   LT8_TRY(check_ptrs({{"row_scale", row_scale}}, M * K > 0));
-  LT8_ROUTE(cpu::dequantize_rows(q, row_scale, M, K, out_dtype, out),
-            gpu::dequantize_rows(ex, q, row_scale, M, K, out_dtype, out));
+  LT8_ROUTE(dequantize_rows, (q, row_scale, M, K, out_dtype, out));
 }
 
 Status int8_gemm(const Exec& ex, const int8_t* A, const int8_t* B, int64_t M, int64_t N, int64_t K,
@@ -201,7 +203,7 @@ Status int8_gemm(const Exec& ex, const int8_t* A, const int8_t* B, int64_t M, in
   LT8_TRY(check_dims({{"M", M}, {"N", N}, {"K", K}}));
   LT8_TRY(check_ptrs({{"A", A}, {"B", B}}, M * N * K > 0));
   LT8_TRY(check_ptrs({{"C", C}}, M * N > 0));
-  LT8_ROUTE(cpu::int8_gemm(A, B, M, N, K, C), gpu::int8_gemm(ex, A, B, M, N, K, C));
+  LT8_ROUTE(int8_gemm, (A, B, M, N, K, C));
 }
 
 Status dequant_epilogue(const Exec& ex, const int32_t* C, const float* row_scale,
@@ -212,23 +214,17 @@ Status dequant_epilogue(const Exec& ex, const int32_t* C, const float* row_scale
   LT8_TRY(check_dims({{"M", M}, {"N", N}}));
   LT8_TRY(check_ptrs({{"C", C}, {"row_scale", row_scale}, {"col_scale", col_scale}, {"out", out}},
                      M * N > 0));
-  LT8_ROUTE(
-      cpu::dequant_epilogue(C, row_scale, col_scale, bias_dtype, bias, M, N, out_dtype, out),
-      gpu::dequant_epilogue(ex, C, row_scale, col_scale, bias_dtype, bias, M, N, out_dtype, out));
+  LT8_ROUTE(dequant_epilogue, (C, row_scale, col_scale, bias_dtype, bias, M, N, out_dtype, out));
 }
 
 Status transform_layout(const Exec& ex, const int8_t* in, int8_t* out, int64_t rows, int64_t cols,
                         Layout from, Layout to) {
   LT8_TRY(check_dims({{"rows", rows}, {"cols", cols}}));
-  auto valid = [](Layout l) {
-    return static_cast<int32_t>(l) >= 0 && static_cast<int32_t>(l) <= 3;
-  };
-  if (!valid(from) || !valid(to)) return Status::Invalid("unknown layout code");
+  if (!is_valid(from) || !is_valid(to)) return Status::Invalid("unknown layout code");
   if (from != Layout::kRow && to != Layout::kRow)
     return Status::Invalid("one side of a layout transform must be row-major");
   LT8_TRY(check_ptrs({{"in", in}, {"out", out}}, rows * cols > 0));
-  LT8_ROUTE(cpu::transform_layout(in, out, rows, cols, from, to),
-            gpu::transform_layout(ex, in, out, rows, cols, from, to));
+  LT8_ROUTE(transform_layout, (in, out, rows, cols, from, to));
 }
 
 Status int8_linear(const Exec& ex, DType x_dtype, const void* x, const int8_t* CB, const float* SCB,
@@ -246,9 +242,7 @@ Status int8_linear(const Exec& ex, DType x_dtype, const void* x, const int8_t* C
                            std::to_string(workspace_bytes));
   LinearScratch s;
   carve_linear_scratch(workspace, M, N, K, &s);
-  LT8_ROUTE(
-      cpu::int8_linear(x_dtype, x, CB, SCB, bias_dtype, bias, M, N, K, threshold, out, s),
-      gpu::int8_linear(ex, x_dtype, x, CB, SCB, bias_dtype, bias, M, N, K, threshold, out, s));
+  LT8_ROUTE(int8_linear, (x_dtype, x, CB, SCB, bias_dtype, bias, M, N, K, threshold, out, s));
 }
 
 Status int8_weight_linear(const Exec& ex, DType x_dtype, const void* x, const int8_t* CB,
@@ -259,8 +253,7 @@ Status int8_weight_linear(const Exec& ex, DType x_dtype, const void* x, const in
   LT8_TRY(check_dims({{"M", M}, {"N", N}, {"K", K}}));
   LT8_TRY(check_ptrs({{"out", out}}, M * N > 0));
   LT8_TRY(check_ptrs({{"x", x}, {"CB", CB}, {"SCB", SCB}}, M * N * K > 0));
-  LT8_ROUTE(cpu::int8_weight_linear(x_dtype, x, CB, SCB, bias_dtype, bias, M, N, K, out),
-            gpu::int8_weight_linear(ex, x_dtype, x, CB, SCB, bias_dtype, bias, M, N, K, out));
+  LT8_ROUTE(int8_weight_linear, (x_dtype, x, CB, SCB, bias_dtype, bias, M, N, K, out));
 }
 
 Status int8_linear_grad_input(const Exec& ex, DType g_dtype, const void* grad_out, const int8_t* CB,
@@ -269,8 +262,17 @@ Status int8_linear_grad_input(const Exec& ex, DType g_dtype, const void* grad_ou
   LT8_TRY(check_dims({{"M", M}, {"N", N}, {"K", K}}));
   LT8_TRY(check_ptrs({{"grad_x", grad_x}}, M * K > 0));
   LT8_TRY(check_ptrs({{"grad_out", grad_out}, {"CB", CB}, {"SCB", SCB}}, M * N * K > 0));
-  LT8_ROUTE(cpu::int8_linear_grad_input(g_dtype, grad_out, CB, SCB, M, N, K, grad_x),
-            gpu::int8_linear_grad_input(ex, g_dtype, grad_out, CB, SCB, M, N, K, grad_x));
+  LT8_ROUTE(int8_linear_grad_input, (g_dtype, grad_out, CB, SCB, M, N, K, grad_x));
+}
+
+Status add_outlier_terms(const Exec& ex, DType x_dtype, const void* x, const uint8_t* outlier_mask,
+                         const int8_t* CB, const float* SCB, const float* base, int64_t M,
+                         int64_t N, int64_t K, float* out) {
+  LT8_TRY(check_float(x_dtype, "x"));
+  LT8_TRY(check_dims({{"M", M}, {"N", N}, {"K", K}}));
+  LT8_TRY(check_ptrs({{"base", base}, {"out", out}, {"SCB", SCB}}, M * N > 0));
+  LT8_TRY(check_ptrs({{"x", x}, {"outlier_mask", outlier_mask}, {"CB", CB}}, M * N * K > 0));
+  LT8_ROUTE(add_outlier_terms, (x_dtype, x, outlier_mask, CB, SCB, base, M, N, K, out));
 }
 
 }  // namespace lt8

@@ -19,6 +19,10 @@ struct LinearScratch {
   float* outlier_x = nullptr;  // (M, kStagedOutliers) gathered outlier columns of x
   void* gemm_ws = nullptr;     // cuBLASLt workspace
   size_t gemm_ws_bytes = 0;
+  // Gather buffers of the tensor-core outlier path (cuda/linear/outlier_tc.cu), 2-byte elements
+  // of x's dtype, rows of outlier_gather_stride(K): (M, .) activations and (N, .) weights.
+  void* tc_x = nullptr;
+  void* tc_w = nullptr;
 };
 
 // Batches up to this many rows take the GPU's memory-bound GEMV; larger ones the int8 GEMM.
@@ -28,6 +32,10 @@ constexpr int kSmallBatchRows = 16;
 int small_batch_rows();
 // Outlier columns whose weights and activations the tensor-core path gathers once per call.
 constexpr int kStagedOutliers = 64;
+// Row length of the tensor-core outlier path's gather buffers: K rounded up to its k-tile (64).
+inline int64_t outlier_gather_stride(int64_t K) {
+  return (K + 63) / 64 * 64;
+}
 // cuBLASLt workspace reserved in the fused op's scratch.
 constexpr size_t kGemmWorkspaceBytes = size_t{8} << 20;
 
@@ -46,6 +54,8 @@ inline float bf16_bits_to_float(uint16_t b) {
 }
 uint16_t float_to_bf16_bits(float f);
 
+// One function per op of ops.def with lt8::<op>'s contract, minus the Exec (the fused op takes
+// its carved scratch instead of the raw workspace). dispatch.cc's LT8_ROUTE calls them.
 namespace cpu {
 Status quantize_rows(DType x_dtype, const void* x, int64_t M, int64_t K, float threshold, int8_t* q,
                      float* row_scale, uint8_t* outlier_mask);
@@ -65,6 +75,9 @@ Status int8_linear_grad_input(DType g_dtype, const void* grad_out, const int8_t*
 Status int8_weight_linear(DType x_dtype, const void* x, const int8_t* CB, const float* SCB,
                           DType bias_dtype, const void* bias, int64_t M, int64_t N, int64_t K,
                           void* out);
+Status add_outlier_terms(DType x_dtype, const void* x, const uint8_t* outlier_mask,
+                         const int8_t* CB, const float* SCB, const float* base, int64_t M,
+                         int64_t N, int64_t K, float* out);
 }  // namespace cpu
 
 #ifdef LT8_WITH_CUDA
@@ -90,6 +103,9 @@ Status int8_linear_grad_input(const Exec& ex, DType g_dtype, const void* grad_ou
 Status int8_weight_linear(const Exec& ex, DType x_dtype, const void* x, const int8_t* CB,
                           const float* SCB, DType bias_dtype, const void* bias, int64_t M,
                           int64_t N, int64_t K, void* out);
+Status add_outlier_terms(const Exec& ex, DType x_dtype, const void* x, const uint8_t* outlier_mask,
+                         const int8_t* CB, const float* SCB, const float* base, int64_t M,
+                         int64_t N, int64_t K, float* out);
 }  // namespace gpu
 #endif
 

@@ -18,13 +18,53 @@
 
 namespace lt8 {
 
-// Element types. The integer values are part of the binding ABI: keep them stable.
-enum class DType : int32_t { kF32 = 0, kF16 = 1, kBF16 = 2, kI8 = 3, kI32 = 4, kU8 = 5 };
+// The enums of the binding ABI, each listed once as X(enumerator, code, name): the enum, its
+// name, its validity check and its Python face (lt8._C.DType/Device/Layout, members named by
+// `name`) all come from these lists. The integer codes cross the binding as plain ints: keep them
+// stable.
+#define LT8_DTYPES(X)        \
+  X(kF32, 0, "float32", 4)   \
+  X(kF16, 1, "float16", 2)   \
+  X(kBF16, 2, "bfloat16", 2) \
+  X(kI8, 3, "int8", 1)       \
+  X(kI32, 4, "int32", 4)     \
+  X(kU8, 5, "uint8", 1)
+#define LT8_DEVICES(X) \
+  X(kCPU, 0, "cpu")    \
+  X(kCUDA, 1, "cuda")
+// cuBLASLt's tile orders (cuda/layout/layout_offsets.h says where each puts an element).
+#define LT8_LAYOUTS(X)           \
+  X(kRow, 0, "row")              \
+  X(kCol32, 1, "col32")          \
+  X(kColTuring, 2, "col_turing") \
+  X(kColAmpere, 3, "col_ampere")
 
-enum class Device : int32_t { kCPU = 0, kCUDA = 1 };
+#define LT8_ENUMERATOR_(e, code, ...) e = code,
+// Inside is_valid(E): `case E::e: return true;` for every enumerator.
+#define LT8_CASE_TRUE_(e, ...) \
+  case E::e:                   \
+    return true;
+enum class DType : int32_t { LT8_DTYPES(LT8_ENUMERATOR_) };
+enum class Device : int32_t { LT8_DEVICES(LT8_ENUMERATOR_) };
+enum class Layout : int32_t { LT8_LAYOUTS(LT8_ENUMERATOR_) };
 
-// Tile orders of cuBLASLt. Values are part of the binding ABI.
-enum class Layout : int32_t { kRow = 0, kCol32 = 1, kColTuring = 2, kColAmpere = 3 };
+// The one validity check of each enum: a code from the binding or from XLA attributes must pass
+// it before anything switches on it.
+constexpr bool is_valid(DType t) {
+  using E = DType;
+  switch (t) { LT8_DTYPES(LT8_CASE_TRUE_) }
+  return false;
+}
+constexpr bool is_valid(Device d) {
+  using E = Device;
+  switch (d) { LT8_DEVICES(LT8_CASE_TRUE_) }
+  return false;
+}
+constexpr bool is_valid(Layout l) {
+  using E = Layout;
+  switch (l) { LT8_LAYOUTS(LT8_CASE_TRUE_) }
+  return false;
+}
 
 enum class Code : int32_t {
   kOk = 0,
@@ -64,8 +104,16 @@ const char* cuda_archs();
 void set_cublaslt_enabled(bool enabled);
 bool cublaslt_available();  // false on CPU-only builds and where no libcublasLt loads
 
+// Threads of the CPU kernels: n > 0 uses n (the torch frontend passes torch.get_num_threads()
+// before each CPU call); n <= 0 restores the default, OMP_NUM_THREADS when set, else the CPUs in
+// the process's affinity mask. cpu_threads() is the count the next CPU call will use.
+void set_cpu_threads(int n);
+int cpu_threads();
+
 size_t dtype_size(DType t);
 const char* dtype_name(DType t);
+
+// The ops: one documented function lt8::<op> per row of ops.def (the list of ops).
 
 // ---------------------------------------------------------------------------------------------
 // 1. Row-wise int8 quantization with outlier columns.
@@ -124,5 +172,15 @@ Status int8_weight_linear(const Exec& ex, DType x_dtype, const void* x, const in
 //   grad_x has grad_out's dtype; accumulation is float32.
 Status int8_linear_grad_input(const Exec& ex, DType g_dtype, const void* grad_out, const int8_t* CB,
                               const float* SCB, int64_t M, int64_t N, int64_t K, void* grad_x);
+
+// The outlier columns' float terms of the fused op, added onto a float32 base in the fused
+// epilogue's order (the sharded linear ops of lt8.jax build the fused op from its pieces):
+//   out (M, N) f32 = base (M, N) f32 + x[m, k] * (CB[n, k] * SCB[n] / 127) for each k with
+//   outlier_mask[k] != 0, ascending, one rounding per multiply and per add.
+// With base = dequant_epilogue(int8_gemm(q, CB)) in float32, out + bias rounded to x's dtype is
+// the fused int8_linear. x (M, K) f32/f16/bf16; out may be base.
+Status add_outlier_terms(const Exec& ex, DType x_dtype, const void* x, const uint8_t* outlier_mask,
+                         const int8_t* CB, const float* SCB, const float* base, int64_t M,
+                         int64_t N, int64_t K, float* out);
 
 }  // namespace lt8

@@ -62,7 +62,35 @@ def info() -> int:
         print(
             f"  jax backend: {jax.default_backend()} ({', '.join(str(d) for d in jax.devices())})"
         )
+    if archs:
+        print(f"  CUDA kernels usable here: {_cuda_usable()}")
     return 0
+
+
+def _cuda_usable() -> str:
+    """Whether a CUDA build's kernels can run in this environment, per frontend, and why not:
+    a build with CUDA kernels says nothing about the torch or jaxlib beside it."""
+    parts = []
+    if "torch" in sys.modules:
+        import torch
+
+        if torch.version.cuda is None:
+            parts.append("torch: no (this torch is a CPU-only build: install a CUDA build)")
+        elif not torch.cuda.is_available():
+            parts.append("torch: no (torch sees no CUDA device)")
+        else:
+            parts.append("torch: yes")
+    if "jax" in sys.modules:
+        import jax
+
+        try:
+            gpus = jax.devices("gpu")
+        except RuntimeError:
+            gpus = []
+        parts.append(
+            "jax: yes" if gpus else "jax: no (jax has no GPU backend: install jax[cuda12])"
+        )
+    return "; ".join(parts) or "no (neither torch nor jax is installed)"
 
 
 BENCH_SCRIPT = Path("benchmarks") / "bench_linear.py"
@@ -83,6 +111,8 @@ def bench(args: list[str]) -> int:
     import lt8
 
     script = _bench_script()
+    if "-h" in args or "--help" in args:  # help works everywhere; the GPU checks are for runs
+        return _bench_help(script)
     if script is None:
         print(
             f"lt8 bench: {BENCH_SCRIPT} ships with lt8's source tree, not with the installed "
@@ -99,22 +129,47 @@ def bench(args: list[str]) -> int:
         )
         return 1
     if not torch.cuda.is_available() or not lt8.has_cuda():
-        why = (
-            "torch sees no CUDA device"
-            if not torch.cuda.is_available()
-            else "this lt8 build has no CUDA kernels (built with LT8_CUDA=OFF or without nvcc)"
-        )
+        if torch.version.cuda is None:
+            why = "this torch is a CPU-only build"
+        elif not torch.cuda.is_available():
+            why = "torch sees no CUDA device"
+        else:
+            why = "this lt8 build has no CUDA kernels (built with LT8_CUDA=OFF or without nvcc)"
         print(
             f"lt8 bench: the benchmark needs a CUDA GPU and an lt8 build with CUDA kernels: {why}. "
             "See the README's 'Building for a GPU'.",
             file=sys.stderr,
         )
         return 1
+    return _run_bench_main(script, args)
+
+
+BENCH_HELP = """usage: lt8 bench [--quick] [--no-jax] [--ms MS] [--shapes SHAPES] [--out OUT]
+
+GPU benchmark of lt8's linear layer (benchmarks/bench_linear.py of lt8's source tree) against
+fp16 nn.Linear, XLA and bitsandbytes. Needs a CUDA GPU, PyTorch with CUDA and an lt8 build with
+CUDA kernels. Run `lt8 bench --help` in a clone with torch installed for every option."""
+
+
+def _bench_help(script: Path | None) -> int:
+    """``lt8 bench --help``: the script's own argparse help when it can be read here (a source
+    tree and torch, which the script imports), else a summary; never the GPU checks."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        script = None
+    if script is None:
+        print(BENCH_HELP)
+        return 0
+    return _run_bench_main(script, ["--help"])
+
+
+def _run_bench_main(script: Path, args: list[str]) -> int:
     import runpy
 
     module = runpy.run_path(str(script), run_name="lt8_bench_linear")
     saved = sys.argv
-    sys.argv = [str(script), *args]  # the script parses sys.argv itself
+    sys.argv = ["lt8 bench", *args]  # the script parses sys.argv itself (its usage: "lt8 bench")
     try:
         module["main"]()
     except SystemExit as e:  # argparse's --help or a usage error

@@ -11,10 +11,16 @@ except ImportError as err:  # pragma: no cover - exercised only on broken instal
         f"Original error: {err}"
     ) from err
 
-# Codes shared with cuda/lt8.h (enum DType, Layout). Keep in sync.
-DTYPE_F32, DTYPE_F16, DTYPE_BF16, DTYPE_I8, DTYPE_I32, DTYPE_U8 = range(6)
-LAYOUT_CODES = {"row": 0, "col32": 1, "col_turing": 2, "col_ampere": 3}
-DEVICE_CPU, DEVICE_CUDA = 0, 1
+# The enums of cuda/lt8.h as the extension exports them (C.DType, C.Layout, C.Device). The entry
+# points take plain ints, so the per-call paths use these cached ints, never enum objects.
+DTYPE_F32 = int(C.DType.float32)
+DTYPE_F16 = int(C.DType.float16)
+DTYPE_BF16 = int(C.DType.bfloat16)
+DEVICE_CPU = int(C.Device.cpu)
+DEVICE_CUDA = int(C.Device.cuda)
+#: Layout name -> code ("row", "col32", "col_turing", "col_ampere"); also the checkpoint's
+#: ``weight_format`` codes. The one Python copy of lt8::Layout.
+LAYOUT_CODES: dict[str, int] = {layout.name: int(layout) for layout in C.Layout}
 
 
 def has_cuda() -> bool:

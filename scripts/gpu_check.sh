@@ -2,10 +2,16 @@
 # Run on the GPU machine from the repo root: build with CUDA, run the whole test suite on the
 # GPU (CUDA tests may not skip: LT8_REQUIRE_CUDA=1), optionally the memory checkers and the
 # benchmark, and print a summary last. Logs go to $OUT when it is set.
-#   STAGES="build tests sanitizer bench" (default: build tests)   PYTEST_ARGS="-k linear"
-#   TESTS="tests/torch/test_x.py ..." (default: tests)
+#   STAGES="build tests sanitizer bench models e2e" (default: build tests)   PYTEST_ARGS="-k linear"
+#   TESTS="tests/torch/test_x.py ..." (default: tests)   PYTEST_JOBS=8 (pytest-xdist workers)
+#   MODELS_ARGS="--models llama3-8b --ms 16,2048"   E2E_ARGS="--variants fp16,lt8"
+# Wheels in .whl/ (bitsandbytes, torchao; carried) are installed first; with bitsandbytes there,
+# its interop tests may not skip (LT8_REQUIRE_BNB=1).
 set -uo pipefail
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false LT8_REQUIRE_CUDA=1
+# One GPU unless the machine has more: tests that need two GPUs fail rather than skip when
+# LT8_GPUS says there are two.
+export LT8_GPUS=${LT8_GPUS:-$(nvidia-smi -L | wc -l)}
 OUT=${OUT:-/tmp/lt8-gpu-check}; mkdir -p "$OUT"
 STAGES=${STAGES:-"build tests"}
 PY=${PY:-python3}
@@ -15,6 +21,7 @@ note() { summary+=("$1"); echo "== $1"; }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 if ls .whl/*.whl >/dev/null 2>&1; then
   $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+  ls .whl/bitsandbytes-*.whl >/dev/null 2>&1 && export LT8_REQUIRE_BNB=1
 fi
 
 if [[ " $STAGES " == *" build "* ]]; then
@@ -28,7 +35,7 @@ if [[ " $STAGES " == *" build "* ]]; then
 fi
 
 if [[ " $STAGES " == *" tests "* ]]; then
-  LT8_HYPOTHESIS_EXAMPLES=${LT8_HYPOTHESIS_EXAMPLES:-200} $PY -m pytest -q -p no:cacheprovider -rfE ${PYTEST_ARGS:-} ${TESTS:-tests} 2>&1 | tee "$OUT/pytest.log"
+  LT8_HYPOTHESIS_EXAMPLES=${LT8_HYPOTHESIS_EXAMPLES:-200} $PY -m pytest -q -p no:cacheprovider -rfE -n ${PYTEST_JOBS:-8} ${PYTEST_ARGS:-} ${TESTS:-tests} 2>&1 | tee "$OUT/pytest.log"
   note "tests: $(grep -E '[0-9]+ (passed|failed|error)' "$OUT/pytest.log" | tail -1)"
 fi
 
@@ -48,6 +55,16 @@ if [[ " $STAGES " == *" bench "* ]]; then
   cp benchmarks/results/*.csv benchmarks/results/*.png "$OUT"/ 2>/dev/null
   [ -n "${BENCH_OUT:-}" ] && cp "$BENCH_OUT"/* "$OUT"/ 2>/dev/null
   note "bench: $(grep -c 'M=' "$OUT/bench.log") rows, see bench.log"
+fi
+
+if [[ " $STAGES " == *" models "* ]]; then
+  $PY benchmarks/bench_models.py --overwrite --out "$OUT" ${MODELS_ARGS:-} 2>&1 | tee "$OUT/bench_models.log"
+  note "bench_models: $(grep -c 'M=' "$OUT/bench_models.log") rows"
+fi
+
+if [[ " $STAGES " == *" e2e "* ]]; then
+  $PY benchmarks/bench_e2e.py --out "$OUT" ${E2E_ARGS:-} 2>&1 | tee "$OUT/bench_e2e.log"
+  note "bench_e2e: $(grep -c 'variant=' "$OUT/bench_e2e.log") variants"
 fi
 
 echo; echo "===== summary ($(cat "$OUT/gpu.txt"))"; printf '%s\n' "${summary[@]}"

@@ -1,47 +1,70 @@
-"""Writes lt8's Colab notebooks into notebooks/, without outputs (as they are committed).
+"""Writes lt8's Colab notebooks into notebooks/, executed, with their outputs and figures.
 
-    python scripts/make_notebooks.py [OUT_DIR]
+    python scripts/make_notebooks.py [--no-execute] [OUT_DIR]
 
 The notebooks are generated so that their text and code review as plain Python; edit them here
-and regenerate. tests/user/test_notebooks.py executes them (and checks they carry no outputs).
+and regenerate. Each is executed here (nbclient, a kernel on this interpreter, in a temporary
+folder, the Colab install cell left out) and written with its outputs, so a reader on GitHub sees
+the results and plots. tests/user/test_notebooks.py executes them again and checks the results.
+
+Where the install cell gets lt8 is defined once, below (:data:`WHEEL_INDEX`).
 """
 
 from __future__ import annotations
 
+import json
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
-import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
-
+#: The GitHub owner of the repository. A placeholder until lt8 is published: the Colab badges
+#: and the wheel index below are only reachable once github.com/{ORG}/lt8 exists.
 ORG = "lt8-project"
-OUT = (
-    Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent.parent / "notebooks"
-)
+REPO = f"{ORG}/lt8"
+#: The one source the notebooks install lt8 from: the PEP 503 package index that
+#: .github/workflows/wheels.yml publishes on the repository's GitHub Pages for every `v*` tag,
+#: one index per variant: ``cu12`` (CUDA kernels for sm_75..sm_90, static CUDA runtime; its CPU
+#: kernels run anywhere) and ``cpu`` (LT8_CUDA=OFF). ``pip install --index-url
+#: {WHEEL_INDEX}/cu12 lt8`` installs a prebuilt manylinux wheel in seconds.
+WHEEL_INDEX = f"https://{ORG}.github.io/lt8/whl"
+INSTALL_TAG = "colab-install"
+SENTINEL = "all checks passed"
+NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 
 
 def md(s):
+    from nbformat.v4 import new_markdown_cell
+
     return new_markdown_cell(textwrap.dedent(s).strip("\n"))
 
 
 def code(*parts, tags=()):
+    from nbformat.v4 import new_code_cell
+
     c = new_code_cell("\n\n".join(textwrap.dedent(p).strip("\n") for p in parts))
     if tags:
         c.metadata["tags"] = list(tags)
     return c
 
 
+def colab_url(name: str) -> str:
+    return f"https://colab.research.google.com/github/{REPO}/blob/main/notebooks/{name}"
+
+
 def header(name, title, blurb):
-    url = f"https://colab.research.google.com/github/{ORG}/lt8/blob/main/notebooks/{name}"
+    from nbformat.v4 import new_markdown_cell
+
     return new_markdown_cell(
         "\n\n".join(
             [
                 f"# {title}",
-                f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({url})",
+                f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({colab_url(name)})",
                 textwrap.dedent(blurb).strip(),
-                f"*The badge links to `github.com/{ORG}/lt8`: `{ORG}` is a placeholder organisation, to be "
-                "replaced by the repository's real owner when it is published.*",
+                f"*The badge links to `github.com/{REPO}`: `{ORG}` is a placeholder organisation, "
+                "to be replaced by the repository's real owner when it is published (one constant, "
+                "`ORG` in `scripts/make_notebooks.py`). The outputs below were produced on a CPU "
+                "by that script.*",
             ]
         )
     )
@@ -60,21 +83,24 @@ every other value to a handful of levels. So the columns of `x` holding any `|x|
 INSTALL_MD = """
 ## Install
 
-On Colab, run the next cell: it builds lt8 from GitHub, with CUDA kernels for the runtime's GPU
-when there is one (a few minutes). Locally, `pip install -e .` in a clone does the same (see the
-README). The test suite skips this cell (its tag is `colab-install`).
+On Colab, run the next cell: it installs lt8's prebuilt wheel (seconds) from the project's
+package index, with CUDA kernels when the runtime has a GPU. Locally, `pip install -e .` in a
+clone builds lt8 instead (see the README). The test suite skips this cell (its tag is
+`colab-install`).
 """
 
-INSTALL = r"""
+INSTALL = f"""
 %%bash
-# Build deps, then lt8 from GitHub. On a GPU runtime nvcc is present and lt8 builds its CUDA
-# kernels, for this GPU's architecture only (faster). Colab already has torch, jax, flax, optax,
-# safetensors and matplotlib.
-pip install -q "scikit-build-core>=0.10" "nanobind>=2.0" "cmake>=3.24" ninja safetensors optax
-if command -v nvidia-smi >/dev/null 2>&1; then
-  export LT8_CUDA_ARCHS=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d .)
-fi
-pip install -q --no-build-isolation "git+https://github.com/lt8-project/lt8"
+# lt8's wheel from its package index ({WHEEL_INDEX}, built by the repository's
+# .github/workflows/wheels.yml): the cu12 wheel on a GPU runtime (CUDA kernels for sm_75..sm_90),
+# else the cpu one. lt8 needs only numpy; Colab already has torch, jax, flax, optax, safetensors
+# and matplotlib.
+variant=cpu
+if nvidia-smi -L >/dev/null 2>&1; then variant=cu12; fi
+pip install -q --no-deps --index-url {WHEEL_INDEX}/$variant lt8 || {{
+  echo "could not install lt8 from {WHEEL_INDEX}/$variant: see the README's 'Colab notebooks and wheels'" >&2
+  exit 1
+}}
 """
 
 JAX_DEVICE_GUARD = """
@@ -674,8 +700,69 @@ computes the very same bits, and goes back the other way.
 ]
 
 
-def write(name, cells):
-    nb = new_notebook(cells=cells)
+NOTEBOOKS = {
+    "01_torch_quickstart.ipynb": nb1,
+    "02_jax_flax_quickstart.ipynb": nb2,
+    "03_torch_to_jax.ipynb": nb3,
+}
+
+
+def kernel_manager(tmp: Path):
+    """A KernelManager whose kernel is ipykernel on this interpreter, whatever kernelspecs the
+    machine has installed (a user's "python3" spec may point at another Python)."""
+    from jupyter_client import KernelManager
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    spec_dir = Path(tmp) / "kernels" / "lt8-nb"
+    spec_dir.mkdir(parents=True, exist_ok=True)
+    (spec_dir / "kernel.json").write_text(
+        json.dumps(
+            {
+                "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "display_name": "lt8",
+                "language": "python",
+            }
+        )
+    )
+    ksm = KernelSpecManager(kernel_dirs=[str(Path(tmp) / "kernels")], ensure_native_kernel=False)
+    return KernelManager(kernel_name="lt8-nb", kernel_spec_manager=ksm)
+
+
+def execute(nb, workdir: Path, timeout: int = 600, env: dict | None = None):
+    """Runs ``nb`` top to bottom in ``workdir`` without its install cell (lt8 is this
+    interpreter's); the executed cells get their outputs in place. Raises nbclient's
+    CellExecutionError on the first failing cell."""
+    import os
+
+    import nbclient
+
+    runnable = [c for c in nb.cells if INSTALL_TAG not in c.get("metadata", {}).get("tags", [])]
+    sub = type(nb)(nb)
+    sub.cells = runnable  # the same cell objects: outputs land in nb's cells too
+    env = dict(os.environ if env is None else env)
+    env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # torch and JAX share one GPU
+    env.setdefault("MPLBACKEND", "Agg")
+    km = kernel_manager(workdir)
+    client = nbclient.NotebookClient(
+        sub,
+        km=km,
+        timeout=timeout,
+        allow_errors=False,
+        resources={"metadata": {"path": str(workdir)}},
+    )
+    try:
+        client.execute(env=env)
+    finally:
+        if km.has_kernel:  # a kernel manager passed in is ours to shut down, not nbclient's
+            km.shutdown_kernel(now=True)
+    return nb
+
+
+def build(name: str):
+    import nbformat
+    from nbformat.v4 import new_notebook
+
+    nb = new_notebook(cells=NOTEBOOKS[name])
     for i, cell in enumerate(nb.cells):
         cell.id = f"cell-{i:02d}"  # stable ids: regenerating changes only what was edited
     nb.metadata["kernelspec"] = {
@@ -686,11 +773,30 @@ def write(name, cells):
     nb.metadata["language_info"] = {"name": "python"}
     nb.metadata["colab"] = {"provenance": []}
     nbformat.validate(nb)
-    OUT.mkdir(parents=True, exist_ok=True)
-    nbformat.write(nb, OUT / name)
-    print("wrote", OUT / name)
+    return nb
 
 
-write("01_torch_quickstart.ipynb", nb1)
-write("02_jax_flax_quickstart.ipynb", nb2)
-write("03_torch_to_jax.ipynb", nb3)
+def main(argv: list[str]) -> int:
+    import nbformat
+
+    run = "--no-execute" not in argv
+    args = [a for a in argv if a != "--no-execute"]
+    out = Path(args[0]) if args else NOTEBOOK_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    for name in NOTEBOOKS:
+        nb = build(name)
+        if run:
+            with tempfile.TemporaryDirectory() as tmp:
+                work = Path(tmp) / "work"
+                work.mkdir()
+                execute(nb, work)
+            for c in nb.cells:  # outputs that name the temporary folder would change every run
+                c.get("metadata", {}).pop("execution", None)
+        nbformat.validate(nb)
+        nbformat.write(nb, out / name)
+        print("wrote", out / name, "(executed)" if run else "(no outputs)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

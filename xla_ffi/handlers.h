@@ -1,6 +1,7 @@
 // Thin XLA FFI adapters over the cuda/ launch API, shared by the cpu and CUDA handler files.
-// Each op is one Impl function taking an lt8::Exec plus decoded buffers, and one binder that
-// declares its buffers and attributes. The platform files only add the stream and the traits.
+// Each op of cuda/ops.def is one <Camel>Impl function taking an lt8::Exec plus decoded buffers,
+// and one Bind<Camel> binder that declares its buffers and attributes. The platform files define
+// a handler per op from the list; they only add the stream and the traits.
 // Leading dimensions of an activation are batch dimensions: M is their product.
 #pragma once
 
@@ -157,7 +158,8 @@ auto BindDequantEpilogue(B b) {
 inline xffi::Error TransformLayoutImpl(const Exec& ex, Buffer<xffi::S8> in,
                                        Result<Buffer<xffi::S8>> out, int64_t rows, int64_t cols,
                                        int32_t from, int32_t to) {
-  if (from < 0 || from > 3 || to < 0 || to > 3) return invalid("unknown layout code");
+  if (!is_valid(static_cast<Layout>(from)) || !is_valid(static_cast<Layout>(to)))
+    return invalid("unknown layout code");
   auto bytes = [&](int32_t layout) {
     int64_t pr = rows, pc = cols;
     layout_padded_shape(static_cast<Layout>(layout), rows, cols, &pr, &pc);
@@ -263,6 +265,34 @@ auto BindInt8LinearGradInput(B b) {
       .template Arg<Buffer<xffi::S8, 2>>()
       .template Arg<Buffer<xffi::F32, 1>>()
       .template Ret<AnyBuffer>();
+}
+
+// --- add_outlier_terms: x (..., K), mask (K,) u8, CB (N, K), SCB (N,), base (..., N) f32 -------
+inline xffi::Error AddOutlierTermsImpl(const Exec& ex, AnyBuffer x, Buffer<xffi::U8, 1> mask,
+                                       Buffer<xffi::S8, 2> cb, Buffer<xffi::F32, 1> scb,
+                                       Buffer<xffi::F32> base, Result<Buffer<xffi::F32>> out) {
+  DType dt;
+  if (!float_dtype(x.element_type(), &dt)) return invalid("x must be float32, float16 or bfloat16");
+  Rows r = as_rows(x.dimensions());
+  int64_t N = cb.dimensions()[0];
+  if (cb.dimensions()[1] != r.K || mask.element_count() != size_t(r.K) ||
+      scb.element_count() != size_t(N) || base.element_count() != size_t(r.M * N) ||
+      out->element_count() != size_t(r.M * N))
+    return invalid("add_outlier_terms: shapes do not match");
+  LT8_FFI_TRY(add_outlier_terms(ex, dt, x.untyped_data(), mask.typed_data(), cb.typed_data(),
+                                scb.typed_data(), base.typed_data(), r.M, N, r.K,
+                                out->typed_data()));
+  return xffi::Error::Success();
+}
+template <typename B>
+auto BindAddOutlierTerms(B b) {
+  return std::move(b)
+      .template Arg<AnyBuffer>()
+      .template Arg<Buffer<xffi::U8, 1>>()
+      .template Arg<Buffer<xffi::S8, 2>>()
+      .template Arg<Buffer<xffi::F32, 1>>()
+      .template Arg<Buffer<xffi::F32>>()
+      .template Ret<Buffer<xffi::F32>>();
 }
 
 }  // namespace lt8::ffi

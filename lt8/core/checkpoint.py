@@ -27,7 +27,8 @@ entry (safetensors' header, strings only):
 :func:`save_file` writes such a file from torch tensors, jax or numpy arrays; :func:`load_file`
 reads it back as numpy arrays with a :class:`CheckpointInfo`. A bitsandbytes 8-bit safetensors
 file (same keys, no lt8 metadata) loads too, with ``format_version=None``. This module imports
-neither torch nor jax: the frontends' ``save_quantized``/``load_quantized`` (torch) and
+neither torch nor jax (framework arrays are read through :mod:`lt8.core.arrays`, where each
+frontend registers its own): the frontends' ``save_quantized``/``load_quantized`` (torch) and
 ``save_variables``/``load_variables`` (JAX) sit on top of it.
 """
 
@@ -41,15 +42,24 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
+from lt8._native import LAYOUT_CODES
+from lt8.core import arrays
+from lt8.core.layouts import padded_shape
+
 FORMAT_NAME = "lt8.int8"
 FORMAT_VERSION = 1
 #: ``"format"`` values other libraries write (torch's ``save_pretrained`` writes "pt"): such a
 #: file is read as a foreign checkpoint (``format_version=None``), not refused.
 FOREIGN_FORMATS = frozenset({"pt", "torch", "np", "numpy", "tf", "flax", "jax", "mlx"})
-_RESERVED_METADATA = ("format", "format_version", "threshold")
-_FLOAT_DTYPES = frozenset({"float16", "bfloat16", "float32", "float64"})
+#: Metadata entries lt8 writes itself; a caller's ``metadata`` may not set them.
+RESERVED_METADATA = ("format", "format_version", "threshold")
+#: The dtype names (as :func:`dtype_name` gives them) of the float tensors a checkpoint may hold.
+FLOAT_DTYPES = frozenset({"float16", "bfloat16", "float32", "float64"})
 
-WEIGHT_FORMATS = {"row": 0, "col32": 1, "col_turing": 2, "col_ampere": 3}
+#: ``weight_format`` codes by layout name: lt8::Layout's codes (lt8._native.LAYOUT_CODES).
+WEIGHT_FORMATS = LAYOUT_CODES
 KEY_WEIGHT, KEY_SCB, KEY_BIAS, KEY_FORMAT = "weight", "SCB", "bias", "weight_format"
 
 
@@ -71,30 +81,49 @@ def weight_to_kernel(weight):
     return weight.T
 
 
-# --- framework-neutral conversion helpers (numpy in, numpy out) ------------------------------
+# --- keys, dtypes, shapes, conversion to numpy (framework-neutral) ---------------------------
+
+#: ``a`` (numpy or jax arrays, torch tensors on any device once ``lt8.torch`` is imported) as a
+#: numpy array; bfloat16 as ``ml_dtypes.bfloat16``. See :mod:`lt8.core.arrays`.
+to_numpy = arrays.to_numpy
 
 
-def to_numpy(a):
-    """``a`` (a torch tensor on any device, a jax or numpy array, a scalar) as a numpy array.
+def layer_key(prefix: str, name: str) -> str:
+    """The checkpoint key of tensor ``name`` of the layer at ``prefix``: ``prefix.name`` (``name``
+    alone for the empty prefix; ``prefix`` may end with a dot). ``layer_key("fc", "")`` is the
+    prefix with its dot, as :func:`read_linear` and :func:`write_linear` take it."""
+    prefix = prefix.rstrip(".")
+    return f"{prefix}.{name}" if prefix else name
 
-    torch's bfloat16 has no numpy dtype of its own: it becomes ``ml_dtypes.bfloat16`` when that
-    package (a jax dependency) is installed, else float32 (which holds every bfloat16 exactly).
-    """
-    import numpy as np
 
-    if hasattr(a, "detach") and hasattr(a, "cpu"):  # a torch tensor; torch is already imported
-        t = a.detach().cpu()
-        if str(t.dtype) == "torch.bfloat16":
-            import torch
+def linear_keys(prefix: str = "") -> tuple[str, str, str, str]:
+    """The keys ``(weight, SCB, bias, weight_format)`` of the linear layer at ``prefix``."""
+    return tuple(layer_key(prefix, k) for k in (KEY_WEIGHT, KEY_SCB, KEY_BIAS, KEY_FORMAT))
 
-            try:
-                import ml_dtypes
 
-                return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
-            except ImportError:
-                return t.to(torch.float32).numpy()
-        return t.numpy()
-    return np.asarray(a)
+def dtype_name(a) -> str:
+    """The dtype of ``a`` (a numpy/jax array, a ShapeDtypeStruct, a torch tensor) as numpy names
+    it: "int8", "float32", "bfloat16", ... Reads no data. Raises :class:`CheckpointError` for a
+    value that is not an array."""
+    dt = getattr(a, "dtype", None)
+    if dt is None:
+        raise CheckpointError(f"expected a tensor, got {type(a).__name__}")
+    try:
+        return np.dtype(dt).name
+    except TypeError:  # another library's dtype object, e.g. torch.float32: its name is last
+        return str(dt).rpartition(".")[2]
+
+
+def shape_of(a) -> tuple[int, ...]:
+    """The shape of ``a`` (any array, or a ShapeDtypeStruct) as a tuple of ints."""
+    return tuple(int(d) for d in a.shape)
+
+
+def preview_keys(keys, n: int = 8) -> str:
+    """Up to ``n`` of ``keys``, sorted and quoted, for an error message ("..., (k in all)")."""
+    keys = sorted(keys)
+    more = f", ... ({len(keys)} in all)" if len(keys) > n else ""
+    return ", ".join(map(repr, keys[:n])) + more
 
 
 def read_linear(state_dict, prefix: str = "") -> dict:
@@ -105,8 +134,6 @@ def read_linear(state_dict, prefix: str = "") -> dict:
     checkpoint), ``bias`` or None, and ``weight_format`` as a layout name ("row" unless an old
     bitsandbytes checkpoint stores a tiled weight).
     """
-    import numpy as np
-
     if prefix + KEY_WEIGHT not in state_dict:
         raise KeyError(f"state dict has no {prefix + KEY_WEIGHT!r} (keys: {sorted(state_dict)})")
     weight = to_numpy(state_dict[prefix + KEY_WEIGHT])
@@ -144,8 +171,6 @@ def write_linear(CB, SCB, bias=None, prefix: str = "") -> dict:
     ``weight`` int8 (out, in) row-major, ``SCB`` float32 (out,), ``bias`` when given, and
     ``weight_format`` = 0 (uint8 scalar). Loadable by ``Linear8bitLt.load_state_dict`` after
     ``torch.from_numpy`` of each value."""
-    import numpy as np
-
     out = {
         prefix + KEY_WEIGHT: np.ascontiguousarray(to_numpy(CB)),
         prefix + KEY_SCB: np.ascontiguousarray(to_numpy(SCB), dtype=np.float32),
@@ -161,27 +186,6 @@ def write_linear(CB, SCB, bias=None, prefix: str = "") -> dict:
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read or does not fit: a ``ValueError`` naming the file or key."""
-
-
-def _key(prefix: str, name: str) -> str:
-    """``prefix.name`` (``name`` alone for the empty prefix); ``prefix`` may end with a dot."""
-    prefix = prefix.rstrip(".")
-    return f"{prefix}.{name}" if prefix else name
-
-
-def _dtype_name(a) -> str:
-    """The dtype of a torch tensor, numpy/jax array (or ShapeDtypeStruct) as numpy names it
-    ("int8", "float32", "bfloat16", ...), without copying any data."""
-    dt = a.dtype
-    if type(dt).__module__.startswith("torch"):
-        return str(dt).rpartition(".")[2]
-    import numpy as np
-
-    return np.dtype(dt).name
-
-
-def _shape(a) -> tuple:
-    return tuple(int(d) for d in a.shape)
 
 
 @dataclass(frozen=True)
@@ -272,7 +276,7 @@ def _info_from_metadata(path, metadata: Mapping[str, str] | None, keys) -> Check
             raise CheckpointError(
                 f"{path}: not an lt8 or bitsandbytes 8-bit checkpoint: no lt8 metadata "
                 f"(format {FORMAT_NAME!r}) and no int8 linear layer (a 'weight' with an 'SCB'); "
-                f"keys: {_preview(keys)}"
+                f"keys: {preview_keys(keys)}"
             )
         return CheckpointInfo(None, {}, metadata)  # bitsandbytes: same keys, no lt8 metadata
     text = metadata.get("format_version")
@@ -293,12 +297,6 @@ def _info_from_metadata(path, metadata: Mapping[str, str] | None, keys) -> Check
         _thresholds_from_json(path, metadata["threshold"]) if "threshold" in metadata else {}
     )
     return CheckpointInfo(version, thresholds, metadata)
-
-
-def _preview(keys, n: int = 8) -> str:
-    keys = sorted(keys)
-    more = f", ... ({len(keys)} in all)" if len(keys) > n else ""
-    return ", ".join(map(repr, keys[:n])) + more
 
 
 def _open(path, read_tensors: bool):
@@ -348,14 +346,13 @@ def save_file(
     threshold: float | Mapping[str, float] | None = None,
     metadata: Mapping[str, str] | None = None,
 ) -> None:
-    """Writes ``tensors`` (torch tensors on any device, jax or numpy arrays) as an lt8
+    """Writes ``tensors`` (numpy or jax arrays, torch tensors: see :func:`to_numpy`) as an lt8
     checkpoint: a safetensors file whose metadata names :data:`FORMAT_NAME`,
     :data:`FORMAT_VERSION` and, when given, the outlier ``threshold`` (one number, or a map of
     layer prefix -> number). ``metadata`` adds string entries (not the reserved "format",
     "format_version", "threshold"). The file is written next to ``path`` and renamed into
     place, so an interrupted save never leaves a truncated checkpoint behind.
     """
-    import numpy as np
     from safetensors.numpy import save_file as _save
 
     meta = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION)}
@@ -363,25 +360,25 @@ def save_file(
     if t is not None:
         meta["threshold"] = t
     for k, v in (metadata or {}).items():
-        if k in _RESERVED_METADATA:
+        if k in RESERVED_METADATA:
             raise ValueError(f"metadata key {k!r} is reserved (lt8 writes it)")
         if not isinstance(k, str) or not isinstance(v, str):
             raise TypeError(f"metadata must map str to str, got {k!r}: {v!r}")
         meta[k] = v
-    arrays = {}
+    host = {}
     for k, v in tensors.items():
         if not isinstance(k, str):
             raise TypeError(f"tensor names must be strings, got {k!r}")
         a = np.asarray(to_numpy(v), order="C")  # (np.ascontiguousarray makes a scalar 1-D)
         if a.dtype == object:
             raise TypeError(f"{k}: not a numeric array ({type(v).__name__})")
-        arrays[k] = a
+        host[k] = a
     path = os.fspath(path)
     # A fresh name next to the target (not mkstemp: its 0600 mode would stick to the file).
     head, tail = os.path.split(os.path.abspath(path))
     tmp = os.path.join(head, f".{tail}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
     try:
-        _save(arrays, tmp, metadata=meta)
+        _save(host, tmp, metadata=meta)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -396,9 +393,32 @@ def linear_prefixes(tensors: Mapping[str, Any]) -> list:
     for k in tensors:
         if k == KEY_SCB or k.endswith("." + KEY_SCB):
             p = k[: -len(KEY_SCB)].rstrip(".")
-            if _key(p, KEY_WEIGHT) in tensors:
+            if layer_key(p, KEY_WEIGHT) in tensors:
                 out.add(p)
     return sorted(out)
+
+
+def _dtype_shape(tensors: Mapping[str, Any], key: str) -> tuple[str, tuple[int, ...]]:
+    """(dtype name, shape) of ``tensors[key]``; a value that is not an array names the key."""
+    a = tensors[key]
+    if getattr(a, "dtype", None) is None or getattr(a, "shape", None) is None:
+        raise CheckpointError(f"{key}: expected a tensor, got {type(a).__name__}")
+    return dtype_name(a), shape_of(a)
+
+
+def _check_bias(tensors: Mapping[str, Any], key: str, out_features: int | None) -> None:
+    if key not in tensors:
+        return
+    dt, shape = _dtype_shape(tensors, key)
+    if (
+        dt not in FLOAT_DTYPES
+        or len(shape) != 1
+        or (out_features is not None and shape != (out_features,))
+    ):
+        want = f"({out_features},)" if out_features is not None else "(out,)"
+        raise CheckpointError(
+            f"{key}: expected a float tensor of shape {want}, got {dt} of shape {shape}"
+        )
 
 
 def validate_linear(
@@ -408,18 +428,18 @@ def validate_linear(
     in_features: int | None = None,
 ) -> str:
     """Checks the int8 linear layer at ``prefix`` (``"fc1"`` or ``"fc1."``) of ``tensors``
-    (torch tensors, numpy or jax arrays; nothing is copied) and returns its ``weight_format``'s
-    layout name ("row" unless an old bitsandbytes checkpoint stores a tiled weight).
+    (numpy or jax arrays, torch tensors on any device; only the ``weight_format`` scalar is
+    read) and returns its ``weight_format``'s layout name ("row" unless an old bitsandbytes
+    checkpoint stores a tiled weight).
 
     Expected: ``weight`` int8 (out, in) (for a tiled format, the padded buffer of that layout),
     ``SCB`` float32 (out,), ``bias`` (optional) float (out,), ``weight_format`` (optional)
     a uint8 scalar among :data:`WEIGHT_FORMATS`' codes; ``out_features``/``in_features``, when
     given, are the target layer's. Raises :class:`CheckpointError` (a ``ValueError``) naming
-    the key and what was expected.
+    the key and what was expected. Both frontends' loaders (``Linear8bitLt.load_state_dict``,
+    ``lt8.torch.load_quantized``, ``lt8.jax.load_variables``) check int8 layers with it.
     """
-    import numpy as np
-
-    wk, sk, bk, fk = (_key(prefix, k) for k in (KEY_WEIGHT, KEY_SCB, KEY_BIAS, KEY_FORMAT))
+    wk, sk, bk, fk = linear_keys(prefix)
     for k in (wk, sk):
         if k not in tensors:
             raise CheckpointError(
@@ -427,25 +447,22 @@ def validate_linear(
             )
     fmt = "row"
     if fk in tensors:
-        f = tensors[fk]
-        dt, shape = _dtype_name(f), _shape(f)
+        dt, shape = _dtype_shape(tensors, fk)
         if dt != "uint8" or math.prod(shape) != 1:
             raise CheckpointError(f"{fk}: expected a uint8 scalar, got {dt} of shape {shape}")
-        code = int(np.asarray(to_numpy(f)).reshape(()))
+        code = int(to_numpy(tensors[fk]).reshape(()))
         if code not in WEIGHT_FORMATS.values():
             raise CheckpointError(
                 f"{fk}: expected one of {sorted(WEIGHT_FORMATS.values())} "
                 f"({', '.join(f'{c}={n}' for n, c in WEIGHT_FORMATS.items())}), got {code}"
             )
         fmt = format_name(code)
-    w = tensors[wk]
-    wdt, wshape = _dtype_name(w), _shape(w)
+    wdt, wshape = _dtype_shape(tensors, wk)
     if wdt != "int8":
         raise CheckpointError(f"{wk}: expected int8 (next to {sk!r}), got {wdt}")
     if len(wshape) != 2:
         raise CheckpointError(f"{wk}: expected a 2-D int8 weight (out, in), got shape {wshape}")
-    s = tensors[sk]
-    sdt, sshape = _dtype_name(s), _shape(s)
+    sdt, sshape = _dtype_shape(tensors, sk)
     if fmt == "row":
         out = wshape[0] if out_features is None else out_features
         expected_w = (out, wshape[1] if in_features is None else in_features)
@@ -454,8 +471,6 @@ def validate_linear(
     else:
         out = sshape[0] if out_features is None and len(sshape) == 1 else out_features
         if out is not None and in_features is not None:
-            from lt8.core.layouts import padded_shape
-
             pr, pc = padded_shape(fmt, out, in_features)
             if math.prod(wshape) != pr * pc:
                 raise CheckpointError(
@@ -467,11 +482,38 @@ def validate_linear(
             f"{sk}: expected float32 of shape ({out if out is not None else 'out'},), "
             f"got {sdt} of shape {sshape}"
         )
-    if bk in tensors:
-        b = tensors[bk]
-        bdt, bshape = _dtype_name(b), _shape(b)
-        if bdt not in _FLOAT_DTYPES or bshape != sshape:
-            raise CheckpointError(
-                f"{bk}: expected a float tensor of shape {sshape}, got {bdt} of shape {bshape}"
-            )
+    _check_bias(tensors, bk, sshape[0])
     return fmt
+
+
+def validate_float_linear(
+    tensors: Mapping[str, Any],
+    prefix: str = "",
+    out_features: int | None = None,
+    in_features: int | None = None,
+) -> None:
+    """Checks a float linear layer at ``prefix`` of ``tensors`` (one without ``SCB``: an
+    ``nn.Linear``'s, quantized on the way into an int8 layer): ``weight`` float (out, in),
+    ``bias`` (optional) float (out,); ``out_features``/``in_features``, when given, are the
+    target layer's. An int8 ``weight`` here lacks its scales. Raises :class:`CheckpointError`
+    naming the key, as :func:`validate_linear` does for int8 layers.
+    """
+    wk, sk, bk, _ = linear_keys(prefix)
+    if wk not in tensors:
+        raise CheckpointError(f"missing key {wk!r}")
+    dt, shape = _dtype_shape(tensors, wk)
+    if dt == "int8":
+        raise CheckpointError(f"{wk}: an int8 weight needs its scales {sk!r}, which are missing")
+    if dt not in FLOAT_DTYPES:
+        raise CheckpointError(
+            f"{wk}: expected a float weight (or an int8 one with {sk!r}), got {dt}"
+        )
+    if len(shape) != 2:
+        raise CheckpointError(f"{wk}: expected a 2-D weight (out, in), got shape {shape}")
+    expected = (
+        shape[0] if out_features is None else out_features,
+        shape[1] if in_features is None else in_features,
+    )
+    if shape != expected:
+        raise CheckpointError(f"{wk}: expected shape (out, in) = {expected}, got {shape}")
+    _check_bias(tensors, bk, shape[0])

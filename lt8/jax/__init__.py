@@ -1,9 +1,12 @@
 """lt8 for JAX and Flax: LLM.int8() ops on lt8's kernels through XLA FFI.
 
-* functional ops (:mod:`lt8.jax.ops`): ``linear`` (the fused op, with a custom VJP),
-  ``linear_fp`` (float master weight), ``quantize_weight``, ``int8_vectorwise_quant``, ...
+* functional ops (:mod:`lt8.jax.ops`, the names and arguments of ``lt8.torch.functional``):
+  ``linear`` (the fused op, with a custom VJP), ``linear_fp`` (float master weight),
+  ``weight_linear``, ``quantize_weight`` (a (out, in) weight), ``quantize_kernel`` (a Flax
+  (in, out) kernel), ``quantize_rows``, ``int8_gemm``, ``dequant_epilogue``, ...
 * ``Dense8bit``: a Flax linen layer; ``lt8.jax.nnx.Linear8bit``: its NNX twin;
-* ``shard_linear`` (:mod:`lt8.jax.sharding`): column- and row-parallel ``shard_map`` wrappers.
+* sharded weights under ``jax.jit`` run on XLA's partitioner (:mod:`lt8.jax.partitioning`);
+  ``shard_linear`` (:mod:`lt8.jax.sharding`) places a weight column- or row-parallel.
 
 Importing this package registers the FFI targets (``lt8_<op>``, platforms "cpu" and, in a CUDA
 build, "CUDA"). It never imports torch.
@@ -18,39 +21,37 @@ from lt8.jax.checkpoint import (
 )
 from lt8.jax.linen import Dense8bit
 from lt8.jax.ops import (
+    dequant_epilogue,
+    dequantize_rows,
     dequantize_weight,
-    get_inverse_transform_indices,
     int8_gemm,
-    int8_mm_dequant,
-    int8_vectorwise_dequant,
-    int8_vectorwise_quant,
     linear,
     linear_fp,
+    quantize_kernel,
+    quantize_rows,
     quantize_weight,
-    transform,
-    undo_layout,
+    transform_layout,
     weight_linear,
 )
 from lt8.jax.sharding import shard_linear
 
 __all__ = [
     "Dense8bit",
+    "dequant_epilogue",
+    "dequantize_rows",
     "dequantize_weight",
-    "get_inverse_transform_indices",
     "int8_gemm",
-    "int8_mm_dequant",
-    "int8_vectorwise_dequant",
-    "int8_vectorwise_quant",
     "linear",
     "linear_fp",
     "load_variables",
     "nnx",
+    "quantize_kernel",
+    "quantize_rows",
     "quantize_weight",
     "save_variables",
     "shard_linear",
     "tensors_to_variables",
-    "transform",
-    "undo_layout",
+    "transform_layout",
     "variables_to_tensors",
     "weight_linear",
 ]

@@ -25,18 +25,8 @@ import numpy as np
 
 from lt8._native import LAYOUT_CODES, C, has_ffi
 
-__all__ = [
-    "PLATFORMS",
-    "quantize_rows",
-    "dequantize_rows",
-    "int8_gemm",
-    "dequant_epilogue",
-    "transform_layout",
-    "int8_linear",
-    "int8_weight_linear",
-    "int8_linear_grad_input",
-    "linear_workspace_bytes",
-]
+#: One ffi_call wrapper per op of cuda/ops.def (lt8._C.ops()), named as the op; checked at the end.
+__all__ = ["PLATFORMS", "linear_workspace_bytes", *C.ops()]
 
 
 def _register() -> tuple[str, ...]:
@@ -166,3 +156,19 @@ def int8_linear_grad_input(g: jax.Array, cb: jax.Array, scb: jax.Array) -> jax.A
         vmap_method="sequential",
     )
     return call(g, cb, scb)
+
+
+def add_outlier_terms(
+    x: jax.Array, outlier_mask: jax.Array, cb: jax.Array, scb: jax.Array, base: jax.Array
+) -> jax.Array:
+    """base (..., N) float32 plus the outlier columns' terms of x (..., K) @ W^T, W = CB * SCB /
+    127, in the fused op's order: the float32 result (..., N) before the bias."""
+    call = jax.ffi.ffi_call(
+        "lt8_add_outlier_terms", _sds(base.shape, np.float32), vmap_method="sequential"
+    )
+    return call(x, outlier_mask, cb, scb, base)
+
+
+_missing = [name for name in C.ops() if name not in globals()]
+if _missing:
+    raise ImportError(f"lt8.jax._ffi has no ffi_call wrapper for ops {_missing} of cuda/ops.def")

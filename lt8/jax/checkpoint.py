@@ -31,11 +31,16 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lt8.core import arrays
 from lt8.core import checkpoint as ckpt
 from lt8.jax.linen import INT8_COLLECTION
+
+# lt8.core imports no framework: jax's arrays are registered here (numpy reads them itself).
+arrays.register_array_library("jax", jax.Array, np.asarray, lambda a, like: jnp.asarray(a))
 
 __all__ = ["load_variables", "save_variables", "tensors_to_variables", "variables_to_tensors"]
 
@@ -135,9 +140,10 @@ def variables_to_tensors(variables) -> dict:
 
     linears = {_dotted(p): node for p, node in _int8_linears(int8).items()}
     for P, node in linears.items():
-        put(ckpt._key(P, ckpt.KEY_WEIGHT), np.asarray(node[_CB]), f"{INT8_COLLECTION}/{P}/CB")
-        put(ckpt._key(P, ckpt.KEY_SCB), np.asarray(node[_SCB]), f"{INT8_COLLECTION}/{P}/SCB")
-        put(ckpt._key(P, ckpt.KEY_FORMAT), np.array(ckpt.WEIGHT_FORMATS["row"], np.uint8), P)
+        wk, sk, _, fk = ckpt.linear_keys(P)
+        put(wk, np.asarray(node[_CB]), f"{INT8_COLLECTION}/{P}/CB")
+        put(sk, np.asarray(node[_SCB]), f"{INT8_COLLECTION}/{P}/SCB")
+        put(fk, np.array(ckpt.WEIGHT_FORMATS["row"], np.uint8), P)
     for path, leaf in _walk(params):
         P, name = _dotted(path[:-1]), str(path[-1])
         where = f"{PARAMS}/{_dotted(path)}"
@@ -147,12 +153,12 @@ def variables_to_tensors(variables) -> dict:
             )
         if name == "kernel" and np.ndim(leaf) == 2:
             put(
-                ckpt._key(P, ckpt.KEY_WEIGHT),
+                ckpt.layer_key(P, ckpt.KEY_WEIGHT),
                 np.asarray(ckpt.kernel_to_weight(np.asarray(leaf))),
                 where,
             )
         else:
-            put(ckpt._key(P, name), np.asarray(leaf), where)
+            put(ckpt.layer_key(P, name), np.asarray(leaf), where)
     for P in linears:
         ckpt.validate_linear(out, P)
     return out
@@ -182,32 +188,29 @@ def _tensors_to_tree(tensors: Mapping[str, Any]) -> dict:
     int8: dict = {}
     used: set = set()
     for P in ckpt.linear_prefixes(tensors):
+        wk, sk, _, fk = ckpt.linear_keys(P)
         fmt = ckpt.validate_linear(tensors, P)
         if fmt != "row":
             raise ValueError(
-                f"{ckpt._key(P, ckpt.KEY_FORMAT)}: a {fmt} (tiled) weight needs the "
-                f"layer's shape to be restored: pass like="
+                f"{fk}: a {fmt} (tiled) weight needs the layer's shape to be restored: pass like="
             )
         path = _split_key(P) if P else ()
         node = {
-            _CB: jnp.asarray(ckpt.to_numpy(tensors[ckpt._key(P, ckpt.KEY_WEIGHT)])),
-            _SCB: jnp.asarray(ckpt.to_numpy(tensors[ckpt._key(P, ckpt.KEY_SCB)])),
+            _CB: jnp.asarray(ckpt.to_numpy(tensors[wk])),
+            _SCB: jnp.asarray(ckpt.to_numpy(tensors[sk])),
         }
         if path:
-            _insert(int8, path, node, ckpt._key(P, ckpt.KEY_WEIGHT))
+            _insert(int8, path, node, wk)
         else:
             int8.update(node)
-        used.update(ckpt._key(P, k) for k in (ckpt.KEY_WEIGHT, ckpt.KEY_SCB, ckpt.KEY_FORMAT))
+        used.update((wk, sk, fk))
     for key, a in tensors.items():
         if key in used:
             continue
         path = _split_key(key)
         a = ckpt.to_numpy(a)
-        if path[-1] == ckpt.KEY_WEIGHT and a.dtype == np.int8:
-            raise ckpt.CheckpointError(
-                f"{key}: an int8 weight needs its scales "
-                f"{ckpt._key(key[: -len(ckpt.KEY_WEIGHT)], ckpt.KEY_SCB)!r}, which are missing"
-            )
+        if path[-1] == ckpt.KEY_WEIGHT and a.dtype == np.int8:  # no SCB: refused, naming it
+            ckpt.validate_float_linear(tensors, _dotted(path[:-1]))
         if path[-1] == ckpt.KEY_WEIGHT and a.ndim == 2 and _is_float(a.dtype.name):
             path, a = path[:-1] + ("kernel",), ckpt.weight_to_kernel(a)
         _insert(params, path, jnp.asarray(a), key)
@@ -218,7 +221,7 @@ def _tensors_to_tree(tensors: Mapping[str, Any]) -> dict:
 
 
 def _is_float(dtype_name: str) -> bool:
-    return dtype_name in ckpt._FLOAT_DTYPES
+    return dtype_name in ckpt.FLOAT_DTYPES
 
 
 def _fill_like(tensors: Mapping[str, Any], like: dict, strict: bool) -> dict:
@@ -233,23 +236,18 @@ def _fill_like(tensors: Mapping[str, Any], like: dict, strict: bool) -> dict:
     int8_vals: dict = {}  # dotted prefix -> {"CB", "SCB"}
 
     for P, (_, node) in linears.items():
-        wk, sk, fk = (ckpt._key(P, k) for k in (ckpt.KEY_WEIGHT, ckpt.KEY_SCB, ckpt.KEY_FORMAT))
+        wk, sk, _, fk = ckpt.linear_keys(P)
         out_f, in_f = (int(d) for d in node[_CB].shape)
         try:
             if sk in tensors:
                 ckpt.validate_linear(tensors, P, out_f, in_f)
-                entry = ckpt.read_linear(tensors, ckpt._key(P, ""))
+                entry = ckpt.read_linear(tensors, ckpt.layer_key(P, ""))
                 entry[ckpt.KEY_BIAS] = None  # the bias is a "params" leaf, checked there
                 CB, SCB, _ = int8_weights_from_checkpoint(entry, in_f)  # a tiled one made row-major
                 used.update((wk, sk, fk))
             elif wk in tensors:  # a float weight: quantized on the way in
-                w = tensors[wk]
-                if not _is_float(ckpt._dtype_name(w)) or ckpt._shape(w) != (out_f, in_f):
-                    raise ckpt.CheckpointError(
-                        f"{wk}: expected an int8 weight with {sk!r}, or a float one of shape "
-                        f"{(out_f, in_f)}, got {ckpt._dtype_name(w)} of shape {ckpt._shape(w)}"
-                    )
-                CB, SCB = quantize_weight(jnp.asarray(ckpt.to_numpy(w)))
+                ckpt.validate_float_linear(tensors, P, out_f, in_f)
+                CB, SCB = quantize_weight(jnp.asarray(ckpt.to_numpy(tensors[wk])))
                 used.add(wk)
             else:
                 raise ckpt.CheckpointError(f"missing key {wk!r} (and {sk!r})")
@@ -262,12 +260,12 @@ def _fill_like(tensors: Mapping[str, Any], like: dict, strict: bool) -> dict:
         P, name = _dotted(path[:-1]), str(path[-1])
         want_shape, want_dtype = tuple(int(d) for d in leaf.shape), np.dtype(leaf.dtype).name
         transpose = name == "kernel" and P not in linears and len(want_shape) == 2
-        key = ckpt._key(P, ckpt.KEY_WEIGHT if transpose else name)
+        key = ckpt.layer_key(P, ckpt.KEY_WEIGHT if transpose else name)
         if key not in tensors:
             errors.append(f"missing key {key!r} (for {PARAMS}/{_dotted(path)})")
             return None
         a = tensors[key]
-        got_shape, got_dtype = ckpt._shape(a), ckpt._dtype_name(a)
+        got_shape, got_dtype = ckpt.shape_of(a), ckpt.dtype_name(a)
         if transpose:
             got_shape = got_shape[::-1]
         if got_shape != want_shape or got_dtype != want_dtype:
@@ -310,7 +308,7 @@ def _fill_like(tensors: Mapping[str, Any], like: dict, strict: bool) -> dict:
         unexpected = [k for k in tensors if k not in used]
         if unexpected:
             errors.append(
-                f"unexpected keys (nothing in the target takes them): {ckpt._preview(unexpected)}"
+                f"unexpected keys (nothing in the target takes them): {ckpt.preview_keys(unexpected)}"
             )
     if errors:
         raise ckpt.CheckpointError(

@@ -28,6 +28,21 @@ def _compute_dtype(x: Array, dtype: Any, param_dtype: Any) -> Any:
     return x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else param_dtype
 
 
+def _quantize_boxed(kernel: Any) -> tuple[Any, Any]:
+    """``(CB, SCB)`` from a kernel (in, features) that may carry partitioning metadata
+    (``nn.with_partitioning`` / ``nn.with_logical_partitioning``). The int8 weight gets the
+    kernel's names transposed to (features, in) and ``SCB`` the features' name, in the kernel's
+    own box (so logical names, mesh and rules carry over)."""
+    CB, SCB = ops.quantize_weight(ckpt.kernel_to_weight(jnp.asarray(nn.meta.unbox(kernel))))
+    if not isinstance(kernel, nn.Partitioned):  # LogicallyPartitioned is a Partitioned
+        return CB, SCB
+    names = tuple(kernel.names) + (None,) * (2 - len(kernel.names))
+    in_name, out_name = names
+    return kernel.replace(value=CB, names=(out_name, in_name)), kernel.replace(
+        value=SCB, names=(out_name,)
+    )
+
+
 def int8_weights_from_checkpoint(entry: Mapping[str, Any], in_features: int | None = None):
     """``(CB, SCB, bias)`` as jax arrays from :func:`lt8.core.checkpoint.read_linear`'s result.
 
@@ -45,7 +60,7 @@ def int8_weights_from_checkpoint(entry: Mapping[str, Any], in_features: int | No
                 raise ValueError(
                     f"a {fmt} weight is padded: pass in_features to restore its row-major shape"
                 )
-            CB = ops.transform(CB, "row", fmt, (SCB.shape[0], in_features))
+            CB = ops.transform_layout(CB, "row", fmt, (SCB.shape[0], in_features))
         elif CB.ndim != 2 or CB.shape[0] != SCB.shape[0]:
             raise ValueError(
                 f"weight must be int8 (out, in) with out = {SCB.shape[0]} (SCB's length), got shape {CB.shape}"
@@ -70,10 +85,15 @@ class Dense8bit(nn.Module):
             (inference, adapters) stores the int8 weight ``CB`` (features, in) and its scales
             ``SCB`` (features,) float32 in the "int8" collection.
         kernel_init, bias_init: initializers as ``nn.Dense``; in inference mode the initialized
-            float kernel is quantized once.
-        mesh, parallel, axis_name: optional tensor parallelism (inference mode): with a mesh,
-            ``parallel="column"`` or ``"row"`` runs :func:`lt8.jax.sharding.shard_linear` over
-            the mesh axis ``axis_name``.
+            float kernel is quantized once. Partitioning boxes (``nn.with_partitioning``,
+            ``nn.with_logical_partitioning``) carry over: ``CB`` gets the kernel's names
+            transposed to (features, in), ``SCB`` the features' name; under ``jax.jit`` XLA's
+            partitioner then runs the int8 op on each device's shard
+            (:mod:`lt8.jax.partitioning`).
+        mesh, parallel, axis_name: a shortcut for tensor parallelism without partitioning
+            names (inference mode): with a mesh, the int8 weight is constrained to the
+            ``parallel="column"`` or ``"row"`` sharding over the mesh axis ``axis_name``
+            (:func:`lt8.jax.sharding.shard_linear`).
 
     Invariants of the "int8" collection: ``CB`` int8 (features, in) row-major, ``SCB`` float32
     (features,), ``W ~= CB * SCB / 127`` — bitsandbytes' orientation, so checkpoints convert
@@ -151,7 +171,7 @@ class Dense8bit(nn.Module):
                     f"variables={{'params': ..., {INT8_COLLECTION!r}: ...}} to apply"
                 )
             kernel = self.kernel_init(self.make_rng("params"), (K, self.features), self.param_dtype)
-            CB0, SCB0 = ops.quantize_weight(ckpt.kernel_to_weight(kernel))
+            CB0, SCB0 = _quantize_boxed(kernel)
         else:
             CB0 = SCB0 = None
         CB = self.variable(INT8_COLLECTION, "CB", lambda: CB0).value
@@ -168,12 +188,21 @@ class Dense8bit(nn.Module):
     @staticmethod
     def variables_from_dense(dense_params: Mapping[str, Any]) -> dict:
         """Inference-mode variables from an ``nn.Dense`` parameter tree ``{'kernel', 'bias'}``
-        (or ``{'params': {...}}``): the kernel (in, features) is quantized to ``CB``/``SCB``."""
+        (or ``{'params': {...}}``): the kernel (in, features) is quantized to ``CB``/``SCB``.
+
+        Boxed parameters (``nn.with_partitioning``, ``nn.with_logical_partitioning``) stay boxed:
+        ``CB`` gets the kernel's names as (features, in), ``SCB`` the features' name, the bias
+        keeps its box, so ``nn.get_partition_spec`` of the result shards it as the Dense was."""
         p = dense_params.get("params", dense_params)
         if "kernel" not in p:
             raise KeyError(f"expected nn.Dense params with a 'kernel', got keys {sorted(p)}")
-        CB, SCB = ops.quantize_weight(ckpt.kernel_to_weight(jnp.asarray(p["kernel"])))
-        params = {"bias": jnp.asarray(p["bias"])} if p.get("bias") is not None else {}
+        CB, SCB = _quantize_boxed(p["kernel"])
+        bias = p.get("bias")
+        params = (
+            {}
+            if bias is None
+            else {"bias": bias if isinstance(bias, nn.Partitioned) else jnp.asarray(bias)}
+        )
         return {"params": params, INT8_COLLECTION: {"CB": CB, "SCB": SCB}}
 
     @staticmethod

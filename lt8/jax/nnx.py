@@ -26,6 +26,25 @@ class Int8Weight(nnx.Variable):
 nnx.register_variable_name(INT8_COLLECTION, Int8Weight, overwrite=True)
 
 
+#: Metadata keys that describe a variable's sharding by the kernel's (in, out) axes.
+_SHARDING_KEYS = ("out_sharding", "sharding_names", "sharding")
+#: Keys of a Variable's own configuration (not carried from one variable to another).
+_VARIABLE_CONFIG = ("hijax", "ref", "eager_sharding")
+
+
+def _int8_metadata(kernel_meta: dict, transpose: bool) -> dict:
+    """The metadata of ``CB`` (``transpose``: the kernel's (in, out) names as (out, in)) or of
+    ``SCB`` (the out name only) from the float kernel's metadata."""
+    meta = {k: v for k, v in kernel_meta.items() if k not in _VARIABLE_CONFIG}
+    for key in _SHARDING_KEYS:
+        names = meta.get(key)
+        if names is None:
+            continue
+        names = tuple(names) + (None,) * (2 - len(tuple(names)))
+        meta[key] = (names[1], names[0]) if transpose else (names[1],)
+    return meta
+
+
 class Linear8bit(nnx.Module):
     """A linear layer computed with LLM.int8() (see :class:`lt8.jax.Dense8bit`).
 
@@ -39,6 +58,8 @@ class Linear8bit(nnx.Module):
             every call (training); False stores ``CB`` int8 (out, in) and ``SCB`` float32 (out,)
             as :class:`Int8Weight` variables (inference, adapters).
         kernel_init, bias_init: initializers (the float kernel is quantized once in inference).
+            Sharding metadata (``nnx.with_partitioning``) carries over: ``CB`` gets the
+            kernel's names as (out, in), ``SCB`` the out name.
         rngs: ``nnx.Rngs`` for the initializers.
 
     Example::
@@ -78,9 +99,13 @@ class Linear8bit(nnx.Module):
             self.kernel = nnx.Param(kernel)
             self.CB = self.SCB = _data(None)
         else:
-            CB, SCB = ops.quantize_weight(ckpt.kernel_to_weight(kernel))
+            meta = {}
+            if isinstance(kernel, nnx.VariableMetadata):  # nnx.with_partitioning & co.
+                meta, kernel = dict(kernel.metadata), kernel.raw_value
+            CB, SCB = ops.quantize_weight(ckpt.kernel_to_weight(jnp.asarray(kernel)))
             self.kernel = _data(None)
-            self.CB, self.SCB = Int8Weight(CB), Int8Weight(SCB)
+            self.CB = Int8Weight(CB, **_int8_metadata(meta, transpose=True))
+            self.SCB = Int8Weight(SCB, **_int8_metadata(meta, transpose=False))
         if use_bias:
             self.bias = nnx.Param(bias_init(rngs.params(), (out_features,), param_dtype))
         else:
@@ -108,18 +133,27 @@ class Linear8bit(nnx.Module):
         dtype: Any | None = None,
     ) -> Linear8bit:
         """An LLM.int8() copy of an ``nnx.Linear``: its kernel quantized (or kept, in training
-        mode) and its bias copied."""
-        kernel = linear.kernel.get_value()
-        bias = None if linear.bias is None else linear.bias.get_value()
+        mode) and its bias copied. Sharding metadata (``nnx.with_partitioning``) carries over:
+        ``CB`` gets the kernel's names as (out, in), ``SCB`` the out name, the bias its own."""
+        kernel = _with_metadata(linear.kernel)
+        bias = None if linear.bias is None else _with_metadata(linear.bias)
         return cls(
             linear.in_features,
             linear.out_features,
             use_bias=bias is not None,
             threshold=threshold,
             dtype=dtype,
-            param_dtype=kernel.dtype,
+            param_dtype=linear.kernel.get_value().dtype,
             has_fp16_weights=has_fp16_weights,
             kernel_init=lambda *_: kernel,
             bias_init=lambda *_: bias,
             rngs=nnx.Rngs(0),  # unused: both initializers return the given arrays
         )
+
+
+def _with_metadata(var: nnx.Variable) -> Any:
+    """A variable's value wrapped with its user metadata (sharding names, mesh, ...), as an
+    initializer returns it, so that a new variable created from it gets the same metadata."""
+    meta = {k: v for k, v in var.get_metadata().items() if k not in _VARIABLE_CONFIG}
+    value = var.get_value()
+    return nnx.VariableMetadata(value, metadata=meta) if meta else value

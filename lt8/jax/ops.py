@@ -1,5 +1,8 @@
 """Functional LLM.int8() ops for JAX, on lt8's kernels through XLA FFI.
 
+The functions, their argument names and results are :mod:`lt8.torch.functional`'s (lt8's
+vocabulary; bitsandbytes' names exist only in the torch-side ``lt8.functional``/``lt8.autograd``).
+
 Conventions (shared with ``lt8.torch``): an int8 weight is ``CB`` (out, in) int8, row-major,
 with float32 row scales ``SCB`` (out,), so that ``W ~= CB * SCB / 127``. Activations are
 ``(..., K)``: every leading dimension is a batch dimension. Every op works under ``jax.jit``,
@@ -25,23 +28,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lt8.core.layouts import LAYOUTS, get_inverse_transform_indices, padded_shape, undo_layout
-from lt8.jax import _ffi
+from lt8.core import checkpoint as ckpt
+from lt8.core.layouts import LAYOUTS, padded_shape
+from lt8.jax import _ffi, partitioning
 from lt8.jax._batching import rowwise
 
 __all__ = [
     "quantize_weight",
+    "quantize_kernel",
     "dequantize_weight",
-    "int8_vectorwise_quant",
-    "int8_vectorwise_dequant",
+    "quantize_rows",
+    "dequantize_rows",
     "int8_gemm",
-    "int8_mm_dequant",
+    "dequant_epilogue",
     "linear",
     "linear_fp",
     "weight_linear",
-    "transform",
-    "get_inverse_transform_indices",
-    "undo_layout",
+    "transform_layout",
 ]
 
 FLOAT_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.float16), jnp.dtype(jnp.bfloat16))
@@ -103,7 +106,10 @@ def _check_weight(CB: jax.Array, SCB: jax.Array, bias: jax.Array | None, K: int)
         raise ValueError(f"CB must be 2-D (out_features, in_features), got shape {CB.shape}")
     N = CB.shape[0]
     if CB.shape[1] != K:
-        raise ValueError(f"x has {K} features but CB expects {CB.shape[1]} (CB shape {CB.shape})")
+        raise ValueError(
+            f"x has {K} features but CB expects {CB.shape[1]} (CB shape {CB.shape}, "
+            "(out_features, in_features); a Flax kernel (in, out) is quantized with quantize_kernel)"
+        )
     if SCB.shape != (N,):
         raise ValueError(f"SCB must have shape ({N},), got {SCB.shape}")
     if bias is not None:
@@ -137,14 +143,14 @@ def _with_optional_bias(raw: Callable[..., Any], n_rows: int, **kw) -> Callable[
 @functools.cache
 def _linear_kernel(threshold: float):
     return _with_optional_bias(
-        lambda x, cb, scb, b: _ffi.int8_linear(x, cb, scb, b, threshold),
+        lambda x, cb, scb, b: partitioning.int8_linear(x, cb, scb, b, threshold),
         n_rows=1,
         fold=threshold == 0.0,
     )
 
 
-_weight_linear_kernel = _with_optional_bias(_ffi.int8_weight_linear, n_rows=1)
-_grad_input_kernel = rowwise(_ffi.int8_linear_grad_input, n_rows=1)
+_weight_linear_kernel = _with_optional_bias(partitioning.int8_weight_linear, n_rows=1)
+_grad_input_kernel = rowwise(partitioning.int8_linear_grad_input, n_rows=1)
 _gemm_kernel = rowwise(_ffi.int8_gemm, n_rows=1)
 
 
@@ -158,9 +164,7 @@ def _epilogue_kernel(dtype: jnp.dtype):
 # --- quantization -----------------------------------------------------------------------------
 
 
-def int8_vectorwise_quant(
-    x: jax.Array, threshold: float = 0.0
-) -> tuple[jax.Array, jax.Array, jax.Array]:
+def quantize_rows(x: jax.Array, threshold: float = 0.0) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Row-wise absmax int8 quantization with outlier columns.
 
     Args:
@@ -180,12 +184,8 @@ def int8_vectorwise_quant(
     return q, scale, mask.astype(jnp.bool_)
 
 
-def int8_vectorwise_dequant(q: jax.Array, row_scale: jax.Array) -> jax.Array:
-    """Inverse of :func:`int8_vectorwise_quant` without outliers: float32 ``q * row_scale / 127``."""
-    return _dequantize_rows(q, row_scale, jnp.float32)
-
-
-def _dequantize_rows(q: jax.Array, row_scale: jax.Array, dtype: Any) -> jax.Array:
+def dequantize_rows(q: jax.Array, row_scale: jax.Array, dtype: Any = jnp.float32) -> jax.Array:
+    """Inverse of :func:`quantize_rows` without outliers: ``q * row_scale / 127`` in ``dtype``."""
     q, row_scale = _array(q, "q"), _array(row_scale, "row_scale")
     _check_dtype(q, "q", jnp.int8)
     _check_dtype(row_scale, "row_scale", jnp.float32)
@@ -208,6 +208,21 @@ def quantize_weight(w: jax.Array) -> tuple[jax.Array, jax.Array]:
     return CB, SCB
 
 
+def quantize_kernel(kernel: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Quantizes a Flax ``Dense`` kernel, stored (in_features, features): returns ``CB``
+    (features, in_features) int8 and ``SCB`` (features,) float32, the checkpoint orientation that
+    :func:`linear` and ``Dense8bit`` take. Use this, not :func:`quantize_weight`, on
+    ``params["kernel"]``: a kernel passed as a weight gives scales per input feature, which is
+    wrong (silently so on square layers)."""
+    kernel = _array(kernel, "kernel")
+    if kernel.ndim != 2:
+        raise ValueError(
+            f"kernel must be 2-D (in_features, features) as in flax.linen.Dense, got shape "
+            f"{kernel.shape}"
+        )
+    return quantize_weight(ckpt.kernel_to_weight(kernel))
+
+
 def dequantize_weight(CB: jax.Array, SCB: jax.Array, dtype: Any = jnp.float32) -> jax.Array:
     """``CB * SCB / 127`` as a (out, in) array of ``dtype``."""
     CB, SCB = _array(CB, "CB"), _array(SCB, "SCB")
@@ -217,7 +232,7 @@ def dequantize_weight(CB: jax.Array, SCB: jax.Array, dtype: Any = jnp.float32) -
         raise ValueError(f"CB must be 2-D (out_features, in_features), got shape {CB.shape}")
     if SCB.shape != CB.shape[:1]:
         raise ValueError(f"SCB must have shape ({CB.shape[0]},) (CB's rows), got {SCB.shape}")
-    return _dequantize_rows(CB, SCB, dtype)
+    return dequantize_rows(CB, SCB, dtype)
 
 
 # --- int8 GEMM pieces -------------------------------------------------------------------------
@@ -236,7 +251,7 @@ def int8_gemm(A: jax.Array, B: jax.Array) -> jax.Array:
     return _gemm_kernel(A, B)
 
 
-def int8_mm_dequant(
+def dequant_epilogue(
     C: jax.Array,
     row_scale: jax.Array,
     col_scale: jax.Array,
@@ -284,14 +299,15 @@ def _linear(x, CB, SCB, bias, threshold):
 
 
 def _linear_fwd(x, CB, SCB, bias, threshold):
-    return _linear(x, CB, SCB, bias, threshold), (CB, SCB, bias)
+    return _linear(x, CB, SCB, bias, threshold), (CB, SCB, bias, partitioning.sharding_of(x))
 
 
 def _frozen_weight_bwd(res, g):
     # Straight-through: dx = dy @ W with W = CB * SCB / 127; CB and SCB are constants.
-    CB, SCB, bias = res
+    CB, SCB, bias, x_sharding = res
     grad_bias = None if bias is None else _sum_rows(g, bias.dtype)
-    return _grad_input_kernel(g, CB, SCB), None, None, grad_bias
+    grad_x = partitioning.with_sharding(_grad_input_kernel(g, CB, SCB), x_sharding)
+    return grad_x, None, None, grad_bias
 
 
 _linear.defvjp(_linear_fwd, lambda threshold, res, g: _frozen_weight_bwd(res, g))
@@ -333,7 +349,11 @@ def _weight_linear(x, CB, SCB, bias):
 
 
 _weight_linear.defvjp(
-    lambda x, CB, SCB, bias: (_weight_linear(x, CB, SCB, bias), (CB, SCB, bias)), _frozen_weight_bwd
+    lambda x, CB, SCB, bias: (
+        _weight_linear(x, CB, SCB, bias),
+        (CB, SCB, bias, partitioning.sharding_of(x)),
+    ),
+    _frozen_weight_bwd,
 )
 
 
@@ -417,7 +437,7 @@ def _check_order(order: str, name: str) -> None:
         raise ValueError(f"{name} must be one of {sorted(LAYOUTS)}, got {order!r}")
 
 
-def transform(
+def transform_layout(
     a: jax.Array, to_order: str, from_order: str = "row", shape: tuple[int, int] | None = None
 ) -> jax.Array:
     """Converts an int8 matrix between row-major and cuBLASLt's tiled orders.
@@ -458,7 +478,7 @@ def transform(
                 f"a {from_order} buffer of a ({rows}, {cols}) matrix has {need} elements, got {a.size}"
             )
     if from_order != "row" and to_order != "row":  # tiled -> tiled goes through row-major
-        a, from_order = transform(a, "row", from_order, (rows, cols)), "row"
+        a, from_order = transform_layout(a, "row", from_order, (rows, cols)), "row"
     return _ffi.transform_layout(
         a, rows, cols, from_order, to_order, padded_shape(to_order, rows, cols)
     )

@@ -1,41 +1,32 @@
-"""Tensor-parallel LLM.int8() linear layers over a device mesh, with ``shard_map``.
+"""Tensor-parallel LLM.int8() linear layers over a device mesh: a shortcut onto XLA's partitioner.
 
-lt8's FFI kernels have no SPMD partitioning rule: inside ``jax.jit`` on sharded arrays XLA
-gathers their operands and runs them replicated, which is correct but moves the whole weight.
-:func:`shard_linear` instead runs the kernel on each device's shard:
+lt8's weight-taking ops carry SPMD partitioning rules (:mod:`lt8.jax.partitioning`): under
+``jax.jit``, a weight placed with a ``NamedSharding`` stays where it is and each device runs the
+kernels on its shard. :func:`shard_linear` only places (constrains) the weight for one of the two
+Megatron styles and calls :func:`lt8.jax.ops.linear`:
 
 * ``mode="column"`` splits ``CB``/``SCB``/``bias`` over the output features (``CB`` rows). Every
-  device sees the whole ``x`` (so the same outlier columns and row scales) and computes its
-  slice of the output; no communication. The result is bit-identical to the unsharded op.
-* ``mode="row"`` splits ``CB`` over the input features (its columns) and ``x`` over its last
-  dimension. Each device runs LLM.int8() on its slice of the features *without* bias, the
-  partial products are summed with ``psum`` in float32, and the bias is added once. This changes
-  the numerics: outlier columns and the row absmax used to quantize ``x`` are found per shard.
-  The result equals ``sum_s linear(x_s, CB_s, SCB)`` (each shard's LLM.int8() product, summed in
-  float32) ``+ bias``, cast to x's dtype: up to float32 summation order, which ``psum`` chooses.
+  device sees the whole ``x`` and computes its slice of the output; no communication;
+  bit-identical to the unsharded op.
+* ``mode="row"`` splits ``CB`` over the input features (its columns); ``x`` is split the same
+  way. The row absmax is ``pmax``-ed across the devices, so each slice of ``x`` quantizes to the
+  unsharded int8 values, and the int32 partial products are summed exactly: bit-identical at
+  threshold 0; with outliers the float outlier terms are summed across devices, so results equal
+  the unsharded op up to float32 rounding of those terms.
 
-Both modes need the sharded dimension to be divisible by the mesh axis size. Other mesh axes
-replicate everything.
+Both modes need the split dimension to be divisible by the mesh axis size. Other mesh axes
+replicate the weight; ``x`` keeps whatever sharding it has (e.g. over a data axis).
 """
 
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
-from jax.sharding import Mesh
+from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from lt8.jax import ops
 
 __all__ = ["shard_linear", "weight_specs"]
-
-try:  # jax >= 0.7
-    _shard_map = jax.shard_map
-    _NO_CHECK = {"check_vma": False}
-except AttributeError:  # pragma: no cover - older jax
-    from jax.experimental.shard_map import shard_map as _shard_map
-
-    _NO_CHECK = {"check_rep": False}
 
 MODES = ("column", "row")
 
@@ -50,6 +41,19 @@ def weight_specs(mode: str, axis_name: str = "model") -> dict[str, P]:
     raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
 
 
+def place(a: jax.Array, mesh: Mesh, spec: P) -> jax.Array:
+    """``a`` constrained to ``NamedSharding(mesh, spec)``: a reshard for explicit mesh axes, a
+    sharding constraint otherwise (inside ``jax.jit``: a hint for XLA's partitioner)."""
+    sharding = NamedSharding(mesh, spec)
+    explicit = (
+        any(t == AxisType.Explicit for t in getattr(mesh, "axis_types", ()))
+        and not jax.sharding.get_abstract_mesh().empty
+    )
+    if explicit:
+        return jax.sharding.reshard(a, sharding)
+    return jax.lax.with_sharding_constraint(a, sharding)
+
+
 def shard_linear(
     mesh: Mesh,
     x: jax.Array,
@@ -60,21 +64,23 @@ def shard_linear(
     mode: str = "column",
     axis_name: str = "model",
 ) -> jax.Array:
-    """:func:`lt8.jax.ops.linear` split over the mesh axis ``axis_name`` (see the module doc).
+    """:func:`lt8.jax.ops.linear` with its weight split over the mesh axis ``axis_name``.
 
     Args:
         mesh: the device mesh; ``axis_name`` must be one of its axes.
         x: (..., K) float activations; CB (N, K) int8; SCB (N,) float32; bias (N,) or None.
         threshold: outlier threshold (static), as in :func:`lt8.jax.ops.linear`.
-        mode: "column" (split N; exact) or "row" (split K; per-shard outliers, psum).
+        mode: "column" (split N) or "row" (split K); see the module doc.
 
     Returns:
-        (..., N) in x's dtype; column mode shards it over N, row mode replicates it.
+        (..., N) in x's dtype; column mode shards it over N, row mode replicates it over
+        ``axis_name``. Equal to ``ops.linear(x, CB, SCB, bias, threshold)`` (bit for bit except
+        row mode with outliers: float32 rounding of the outlier terms).
     """
     if axis_name not in mesh.axis_names:
         raise ValueError(f"axis_name {axis_name!r} is not an axis of the mesh {mesh.axis_names}")
     specs = weight_specs(mode, axis_name)
-    x, CB, SCB = jnp.asarray(x), jnp.asarray(CB), jnp.asarray(SCB)
+    x, CB, SCB = ops._array(x, "x"), ops._array(CB, "CB"), ops._array(SCB, "SCB")
     if x.ndim < 1 or CB.ndim != 2:
         raise ValueError(
             f"x must be (..., K) and CB 2-D (N, K), got shapes {x.shape} and {CB.shape}"
@@ -89,32 +95,7 @@ def shard_linear(
         raise ValueError(
             f"{mode}-parallel needs {what} = {split_dim} divisible by the size {size} of mesh axis {axis_name!r}"
         )
-    lead = (None,) * (x.ndim - 1)
-    bias_args = () if bias is None else (jnp.asarray(bias),)
-    bias_specs = () if bias is None else (specs["bias"],)
-
-    if mode == "column":
-
-        def body(xs, cb, scb, *b):
-            return ops.linear(xs, cb, scb, b[0] if b else None, threshold)
-
-        x_spec, out_spec = P(*lead, None), P(*lead, axis_name)
-    else:
-
-        def body(xs, cb, scb, *b):
-            partial = ops.linear(xs, cb, scb, None, threshold).astype(jnp.float32)
-            total = jax.lax.psum(partial, axis_name)
-            if b:
-                total = total + b[0].astype(jnp.float32)
-            return total.astype(xs.dtype)
-
-        x_spec, out_spec = P(*lead, axis_name), P(*lead, None)
-
-    fn = _shard_map(
-        body,
-        mesh=mesh,
-        in_specs=(x_spec, specs["CB"], specs["SCB"], *bias_specs),
-        out_specs=out_spec,
-        **_NO_CHECK,
-    )
-    return fn(x, CB, SCB, *bias_args)
+    CB, SCB = place(CB, mesh, specs["CB"]), place(SCB, mesh, specs["SCB"])
+    if bias is not None:
+        bias = place(ops._array(bias, "bias"), mesh, specs["bias"])
+    return ops.linear(x, CB, SCB, bias, threshold)

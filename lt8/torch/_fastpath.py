@@ -1,7 +1,7 @@
 """The eager inference fast path of ``Linear8bitLt``: one native call, no dispatcher.
 
 At decode sizes the GPU work of a layer is a few tens of microseconds, so host time decides
-speed (DESIGN.md's host-overhead table). ``torch.ops.lt8.int8_linear`` costs a dispatcher round
+speed (docs/DESIGN.md, "Host time"). ``torch.ops.lt8.int8_linear`` costs a dispatcher round
 trip plus the Python autograd wrapper that ``register_autograd`` installs, even under
 ``no_grad``. When nothing needs a gradient and torch is not tracing, ``Linear8bitLt.forward``
 calls the native kernel directly instead, with the weight's checks done once per weight

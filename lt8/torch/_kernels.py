@@ -65,6 +65,8 @@ def _exec(t: torch.Tensor) -> tuple[int, int, int]:
         return DEVICE_CUDA, _stream_of(t.device), t.device.index
     if t.device.type != "cpu":
         raise ValueError(f"lt8 runs on cpu and cuda tensors, got a tensor on {t.device}")
+    # The CPU kernels' pool follows torch.set_num_threads (no oversubscription next to torch's).
+    C.set_cpu_threads(torch.get_num_threads())
     return DEVICE_CPU, 0, -1
 
 
@@ -237,15 +239,32 @@ def int8_linear_grad_input(grad_out, CB, SCB):
     return grad_x
 
 
-for _name, _fn in [
-    ("quantize_rows", quantize_rows),
-    ("dequantize_rows", dequantize_rows),
-    ("int8_gemm", int8_gemm),
-    ("dequant_epilogue", dequant_epilogue),
-    ("transform_layout", transform_layout),
-    ("int8_linear", int8_linear),
-    ("int8_weight_linear", int8_weight_linear),
-    ("int8_linear_grad_input", int8_linear_grad_input),
-]:
-    lib.impl(_name, _fn, "CPU")
-    lib.impl(_name, _fn, "CUDA")
+def add_outlier_terms(x, outlier_mask, CB, SCB, base):
+    ops.check_add_outlier_terms(x, outlier_mask, CB, SCB, base)
+    x, CB, SCB, base = x.contiguous(), CB.contiguous(), SCB.contiguous(), base.contiguous()
+    mask = outlier_mask.contiguous().view(torch.uint8)
+    M, K = _rows(x)
+    N = CB.shape[0]
+    out = torch.empty_like(base)
+    C.add_outlier_terms(
+        *_exec(x),
+        _DTYPE_CODES[x.dtype],
+        x.data_ptr(),
+        mask.data_ptr(),
+        CB.data_ptr(),
+        SCB.data_ptr(),
+        base.data_ptr(),
+        M,
+        N,
+        K,
+        out.data_ptr(),
+    )
+    return out
+
+
+# One CPU and one CUDA kernel per op of cuda/ops.def (lt8._C.ops()): the function of that name.
+for _name in C.ops():
+    if _name not in globals():
+        raise ImportError(f"lt8.torch._kernels has no kernel for op {_name!r} of cuda/ops.def")
+    lib.impl(_name, globals()[_name], "CPU")
+    lib.impl(_name, globals()[_name], "CUDA")

@@ -2,7 +2,7 @@
 one, one autograd formula per op. Backend kernels live in ``_kernels.py``.
 
 The ops are defined with the low-level ``torch.library.Library`` API rather than ``custom_op``:
-it costs about half the host time per call (DESIGN.md), which matters at decode sizes.
+it costs about half the host time per call (docs/DESIGN.md), which matters at decode sizes.
 Output shapes depend only on input shapes (outlier columns are a mask, found on the device), so
 every op works under ``torch.compile(fullgraph=True)`` and CUDA graph capture. NaN and +-inf
 reach exactly the output rows (of an activation) or columns (of a weight) they touch:
@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import torch
 
-from lt8._native import LAYOUT_CODES, C
+from lt8._native import LAYOUT_CODES
+from lt8.core.layouts import padded_shape  # noqa: F401  (re-exported: lt8.torch.nn uses it)
 
 lib = torch.library.Library("lt8", "DEF")
 
@@ -32,6 +33,9 @@ lib.define(
 )
 lib.define("int8_weight_linear(Tensor x, Tensor CB, Tensor SCB, Tensor? bias=None) -> Tensor")
 lib.define("int8_linear_grad_input(Tensor grad_out, Tensor CB, Tensor SCB) -> Tensor")
+lib.define(
+    "add_outlier_terms(Tensor x, Tensor outlier_mask, Tensor CB, Tensor SCB, Tensor base) -> Tensor"
+)
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -140,10 +144,6 @@ def check_layout(order: str, name: str) -> None:
         raise ValueError(f"{name} must be one of {sorted(LAYOUT_CODES)}, got {order!r}")
 
 
-def padded_shape(order: str, rows: int, cols: int) -> tuple[int, int]:
-    return tuple(C.layout_padded_shape(LAYOUT_CODES[order], rows, cols))
-
-
 # One validator per op, shared by its fake and its real kernels, so that eager calls, meta/fake
 # tensors and torch.compile raise the same errors.
 
@@ -244,6 +244,27 @@ def check_grad_input(grad_out, CB, SCB) -> None:
     check_devices(grad_out, CB, SCB, None, "grad_out")
 
 
+def check_add_outlier_terms(x, outlier_mask, CB, SCB, base) -> None:
+    check_float(x, "x")
+    check_matrix(x, "x")
+    N = check_int8_weight(CB, SCB)
+    K = x.shape[-1]
+    if CB.shape[1] != K:
+        raise ValueError(
+            f"x has {K} features but CB expects {CB.shape[1]} (CB shape {tuple(CB.shape)})"
+        )
+    if outlier_mask.dtype not in (torch.bool, torch.uint8) or tuple(outlier_mask.shape) != (K,):
+        raise ValueError(
+            f"outlier_mask must be bool or uint8 of shape ({K},), got {outlier_mask.dtype} "
+            f"{tuple(outlier_mask.shape)}"
+        )
+    check_dtype(base, "base", torch.float32)
+    if tuple(base.shape) != (*x.shape[:-1], N):
+        raise ValueError(f"base must have shape {(*x.shape[:-1], N)}, got {tuple(base.shape)}")
+    check_devices(x, CB, SCB, None)
+    check_same_device(x=x, outlier_mask=outlier_mask, base=base)
+
+
 # --- fake kernels ---------------------------------------------------------------------------
 
 
@@ -299,6 +320,12 @@ def _(grad_out, CB, SCB):
     return torch.empty(
         (*grad_out.shape[:-1], CB.shape[1]), dtype=grad_out.dtype, device=grad_out.device
     )
+
+
+@torch.library.register_fake("lt8::add_outlier_terms", lib=lib)
+def _(x, outlier_mask, CB, SCB, base):
+    check_add_outlier_terms(x, outlier_mask, CB, SCB, base)
+    return torch.empty(base.shape, dtype=torch.float32, device=base.device)
 
 
 # --- autograd -------------------------------------------------------------------------------

@@ -1,4 +1,6 @@
-"""Autograd-level API with bitsandbytes' names: ``MatmulLtState`` and ``matmul``."""
+"""``MatmulLtState`` (``Linear8bitLt``'s per-layer state, field for field bitsandbytes') and the
+autograd function of the float-master-weight path. bitsandbytes' ``matmul`` is in
+:mod:`lt8.autograd`; lt8's functional ops are in :mod:`lt8.torch.functional`."""
 
 from __future__ import annotations
 
@@ -8,10 +10,9 @@ from dataclasses import dataclass
 import torch
 
 import lt8.torch._kernels  # noqa: F401  (registers the kernels)
-from lt8.core.layouts import get_inverse_transform_indices, undo_layout  # noqa: F401
-from lt8.torch._ops import _sum_rows, as_threshold, check_float, check_matrix
+from lt8.torch._ops import _sum_rows, check_float, check_matrix
 
-__all__ = ["MatmulLtState", "matmul", "get_inverse_transform_indices", "undo_layout"]
+__all__ = ["MatmulLtState"]
 
 
 @dataclass
@@ -97,43 +98,3 @@ class _MatMulFp16Weight(torch.autograd.Function):
         if ctx.needs_input_grad[2]:
             grad_bias = _sum_rows(grad).to(ctx.bias_dtype)
         return grad_x, grad_W, grad_bias, None, None, None
-
-
-def matmul(
-    A: torch.Tensor,
-    B: torch.Tensor,
-    out: torch.Tensor | None = None,
-    state: MatmulLtState | None = None,
-    threshold: float = 0.0,
-    bias: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """``A @ B.T + bias`` through LLM.int8(), as ``bitsandbytes.matmul``.
-
-    With ``state.has_fp16_weights`` (the default) ``B`` is a floating-point (out, in) weight that
-    is quantized on the fly and receives an ordinary gradient. Otherwise the int8 weight is
-    ``state.CB`` (or ``B`` itself when it is int8) with scales ``state.SCB``; then only ``A`` and
-    ``bias`` get gradients. ``threshold > 0`` sets ``state.threshold``; negative or NaN raises.
-    """
-    threshold = as_threshold(threshold)
-    check_float(A, "A")
-    state = state or MatmulLtState()
-    if threshold > 0.0:
-        state.threshold = threshold
-    if state.has_fp16_weights and B.dtype != torch.int8:
-        result = _MatMulFp16Weight.apply(
-            A, B, bias, float(state.threshold), state.force_no_igemmlt, ("A", "B")
-        )
-    else:
-        CB = state.CB if state.CB is not None else B
-        SCB = state.SCB if state.SCB is not None else getattr(B, "SCB", None)
-        if SCB is None:
-            raise ValueError(
-                "an int8 weight needs its scales: set state.SCB (or pass an Int8Params with SCB)"
-            )
-        if state.force_no_igemmlt:
-            result = torch.ops.lt8.int8_weight_linear(A, CB, SCB, bias)
-        else:
-            result = torch.ops.lt8.int8_linear(A, CB, SCB, bias, float(state.threshold))
-    if out is not None:
-        return out.copy_(result)
-    return result

@@ -8,7 +8,8 @@ layer's input gradient; the int8 weight and its scales are never touched.
 
 :func:`add_lora` wraps the layers of a whole model and freezes everything else. PEFT
 (``peft.get_peft_model``) works on ``Linear8bitLt`` layers too, since they are ``nn.Linear`` s;
-this module is the dependency-free alternative.
+this module is the dependency-free alternative. PEFT cannot merge adapters into int8 weights
+itself; :func:`merge_peft` does, by re-quantizing.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-__all__ = ["LoRALinear", "add_lora", "lora_parameters", "lora_state_dict"]
+__all__ = ["LoRALinear", "add_lora", "lora_parameters", "lora_state_dict", "merge_peft"]
 
 
 class LoRALinear(nn.Module):
@@ -167,3 +168,53 @@ def lora_state_dict(model: nn.Module) -> dict:
         for k, v in model.state_dict().items()
         if ".lora_A." in f".{k}" or ".lora_B." in f".{k}"
     }
+
+
+@torch.no_grad()
+def merge_peft(model: nn.Module, adapter_names: Iterable[str] | None = None) -> nn.Module:
+    """Merges a PEFT LoRA model's adapters into its lt8 int8 weights, by re-quantizing, and
+    returns the base model without the adapters (what ``merge_and_unload`` returns).
+
+    PEFT's own ``merge_and_unload`` adds the update to ``weight.data`` in place, which an int8
+    weight cannot hold (an error; with ``safe_merge=True`` the update is cast to int8 and lost).
+    Here each adapted ``Linear8bitLt`` gets ``W = CB * SCB / 127 + delta`` re-quantized row-wise
+    (new ``CB`` and ``SCB``): the merged layer computes the adapted layer's function up to one
+    more int8 rounding of the weight. Layers that are not lt8 int8 layers are merged by PEFT.
+    ``adapter_names``: which adapters (default: the active ones). DoRA and other LoRA variants
+    are refused (``ValueError``).
+    """
+    from peft.tuners.lora import LoraLayer
+
+    from lt8.torch.nn import Int8Params, Linear8bitLt
+
+    names_arg = None if adapter_names is None else list(adapter_names)
+    for m in model.modules():
+        if not isinstance(m, LoraLayer):
+            continue
+        base = m.get_base_layer()
+        if not (isinstance(base, Linear8bitLt) and base.weight.dtype == torch.int8):
+            m.merge(adapter_names=names_arg)  # a float layer: PEFT merges it
+            continue
+        if getattr(m, "merged", False):
+            continue
+        names = [a for a in (names_arg or m.active_adapters) if a in m.lora_A]
+        if any(a in getattr(m, "lora_variant", {}) for a in names):
+            raise ValueError(
+                "merge_peft merges plain LoRA adapters; DoRA/variants are not supported"
+            )
+        if not names:
+            continue
+        W = torch.ops.lt8.dequantize_rows(base.weight.data, base.weight.SCB, torch.float32)
+        for a in names:
+            W = W + m.get_delta_weight(a).float()
+        if not torch.isfinite(W).all():
+            raise ValueError(f"merging adapters {names} gives non-finite weights")
+        for a in names:
+            if getattr(m, "lora_bias", {}).get(a):
+                if base.bias is None:
+                    raise ValueError(f"adapter {a!r} has a LoRA bias but the base layer has none")
+                base.bias.data += (m.lora_B[a].bias * m.scaling[a]).to(base.bias.dtype)
+        CB, SCB, _ = torch.ops.lt8.quantize_rows(W, 0.0)
+        base.weight = Int8Params(CB, requires_grad=False, has_fp16_weights=False, SCB=SCB)
+    # unload() swaps every LoRA wrapper for its base layer, merging nothing more.
+    return model.unload()

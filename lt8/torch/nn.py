@@ -1,24 +1,31 @@
 """torch modules: ``Int8Params``, ``Linear8bitLt`` (a drop-in for bitsandbytes') and
-``replace_linear`` to convert whole models."""
+``replace_linear`` to convert whole models. Whole-model checkpoints (``save_quantized``,
+``load_quantized``) are :mod:`lt8.torch.checkpoint`'s."""
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections.abc import Iterable, Mapping
 
-import numpy as np
 import torch
 from torch import nn
 
 import lt8.torch._kernels  # noqa: F401  (registers the kernels)
 from lt8.core import checkpoint as ckpt
-from lt8.core.checkpoint import WEIGHT_FORMATS, format_name
 from lt8.torch import _fastpath
-from lt8.torch._ops import as_threshold, padded_shape
+from lt8.torch._ops import as_threshold
 from lt8.torch.autograd import MatmulLtState, _MatMulFp16Weight
 
-__all__ = ["Int8Params", "Linear8bitLt", "load_quantized", "replace_linear", "save_quantized"]
+__all__ = ["Int8Params", "Linear8bitLt", "replace_linear"]
+
+
+def __getattr__(name: str):
+    # save_quantized / load_quantized lived here before lt8.torch.checkpoint: old imports work.
+    if name in ("save_quantized", "load_quantized"):
+        from lt8.torch import checkpoint
+
+        return getattr(checkpoint, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _float_weight(W: torch.Tensor, name: str, device: torch.device | None = None) -> torch.Tensor:
@@ -148,6 +155,12 @@ class Linear8bitLt(nn.Linear):
             higher precision; 0 disables the decomposition (6.0 is the paper's choice).
         index, device: as bitsandbytes.
 
+    The defaults are bitsandbytes' (``has_fp16_weights=True``, ``threshold=0.0``): a layer
+    built with them keeps a float weight, and ``.to(device)`` leaves it float. For int8
+    weights pass ``has_fp16_weights=False`` (``replace_linear`` does); ``repr`` shows which
+    kind of weight a layer holds. An int8 layer called before its first move to a device
+    quantizes its float weight again on every call (it warns once): move it first.
+
     Example::
 
         >>> import torch, lt8
@@ -228,7 +241,14 @@ class Linear8bitLt(nn.Linear):
                     "Linear8bitLt has an int8 weight without scales (SCB); load a checkpoint with SCB"
                 )
             return w, w.SCB
-        # Not quantized yet (never moved to a device): quantize for this call only.
+        # Not quantized yet (never moved to a device): quantize for this call only. A cache
+        # could not see in-place edits made through ``weight.data``, so say what it costs.
+        warnings.warn(
+            "Linear8bitLt(has_fp16_weights=False) called before its first move to a device: its "
+            "float weight is quantized again on every call (slow). Move the layer first "
+            "(.to('cpu') on a CPU, .cuda() on a GPU) to quantize it once.",
+            stacklevel=2,
+        )
         CB, SCB, _ = torch.ops.lt8.quantize_rows(_float_weight(w.detach(), "weight"), 0.0)
         return CB, SCB
 
@@ -260,10 +280,9 @@ class Linear8bitLt(nn.Linear):
         super()._save_to_state_dict(destination, prefix, keep_vars)
         SCB = self.weight.SCB
         if not self.state.has_fp16_weights and SCB is not None:
-            destination[prefix + "SCB"] = SCB if keep_vars else SCB.detach()
-            destination[prefix + "weight_format"] = torch.tensor(
-                WEIGHT_FORMATS["row"], dtype=torch.uint8
-            )
+            _, sk, _, fk = ckpt.linear_keys(prefix)
+            destination[sk] = SCB if keep_vars else SCB.detach()
+            destination[fk] = torch.tensor(ckpt.WEIGHT_FORMATS["row"], dtype=torch.uint8)
 
     def load_state_dict(
         self, state_dict: Mapping[str, torch.Tensor], strict: bool = True, assign: bool = False
@@ -271,13 +290,13 @@ class Linear8bitLt(nn.Linear):
         """As ``nn.Module.load_state_dict``, and atomic for this layer: every key, shape and
         dtype is checked before anything is copied, so a checkpoint that raises leaves the layer
         exactly as it was. (A model's ``load_state_dict`` copies module after module, as torch
-        does: use :func:`load_quantized` for whole models.)
+        does: use :func:`lt8.torch.load_quantized` for whole models.)
 
         Accepted: an 8-bit checkpoint (``weight`` int8 with ``SCB`` and optionally
         ``weight_format``, bitsandbytes' keys; the layer must be quantized already) or a float
         one (``weight``, quantized on the way in when the layer is)."""
         if strict:
-            optional = {"SCB", "weight_format"}
+            optional = {ckpt.KEY_SCB, ckpt.KEY_FORMAT}
             own = set(self.state_dict(keep_vars=True))
             missing = sorted(own - optional - set(state_dict))
             unexpected = sorted(set(state_dict) - own - optional)
@@ -302,31 +321,26 @@ class Linear8bitLt(nn.Linear):
     def _load_from_state_dict(
         self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
     ):
-        w_key, b_key, scb_key, fmt_key = (
-            prefix + k for k in ("weight", "bias", "SCB", "weight_format")
-        )
+        w_key, scb_key, _, fmt_key = ckpt.linear_keys(prefix)
         # Everything this layer takes is checked before anything is copied (a RuntimeError
         # naming the key), so a bad checkpoint leaves the layer as it was.
+        fmt = self._check_state_dict(state_dict, prefix)
         incoming = state_dict
         if scb_key in state_dict:
-            self._check_int8_checkpoint(state_dict, w_key, scb_key, fmt_key)
             CB = state_dict[w_key]
-            fmt = int(state_dict[fmt_key]) if fmt_key in state_dict else WEIGHT_FORMATS["row"]
-            if fmt != WEIGHT_FORMATS["row"]:
+            if fmt != "row":
                 out_f, in_f = self.weight.shape
                 CB = torch.ops.lt8.transform_layout(
-                    CB.to(self.weight.device), out_f, in_f, format_name(fmt), "row"
+                    CB.to(self.weight.device), out_f, in_f, fmt, "row"
                 )
             incoming = dict(state_dict)
             incoming[w_key] = CB
-        elif w_key in state_dict:
-            self._check_plain_checkpoint(state_dict, w_key, b_key, scb_key)
-            if self.weight.dtype == torch.int8:
-                # A floating-point checkpoint loaded into a quantized layer: quantize it on the way in.
-                W = _float_weight(state_dict[w_key], w_key, self.weight.device)
-                CB, SCB, _ = torch.ops.lt8.quantize_rows(W, 0.0)
-                incoming = dict(state_dict)
-                incoming[w_key], incoming[scb_key] = CB, SCB
+        elif w_key in state_dict and self.weight.dtype == torch.int8:
+            # A floating-point checkpoint loaded into a quantized layer: quantize it on the way in.
+            W = _float_weight(state_dict[w_key], w_key, self.weight.device)
+            CB, SCB, _ = torch.ops.lt8.quantize_rows(W, 0.0)
+            incoming = dict(state_dict)
+            incoming[w_key], incoming[scb_key] = CB, SCB
         if scb_key in incoming and local_metadata.get("assign_to_params_buffers", False):
             # load_state_dict(assign=True) installs the incoming tensor itself: keep it an Int8Params.
             incoming[w_key] = Int8Params(
@@ -347,104 +361,51 @@ class Linear8bitLt(nn.Linear):
                 self.weight.SCB.copy_(incoming[scb_key])
         self._sync_state()
 
-    def _check_plain_checkpoint(self, sd, w_key, b_key, scb_key) -> None:
-        """A checkpoint without SCB: a float weight (quantized on load into an int8 layer)."""
-        W = sd[w_key]
-        if not isinstance(W, torch.Tensor):
-            raise RuntimeError(f"{w_key}: expected a tensor, got {type(W).__name__}")
-        if not W.is_floating_point():
-            kind = "an int8" if W.dtype == torch.int8 else f"a {W.dtype}"
-            raise RuntimeError(
-                f"{w_key}: {kind} weight without {scb_key}: an 8-bit checkpoint needs the weight's "
-                f"scales ({scb_key}), a float checkpoint a floating-point weight"
-            )
-        if tuple(W.shape) != tuple(self.weight.shape):
-            raise RuntimeError(
-                f"{w_key}: expected shape {tuple(self.weight.shape)}, got {tuple(W.shape)}"
-            )
-        self._check_bias(sd, b_key)
-
-    def _check_bias(self, sd, b_key) -> None:
-        if self.bias is None or b_key not in sd:
-            return
-        b = sd[b_key]
-        if (
-            not isinstance(b, torch.Tensor)
-            or not b.is_floating_point()
-            or tuple(b.shape) != (self.out_features,)
-        ):
-            got = f"{b.dtype} {tuple(b.shape)}" if isinstance(b, torch.Tensor) else type(b).__name__
-            raise RuntimeError(
-                f"{b_key}: expected a float tensor of shape ({self.out_features},), got {got}"
-            )
-
-    def _check_int8_checkpoint(self, sd, w_key, scb_key, fmt_key) -> None:
-        """Validates an 8-bit checkpoint before anything is copied, so a bad one changes nothing."""
-        if self.weight.dtype != torch.int8 or self.weight.SCB is None:
-            if self.state.has_fp16_weights:
-                raise RuntimeError(
-                    f"{scb_key}: an 8-bit (int8) checkpoint cannot be loaded into a Linear8bitLt "
-                    "that keeps a floating-point master weight (has_fp16_weights=True): create it "
-                    "with has_fp16_weights=False and move it to its device first"
-                )
-            raise RuntimeError(
-                "Loading a quantized (int8) checkpoint into a Linear8bitLt that has not been "
-                "quantized yet is not supported: move the module to its device first "
-                "(module.cuda(), module.to(device) or, on the CPU, module.to('cpu')), then call "
-                "load_state_dict."
-            )
-        out_f, in_f = self.weight.shape
-        if w_key not in sd:
-            raise RuntimeError(f"checkpoint has {scb_key} but no {w_key}")
-        CB, SCB = sd[w_key], sd[scb_key]
-        if not isinstance(CB, torch.Tensor) or CB.dtype != torch.int8:
-            got = CB.dtype if isinstance(CB, torch.Tensor) else type(CB).__name__
-            raise RuntimeError(f"{w_key}: expected an int8 tensor next to {scb_key}, got {got}")
-        if (
-            not isinstance(SCB, torch.Tensor)
-            or not SCB.is_floating_point()
-            or tuple(SCB.shape) != (out_f,)
-        ):
-            got = (
-                f"{SCB.dtype} {tuple(SCB.shape)}"
-                if isinstance(SCB, torch.Tensor)
-                else type(SCB).__name__
-            )
-            raise RuntimeError(f"{scb_key}: expected a float tensor of shape ({out_f},), got {got}")
-        fmt = WEIGHT_FORMATS["row"]
-        if fmt_key in sd:
-            f = sd[fmt_key]
-            if (
-                not isinstance(f, torch.Tensor)
-                or f.numel() != 1
-                or f.is_floating_point()
-                or f.is_complex()
-                or int(f) not in WEIGHT_FORMATS.values()
-            ):
-                raise RuntimeError(
-                    f"{fmt_key}: expected an integer scalar tensor, one of "
-                    f"{sorted(WEIGHT_FORMATS.values())} ({list(WEIGHT_FORMATS)}), got {f!r}"
-                )
-            fmt = int(f)
-        if fmt == WEIGHT_FORMATS["row"]:
-            if tuple(CB.shape) != (out_f, in_f):
-                raise RuntimeError(
-                    f"{w_key}: expected shape {(out_f, in_f)}, got {tuple(CB.shape)}"
-                )
-        else:
-            pr, pc = padded_shape(format_name(fmt), out_f, in_f)
-            if CB.numel() != pr * pc:
-                raise RuntimeError(
-                    f"{w_key}: a {format_name(fmt)} weight of ({out_f}, {in_f}) needs "
-                    f"{pr * pc} elements, got {CB.numel()}"
-                )
-        self._check_bias(sd, w_key[: -len("weight")] + "bias")
+    def _check_state_dict(self, sd: Mapping[str, torch.Tensor], prefix: str) -> str | None:
+        """Checks what this layer would take from ``sd`` before anything is copied, so a bad
+        checkpoint changes nothing; returns the int8 weight's layout name (None for a float
+        checkpoint or none at all). The checkpoint's rules are lt8.core.checkpoint's
+        (:func:`~lt8.core.checkpoint.validate_linear` for an 8-bit checkpoint,
+        :func:`~lt8.core.checkpoint.validate_float_linear` for a float one); this layer adds
+        only its own state. Raises a RuntimeError naming the key, as torch's loaders do."""
+        w_key, scb_key, _, _ = ckpt.linear_keys(prefix)
+        out_f, in_f = self.out_features, self.in_features
+        try:
+            if scb_key in sd:
+                if self.weight.dtype != torch.int8 or self.weight.SCB is None:
+                    if self.state.has_fp16_weights:
+                        raise RuntimeError(
+                            f"{scb_key}: an 8-bit (int8) checkpoint cannot be loaded into a "
+                            "Linear8bitLt that keeps a floating-point master weight "
+                            "(has_fp16_weights=True): create it with has_fp16_weights=False "
+                            "and move it to its device first"
+                        )
+                    raise RuntimeError(
+                        "Loading a quantized (int8) checkpoint into a Linear8bitLt that has not "
+                        "been quantized yet is not supported: move the module to its device "
+                        "first (module.cuda(), module.to(device) or, on the CPU, "
+                        "module.to('cpu')), then call load_state_dict."
+                    )
+                return ckpt.validate_linear(sd, prefix, out_f, in_f)
+            if w_key in sd:
+                ckpt.validate_float_linear(sd, prefix, out_f, in_f)
+        except ckpt.CheckpointError as e:
+            raise RuntimeError(str(e)) from None
+        return None
 
     def extra_repr(self) -> str:
         return (
             f"{super().extra_repr()}, threshold={self.state.threshold}, "
-            f"has_fp16_weights={self.state.has_fp16_weights}"
+            f"has_fp16_weights={self.state.has_fp16_weights}, weight={self._weight_kind()}"
         )
+
+    def _weight_kind(self) -> str:
+        w = self.weight
+        if w.dtype == torch.int8:
+            return "int8"
+        if self.state.has_fp16_weights:
+            return f"{str(w.dtype).removeprefix('torch.')} (not quantized: has_fp16_weights=True)"
+        return f"{str(w.dtype).removeprefix('torch.')} (quantized on the first .to(device))"
 
 
 def replace_linear(
@@ -503,155 +464,3 @@ def replace_linear(
         new.train(mod.training)
         setattr(parent, child, new)
     return model
-
-
-# --- whole-model checkpoints (lt8's safetensors format, lt8.core.checkpoint) --------------------
-
-
-def _layer_thresholds(model: nn.Module) -> dict:
-    return {
-        name: float(m.state.threshold)
-        for name, m in model.named_modules()
-        if isinstance(m, Linear8bitLt)
-    }
-
-
-def save_quantized(
-    model: nn.Module, path: str | os.PathLike, *, metadata: Mapping[str, str] | None = None
-) -> None:
-    """Writes ``model.state_dict()`` as an lt8 checkpoint (safetensors; see
-    :mod:`lt8.core.checkpoint`): int8 layers under bitsandbytes' keys, every other tensor as
-    it is, and the outlier thresholds of its ``Linear8bitLt`` layers in the metadata (one
-    number when they all agree, else one per layer). ``metadata`` adds string entries.
-    Loads back with :func:`load_quantized`, and into JAX with ``lt8.jax.load_variables``.
-    """
-    thresholds = _layer_thresholds(model)
-    values = set(thresholds.values())
-    threshold = None if not values else values.pop() if len(values) == 1 else thresholds
-    ckpt.save_file(model.state_dict(), path, threshold=threshold, metadata=metadata)
-
-
-def _torch_from_numpy(a: np.ndarray) -> torch.Tensor:
-    if not a.flags.writeable:
-        a = a.copy()
-    if a.dtype.name == "bfloat16":  # ml_dtypes' bfloat16: reinterpret the bits
-        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
-    return torch.from_numpy(a)
-
-
-def _kind(t: torch.Tensor) -> str:
-    if t.dtype == torch.bool:
-        return "bool"
-    return "complex" if t.is_complex() else "float" if t.is_floating_point() else "integer"
-
-
-def _check_fits(model: nn.Module, sd: Mapping[str, torch.Tensor], strict: bool) -> list:
-    """Every reason ``sd`` cannot be loaded into ``model`` (empty if it can), found without
-    touching the model: torch's ``load_state_dict`` copies tensor after tensor and reports
-    problems only at the end, so it must see nothing it would refuse."""
-    errors: list = []
-    own = model.state_dict(keep_vars=True)  # references, no copies
-    checked: set = set()  # keys whose shape and dtype the layer checks below own
-    optional: set = set()  # keys of the model that the file may lack
-    extra: set = set()  # keys of the file that the model's state dict lacks, but takes
-    modules = dict(model.named_modules())
-    for name, m in modules.items():
-        if not isinstance(m, Linear8bitLt):
-            continue
-        wk, sk, bk, fk = (ckpt._key(name, k) for k in ("weight", "SCB", "bias", "weight_format"))
-        checked.add(wk)
-        optional.add(fk)  # bitsandbytes' older files have no weight_format
-        quantized = m.weight.dtype == torch.int8 and m.weight.SCB is not None
-        if sk in sd:  # an int8 layer in the file
-            extra.update((sk, fk))
-            checked.update((sk, fk, bk))
-            if not quantized:
-                errors.append(
-                    f"{name or 'the model'}: the file holds an int8 layer ({wk}, {sk}) but this "
-                    f"Linear8bitLt is not quantized: create it with has_fp16_weights=False and move "
-                    f"it to its device first (module.to(device); on the CPU module.to('cpu'))"
-                )
-                continue
-            try:
-                ckpt.validate_linear(sd, name, m.out_features, m.in_features)
-            except ckpt.CheckpointError as e:
-                errors.append(str(e))
-        elif wk in sd:  # a float weight: quantized on load into an int8 layer
-            optional.add(sk)
-            w = sd[wk]
-            if w.dtype == torch.int8:
-                errors.append(f"{wk}: an int8 weight needs its scales {sk!r}, which the file lacks")
-            elif not w.is_floating_point():
-                errors.append(f"{wk}: expected a float or int8 weight, got {w.dtype}")
-            elif tuple(w.shape) != (m.out_features, m.in_features):
-                errors.append(
-                    f"{wk}: expected shape (out, in) = {(m.out_features, m.in_features)}, "
-                    f"got {tuple(w.shape)}"
-                )
-    for p in ckpt.linear_prefixes(sd):
-        mod = modules.get(p)
-        if mod is not None and not isinstance(mod, Linear8bitLt):
-            errors.append(
-                f"{p or 'the model'}: the file holds an int8 layer but the model has a "
-                f"{type(mod).__name__} there: convert it with lt8.torch.replace_linear first"
-            )
-            checked.update(ckpt._key(p, k) for k in ("weight", "SCB", "weight_format", "bias"))
-            extra.update(ckpt._key(p, k) for k in ("SCB", "weight_format"))
-    for k, t in sd.items():
-        if k in checked or k not in own or not isinstance(own[k], torch.Tensor):
-            continue
-        mine = own[k]
-        if nn.parameter.is_lazy(mine):
-            continue
-        if tuple(t.shape) != tuple(mine.shape):
-            errors.append(f"{k}: expected shape {tuple(mine.shape)}, got {tuple(t.shape)}")
-        elif _kind(t) != _kind(mine):
-            errors.append(f"{k}: expected a {_kind(mine)} tensor ({mine.dtype}), got {t.dtype}")
-    if strict:
-        missing = [k for k in own if k not in sd and k not in optional]
-        unexpected = [k for k in sd if k not in own and k not in extra]
-        if missing:
-            errors.append(f"missing keys: {ckpt._preview(missing)}")
-        if unexpected:
-            errors.append(f"unexpected keys: {ckpt._preview(unexpected)}")
-    return errors
-
-
-def load_quantized(model: nn.Module, path: str | os.PathLike, strict: bool = True):
-    """Loads an lt8 (or bitsandbytes 8-bit) safetensors checkpoint into ``model``, whose
-    ``nn.Linear`` layers are ``Linear8bitLt`` already (``replace_linear``; quantized, that is
-    moved to their device). Float weights in the file are quantized on the way in.
-
-    Everything is checked before anything is copied: keys (with ``strict``), shapes, dtypes,
-    each int8 layer against its module (:func:`lt8.core.checkpoint.validate_linear`: weight
-    int8 (out, in), SCB float32 (out,), a known weight_format). A file that does not fit, is
-    truncated, or is not a checkpoint raises a ``ValueError``
-    (:class:`lt8.core.checkpoint.CheckpointError`) and leaves the model as it was.
-
-    The model's layers keep their own outlier thresholds; a warning says which differ from the
-    ones the file was saved with. Returns ``load_state_dict``'s ``(missing_keys,
-    unexpected_keys)``.
-    """
-    arrays, info = ckpt.load_file(path)
-    sd = {k: _torch_from_numpy(a) for k, a in arrays.items()}
-    errors = _check_fits(model, sd, strict)
-    if errors:
-        raise ckpt.CheckpointError(
-            f"{os.fspath(path)} does not fit this {type(model).__name__} (nothing was loaded):\n  "
-            + "\n  ".join(errors)
-        )
-    result = model.load_state_dict(sd, strict=strict)
-    differ = {}
-    for name, t in _layer_thresholds(model).items():
-        saved = info.threshold_for(name)
-        if saved is not None and saved != t:
-            differ[name or "<model>"] = (t, saved)
-    if differ:
-        shown = ", ".join(f"{n}: {t} (file: {s})" for n, (t, s) in list(differ.items())[:4])
-        more = f", ... ({len(differ)} layers)" if len(differ) > 4 else ""
-        warnings.warn(
-            f"{os.fspath(path)} was saved with other outlier thresholds than this "
-            f"model's layers, which keep theirs: {shown}{more}",
-            stacklevel=2,
-        )
-    return result

@@ -1,17 +1,24 @@
-"""cuBLASLt tiled layouts: the numpy reference (lt8.core.layouts) against brute-force
-re-statements of cublasLt.h's descriptions, plus bitsandbytes' get_inverse_transform_indices /
+"""cuBLASLt tiled layouts: the tests' numpy reference (tests/layout_reference.py) against
+brute-force re-statements of cublasLt.h's descriptions, lt8's C++ layout geometry (lt8.core.layouts,
+through lt8._C) against that reference, plus bitsandbytes' get_inverse_transform_indices /
 undo_layout on numpy, torch and jax arrays. CPU only; the GPU checks against cuBLASLt itself are in
 test_layouts_cuda.py."""
 
 from __future__ import annotations
 
 import pathlib
-import re
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from layout_reference import (
+    from_layout_ref,
+    layout_offsets_ref,
+    padded_shape_ref,
+    tile_offsets_ref,
+    to_layout_ref,
+)
 
 from lt8.core import layouts as L
 
@@ -88,21 +95,22 @@ def random_int8(rng, shape) -> np.ndarray:
 
 
 # --- the reference formulas ----------------------------------------------------------------
+# (test_layouts_cuda.py checks the same reference against cuBLASLt itself on a GPU.)
 
 
 @pytest.mark.parametrize("order", TILED)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
 def test_reference_matches_brute_force(order, shape, rng):
     a = random_int8(rng, shape)
-    got = L.to_layout_reference(a, order)
-    assert got.shape == L.padded_shape(order, *shape)
+    got = to_layout_ref(a, order)
+    assert got.shape == padded_shape_ref(order, *shape)
     assert got.dtype == np.int8
     np.testing.assert_array_equal(got.ravel(), np.array(BRUTE[order](a), dtype=np.int8))
 
 
 def test_ampere_tile_rows_match_bitsandbytes_description():
     # Which row each 32-byte slot of a 32x32 tile holds, from the offset formula.
-    slot_rows = np.argsort(L.tile_offsets("col_ampere")[:, 0] // 32)
+    slot_rows = np.argsort(tile_offsets_ref("col_ampere")[:, 0] // 32)
     assert slot_rows.tolist() == ampere_rows_by_description()
 
 
@@ -115,12 +123,12 @@ def test_turing_tile_matches_bitsandbytes_kernel_formula():
                 expected[r, c] = 128 + (c // 4) * 16 + (c % 4) + (r - 1) * 2
             else:
                 expected[r, c] = (c // 4) * 16 + (c % 4) + r * 2
-    np.testing.assert_array_equal(L.tile_offsets("col_turing"), expected)
+    np.testing.assert_array_equal(tile_offsets_ref("col_turing"), expected)
 
 
 @pytest.mark.parametrize("order", TILED)
 def test_tile_offsets_are_a_permutation(order):
-    off = L.tile_offsets(order).ravel()
+    off = tile_offsets_ref(order).ravel()
     assert sorted(off.tolist()) == list(range(off.size))
 
 
@@ -129,9 +137,9 @@ def test_tile_offsets_are_a_permutation(order):
 def test_round_trip_and_zero_padding(order, shape, rng):
     # No zeros in the data, so every 0 in the buffer is padding.
     a = (rng.integers(1, 128, size=shape) * rng.choice([-1, 1], size=shape)).astype(np.int8)
-    buf = L.to_layout_reference(a, order)
-    np.testing.assert_array_equal(L.from_layout_reference(buf, order, *shape), a)
-    offsets = L.layout_offsets(order, *shape)
+    buf = to_layout_ref(a, order)
+    np.testing.assert_array_equal(from_layout_ref(buf, order, *shape), a)
+    offsets = layout_offsets_ref(order, *shape)
     assert np.unique(offsets).size == offsets.size  # injective
     padding = np.ones(buf.size, dtype=bool)
     padding[offsets.ravel()] = False
@@ -141,8 +149,8 @@ def test_round_trip_and_zero_padding(order, shape, rng):
 
 def test_row_order_is_identity(rng):
     a = random_int8(rng, (5, 7))
-    np.testing.assert_array_equal(L.to_layout_reference(a, "row"), a)
-    np.testing.assert_array_equal(L.from_layout_reference(a, "row", 5, 7), a)
+    np.testing.assert_array_equal(to_layout_ref(a, "row"), a)
+    np.testing.assert_array_equal(from_layout_ref(a, "row", 5, 7), a)
 
 
 def test_padded_shapes_and_leading_dims():
@@ -161,17 +169,49 @@ def test_padded_shapes_and_leading_dims():
         L.padded_shape("col64", 1, 1)
 
 
-def test_codes_match_cpp_enum():
-    header = (REPO / "cuda" / "lt8.h").read_text()
-    enum = re.search(r"enum class Layout[^{]*\{([^}]*)\}", header).group(1)
-    cpp = {name: int(v) for name, v in re.findall(r"(k\w+)\s*=\s*(\d+)", enum)}
-    names = {
-        "kRow": "row",
-        "kCol32": "col32",
-        "kColTuring": "col_turing",
-        "kColAmpere": "col_ampere",
+# --- lt8's C++ geometry (what lt8.core.layouts, the kernels and both frontends use) ------------
+
+
+@pytest.mark.parametrize("order", ["row", *TILED])
+@pytest.mark.parametrize("shape", SHAPES + [(100, 300), (65, 1)], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_cpp_offsets_match_reference(order, shape):
+    got = L.layout_offsets(order, *shape)
+    assert got.dtype == np.int64 and got.shape == shape
+    np.testing.assert_array_equal(got, layout_offsets_ref(order, *shape))
+    assert L.padded_shape(order, *shape) == padded_shape_ref(order, *shape)
+
+
+@pytest.mark.parametrize("order", TILED)
+def test_cpp_offsets_match_reference_random_shapes(order, rng):
+    for _ in range(20):
+        rows, cols = (int(v) for v in rng.integers(0, 200, size=2))
+        np.testing.assert_array_equal(
+            L.layout_offsets(order, rows, cols), layout_offsets_ref(order, rows, cols)
+        )
+
+
+def test_layout_offsets_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="order must be one of"):
+        L.layout_offsets("col64", 1, 1)
+    with pytest.raises(ValueError, match="rows and cols must be >= 0"):
+        L.layout_offsets("col32", -1, 4)
+
+
+def test_codes_are_the_checkpoint_format():
+    # bitsandbytes' weight_format codes (and cublasLtOrder_t values) name these layouts; lt8's
+    # enum must keep them, since checkpoints store them.
+    assert {n: s.code for n, s in L.LAYOUTS.items()} == {
+        "row": 0,
+        "col32": 1,
+        "col_turing": 2,
+        "col_ampere": 3,
     }
-    assert {names[k]: v for k, v in cpp.items()} == {n: s.code for n, s in L.LAYOUTS.items()}
+    assert {n: s.cublaslt_order for n, s in L.LAYOUTS.items()} == {
+        "row": 1,
+        "col32": 2,
+        "col_turing": 3,
+        "col_ampere": 4,
+    }
     assert L.TILE_SHAPES == {"col32": (1, 32), "col_turing": (8, 32), "col_ampere": (32, 32)}
 
 
@@ -194,7 +234,7 @@ TILE_ORDERS = [("col_turing", (8, 32)), ("col_ampere", (32, 32)), ("col32", (1, 
 
 
 def _numpy_transform(order):
-    return lambda x: L.to_layout_reference(np.asarray(x), order)
+    return lambda x: to_layout_ref(np.asarray(x), order)
 
 
 @pytest.mark.parametrize("order, tile_size", TILE_ORDERS)
@@ -205,7 +245,8 @@ def test_inverse_transform_indices_numpy(order, tile_size, rng):
     assert isinstance(tile_indices, np.ndarray) and tile_indices.shape == tile_size
     # position p of a tiled tile holds row-major index tile_indices[p]: the inverse of tile_offsets
     np.testing.assert_array_equal(
-        tile_indices.ravel()[L.tile_offsets(order).ravel()], np.arange(tile_size[0] * tile_size[1])
+        tile_indices.ravel()[tile_offsets_ref(order).ravel()],
+        np.arange(tile_size[0] * tile_size[1]),
     )
     restored = L.undo_layout(transform(x), tile_indices)
     assert restored.flags.c_contiguous
@@ -223,11 +264,13 @@ def test_inverse_transform_indices_multibyte():
 @pytest.mark.parametrize("order, tile_size", TILE_ORDERS)
 def test_inverse_transform_indices_torch(order, tile_size, rng):
     torch = pytest.importorskip("torch")
+    import lt8.torch  # noqa: F401  (registers torch's arrays with lt8.core.arrays)
+
     x = torch.from_numpy(random_int8(rng, EXACT_SHAPE))
 
     def transform(t):
         assert isinstance(t, torch.Tensor)
-        return torch.from_numpy(L.to_layout_reference(t.numpy(), order))
+        return torch.from_numpy(to_layout_ref(t.numpy(), order))
 
     tile_indices = L.get_inverse_transform_indices(transform, tile_size)  # torch is imported
     assert isinstance(tile_indices, torch.Tensor) and tile_indices.dtype == torch.int64
@@ -239,10 +282,12 @@ def test_inverse_transform_indices_torch(order, tile_size, rng):
 @pytest.mark.parametrize("order, tile_size", TILE_ORDERS)
 def test_inverse_transform_indices_jax(order, tile_size, rng):
     jnp = pytest.importorskip("jax.numpy")
+    import lt8.jax  # noqa: F401  (registers jax's arrays with lt8.core.arrays)
+
     x_np = random_int8(rng, EXACT_SHAPE)
 
     def transform(t):
-        return jnp.asarray(L.to_layout_reference(np.asarray(t), order))
+        return jnp.asarray(to_layout_ref(np.asarray(t), order))
 
     tile_indices = L.get_inverse_transform_indices(transform, tile_size, like="jax")
     assert type(tile_indices).__module__.split(".")[0] in ("jax", "jaxlib")

@@ -725,16 +725,12 @@ def test_torch_3d_and_4d_inputs(device, rng, shape, grad):
         flat = layer(x.reshape(-1, 24))
     assert out.shape == (*shape[:-1], 10)
     assert torch.equal(out.reshape(-1, 10), flat)
-    ref = linear_ref(
-        x.cpu().numpy(),
-        layer.weight.cpu().numpy(),
-        layer.weight.SCB.cpu().numpy(),
-        layer.bias.detach().cpu().numpy(),
-        6.0,
-    )
-    np.testing.assert_allclose(
-        out.detach().cpu().float().numpy(), ref, rtol=2e-3, atol=2e-3 * np.abs(ref).max()
-    )
+    x64 = x.cpu().double().numpy()
+    cb, scb = layer.weight.cpu().numpy(), layer.weight.SCB.cpu().numpy()
+    ref = linear_ref(x64, cb, scb, layer.bias.detach().cpu().numpy(), 6.0)
+    q = OPS.quantize_rows(x, 6.0)[0].cpu().numpy()  # must equal the reference's int8 rows
+    bound = linear_error_bound(x64, cb, scb, ref, 2.0**-11, 2.0**-25, 6.0, q)
+    assert np.all(np.abs(out.detach().cpu().double().numpy() - ref) <= bound)
     if grad:
         out.sum().backward()
         assert xs.grad.shape == shape
@@ -881,22 +877,22 @@ JAX_BAD = {
         r"dtype must be float32",
     ),
     "vectorwise_quant x int": (
-        lambda: lj.int8_vectorwise_quant(_jx(dtype=jnp.int32)),
+        lambda: lj.quantize_rows(_jx(dtype=jnp.int32)),
         TypeError,
         r"x must be float32",
     ),
     "vectorwise_quant threshold < 0": (
-        lambda: lj.int8_vectorwise_quant(_jx(), -2.0),
+        lambda: lj.quantize_rows(_jx(), -2.0),
         ValueError,
         r"threshold",
     ),
     "vectorwise_dequant q float": (
-        lambda: lj.int8_vectorwise_dequant(_jx(), jnp.ones(2)),
+        lambda: lj.dequantize_rows(_jx(), jnp.ones(2)),
         TypeError,
         r"q must be int8",
     ),
     "vectorwise_dequant row_scale shape": (
-        lambda: lj.int8_vectorwise_dequant(_jx(dtype=jnp.int8), jnp.ones(3)),
+        lambda: lj.dequantize_rows(_jx(dtype=jnp.int8), jnp.ones(3)),
         ValueError,
         r"row_scale must have shape",
     ),
@@ -912,45 +908,49 @@ JAX_BAD = {
         r"B must be 2-D \(N, K\) with K = 8",
     ),
     "mm_dequant C int8": (
-        lambda: lj.int8_mm_dequant(_jx((2, 4), jnp.int8), jnp.ones(2), jnp.ones(4)),
+        lambda: lj.dequant_epilogue(_jx((2, 4), jnp.int8), jnp.ones(2), jnp.ones(4)),
         TypeError,
         r"C must be int32",
     ),
     "mm_dequant row_scale shape": (
-        lambda: lj.int8_mm_dequant(_jx((2, 4), jnp.int32), jnp.ones(3), jnp.ones(4)),
+        lambda: lj.dequant_epilogue(_jx((2, 4), jnp.int32), jnp.ones(3), jnp.ones(4)),
         ValueError,
         r"row_scale must have shape",
     ),
     "mm_dequant col_scale shape": (
-        lambda: lj.int8_mm_dequant(_jx((2, 4), jnp.int32), jnp.ones(2), jnp.ones(3)),
+        lambda: lj.dequant_epilogue(_jx((2, 4), jnp.int32), jnp.ones(2), jnp.ones(3)),
         ValueError,
         r"col_scale must have shape \(4,\)",
     ),
     "mm_dequant bias int": (
-        lambda: lj.int8_mm_dequant(
+        lambda: lj.dequant_epilogue(
             _jx((2, 4), jnp.int32), jnp.ones(2), jnp.ones(4), jnp.zeros(4, jnp.int32)
         ),
         TypeError,
         r"bias must be float32",
     ),
-    "transform a float": (lambda: lj.transform(_jx((4, 8)), "col32"), TypeError, r"a must be int8"),
+    "transform a float": (
+        lambda: lj.transform_layout(_jx((4, 8)), "col32"),
+        TypeError,
+        r"a must be int8",
+    ),
     "transform order": (
-        lambda: lj.transform(_jw()[0], "col64"),
+        lambda: lj.transform_layout(_jw()[0], "col64"),
         ValueError,
         r"to_order must be one of",
     ),
     "transform no shape": (
-        lambda: lj.transform(jnp.zeros((8, 32), jnp.int8), "row", "col32"),
+        lambda: lj.transform_layout(jnp.zeros((8, 32), jnp.int8), "row", "col32"),
         ValueError,
         r"needs shape=\(rows, cols\)",
     ),
     "transform negative shape": (
-        lambda: lj.transform(jnp.zeros(32, jnp.int8), "row", "col32", (-1, 4)),
+        lambda: lj.transform_layout(jnp.zeros(32, jnp.int8), "row", "col32", (-1, 4)),
         ValueError,
         r"shape must be \(rows, cols\) with both >= 0",
     ),
     "transform buffer size": (
-        lambda: lj.transform(jnp.zeros(32, jnp.int8), "row", "col32", (4, 8)),
+        lambda: lj.transform_layout(jnp.zeros(32, jnp.int8), "row", "col32", (4, 8)),
         ValueError,
         r"has 128 elements, got 32",
     ),
@@ -1064,7 +1064,7 @@ def test_jax_empty_and_small_batches(platform, rng, shape, threshold):
     assert out.shape == (*shape[:-1], N)
     xn, cb, scb = np.asarray(x), np.asarray(CB), np.asarray(SCB)
     ref = linear_ref(xn, cb, scb, np.ones(N), threshold)
-    q = np.asarray(lj.int8_vectorwise_quant(x, threshold)[0])
+    q = np.asarray(lj.quantize_rows(x, threshold)[0])
     assert np.all(
         np.abs(np.asarray(out) - ref)
         <= linear_error_bound(xn, cb, scb, ref, 2.0**-24, 0, threshold, q)
@@ -1091,7 +1091,7 @@ def test_jax_odd_sizes_and_layers(platform, rng, K, N):
     w = rng.standard_normal((N, K)).astype(np.float32)
     CB, SCB = lj.quantize_weight(jnp.asarray(w))
     cb, scb = np.asarray(CB), np.asarray(SCB)
-    q, _, _ = lj.int8_vectorwise_quant(x, 6.0)
+    q, _, _ = lj.quantize_rows(x, 6.0)
     out = np.asarray(lj.linear(x, CB, SCB, None, 6.0), np.float64)
     ref = linear_ref(np.asarray(x), cb, scb, None, 6.0)
     assert np.all(

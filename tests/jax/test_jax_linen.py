@@ -247,7 +247,7 @@ def test_variables_from_torch_linear_and_back(rng):
 
 
 def test_variables_from_tiled_numpy_checkpoint(rng):
-    from lt8.core.layouts import to_layout_reference
+    from layout_reference import to_layout_ref as to_layout_reference
 
     CB = rng.integers(-127, 128, size=(10, 40)).astype(np.int8)
     SCB = rng.uniform(0.1, 1, size=10).astype(np.float32)

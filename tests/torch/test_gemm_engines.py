@@ -10,8 +10,8 @@ import contextlib
 import numpy as np
 import pytest
 import torch
-from reference import linear_ref
-from test_torch_ops import DTYPE_IDS, DTYPES, activations, as_f64, weight
+from reference import linear_error_bound, linear_ref
+from test_torch_ops import DTYPE_IDS, DTYPES, REL_EPS, activations, as_f64, weight
 
 import lt8.torch  # noqa: F401  (registers torch.ops.lt8)
 from lt8._native import C
@@ -54,8 +54,9 @@ def test_cublaslt_is_found_next_to_torch():
     ],
 )
 def test_engines_agree_with_cpu(rng, dtype, M, K, N, n_outliers):
-    """cuBLASLt path, dp4a path and CPU: identical outputs, incl. more outlier columns than the
-    tensor-core epilogue stages (70 > 64), K not a multiple of 4 (cuBLASLt declines) and tails."""
+    """cuBLASLt path, dp4a path and CPU: identical outputs (up to 64 outlier columns; 70 > 64 takes
+    the tensor-core outlier path in 16-bit dtypes), K not a multiple of 4 (cuBLASLt declines) and
+    tails."""
     _, CB, SCB = weight(rng, N, K, "cpu")
     bias = torch.from_numpy(rng.standard_normal(N).astype(np.float32)).to(dtype)
     x = activations(rng, (M, K), 6.0, n_outlier_cols=n_outliers, dtype=dtype)
@@ -66,12 +67,26 @@ def test_engines_agree_with_cpu(rng, dtype, M, K, N, n_outliers):
             tc = torch.ops.lt8.int8_linear(*args_gpu, threshold).cpu()
         with cublaslt(False):
             dp4a = torch.ops.lt8.int8_linear(*args_gpu, threshold).cpu()
-        assert torch.equal(cpu, tc), f"cuBLASLt path, threshold={threshold}"
+        if threshold > 0 and n_outliers > 64 and dtype != torch.float32:
+            # More than 64 outlier columns in float16/bfloat16: the cuBLASLt path sums the outlier
+            # terms on tensor cores (docs/NUMERICS.md): float32 rounding of those sums, in
+            # another order, then the output's own rounding.
+            cols = (np.abs(as_f64(x)) >= threshold).any(axis=0)
+            xo = np.abs(as_f64(x)) * cols[None, :]
+            mag = xo @ (np.abs(as_f64(CB)) * as_f64(SCB)[:, None] / 127.0).T
+            bound = REL_EPS[dtype] * np.abs(as_f64(cpu)) + (n_outliers + 4) * 2.0**-23 * mag
+            assert np.all(np.abs(as_f64(tc) - as_f64(cpu)) <= bound), "cuBLASLt path, many outliers"
+        else:
+            assert torch.equal(cpu, tc), f"cuBLASLt path, threshold={threshold}"
         assert torch.equal(cpu, dp4a), f"dp4a path, threshold={threshold}"
-    # And the shared result is LLM.int8() itself (float64 reference, loose: int8 rounding).
+    # And the shared result is LLM.int8() itself: the reference's int8 rows exactly, then
+    # float32 accumulation and one rounding to the dtype (a bound from the reference alone).
     ref = linear_ref(as_f64(x), as_f64(CB), as_f64(SCB), as_f64(bias), 6.0)
-    scale = np.abs(ref).max() + 1.0
-    assert np.abs(as_f64(cpu) - ref).max() <= 0.05 * scale
+    q = torch.ops.lt8.quantize_rows(x.cuda(), 6.0)[0].cpu()
+    bound = linear_error_bound(
+        as_f64(x), CB.numpy(), SCB.numpy(), ref, REL_EPS[dtype] / 2, 0, 6.0, q.numpy()
+    )
+    assert np.all(np.abs(as_f64(cpu) - ref) <= bound)
 
 
 @pytest.mark.parametrize("M,K,N", [(1, 64, 64), (40, 1024, 520), (513, 256, 1000), (8, 4, 4)])

@@ -23,10 +23,12 @@ import sys
 import numpy as np
 import pytest
 from conftest import REQUIRE_CUDA, require_cuda
+from layout_reference import tile_offsets_ref, to_layout_ref
 
 from lt8.core import layouts as L
 
 torch = pytest.importorskip("torch")
+import lt8.torch  # noqa: E402,F401  (registers torch's arrays with lt8.core.arrays)
 
 pytestmark = pytest.mark.cuda
 
@@ -157,7 +159,7 @@ def valid_mask(order: str, rows: int, cols: int) -> torch.Tensor:
     numpy reference's offsets, evaluated with torch on the GPU so that full-size weights fit."""
     tr, tc = L.TILE_SHAPES[order]
     prows, pcols = L.padded_shape(order, rows, cols)
-    table = torch.from_numpy(L.tile_offsets(order)).cuda()
+    table = torch.from_numpy(tile_offsets_ref(order)).cuda()
     mask = torch.zeros(prows * pcols, dtype=torch.bool, device="cuda")
     c = torch.arange(cols, device="cuda")
     for r0 in range(0, rows, 4096):  # in row blocks: bounded temporaries
@@ -176,7 +178,7 @@ def random_int8_cuda(rows: int, cols: int) -> torch.Tensor:
 def test_reference_matches_cublaslt(cublaslt, order, shape):
     x = random_int8_cuda(*shape)
     expected = cublaslt.transform(x, order).cpu().numpy()
-    ref = L.to_layout_reference(x.cpu().numpy(), order)
+    ref = to_layout_ref(x.cpu().numpy(), order)
     # cuBLASLt defines only the element bytes; padding is compared in the lt8 test below.
     mask = valid_mask(order, *shape).cpu().numpy()
     np.testing.assert_array_equal(ref[mask], expected[mask])
@@ -193,7 +195,7 @@ def test_lt8_matches_cublaslt(cublaslt, order, shape):
     expected = cublaslt.transform(x, order)
     assert torch.equal(out[mask], expected[mask])
     assert torch.all(out[~mask] == 0), "padding bytes must be 0"
-    np.testing.assert_array_equal(out.cpu().numpy(), L.to_layout_reference(x.cpu().numpy(), order))
+    np.testing.assert_array_equal(out.cpu().numpy(), to_layout_ref(x.cpu().numpy(), order))
     back, _ = lt8_transform(out, "row", from_order=order, state=state)
     assert torch.equal(back, x)
 

@@ -168,3 +168,60 @@ def test_linear_serialization(
     if has_fp16_weights or not deserialize_before_cuda:
         assert torch.allclose(fx_first, fx_second, atol=1e-5)
         assert torch.allclose(x_first.grad, x_second.grad, atol=1e-5)
+
+
+# --- force_no_igemmlt against the float64 reference (not in the seed) ------------------------
+
+
+def _no_igemmlt_case(device, dtype, has_fp16_weights, threshold, force):
+    """A layer, its input and the reference inputs: x with a column at the threshold and
+    values that int8 cannot hold exactly, so the two paths' numerics are far apart."""
+    import numpy as np
+    from reference import quantize_rows_ref
+
+    rng = np.random.default_rng(1234)
+    W = (rng.standard_normal((24, 80)) * 0.05).astype(np.float32)
+    layer = Linear8bitLt(80, 24, bias=True, has_fp16_weights=has_fp16_weights, threshold=threshold)
+    layer.weight = lt8.nn.Int8Params(
+        torch.from_numpy(W), requires_grad=has_fp16_weights, has_fp16_weights=has_fp16_weights
+    )
+    layer.bias = torch.nn.Parameter(torch.from_numpy(rng.standard_normal(24).astype(np.float32)))
+    layer.state.force_no_igemmlt = force
+    layer = layer.to(device)
+    x = torch.from_numpy(rng.standard_normal((5, 80)).astype(np.float32) * 1.7).to(dtype)
+    x[2, 7] = 6.0
+    CB, SCB, _ = quantize_rows_ref(W)
+    return layer, x.to(device), CB, SCB, layer.bias.detach().cpu().double().numpy()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("has_fp16_weights", TRUE_FALSE, ids=id_formatter("has_fp16_weights"))
+@pytest.mark.parametrize("threshold", [0.0, 6.0])
+def test_force_no_igemmlt_selects_the_weight_only_numerics(
+    device, dtype, has_fp16_weights, threshold
+):
+    """docs/NUMERICS.md: with state.force_no_igemmlt the layer is x @ (CB * SCB / 127).T + bias
+    in float (weight_linear_ref, x not quantized); without it, LLM.int8() (linear_ref). Each
+    path is within its own float32 bound and outside the other's."""
+    import numpy as np
+    from reference import linear_error_bound, linear_ref, weight_linear_ref
+
+    eps = {torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8, torch.float32: 2.0**-24}[dtype] / 2
+    outs = {}
+    for force in (True, False):
+        layer, x, CB, SCB, bias = _no_igemmlt_case(
+            device, dtype, has_fp16_weights, threshold, force
+        )
+        with torch.no_grad():
+            outs[force] = layer(x).cpu().double().numpy()
+    x64 = x.cpu().double().numpy()
+    ref_w = weight_linear_ref(x64, CB, SCB, bias)
+    ref_i8 = linear_ref(x64, CB, SCB, bias, threshold)
+    q = torch.ops.lt8.quantize_rows(x, threshold)[0].cpu().numpy()
+    bound_w = linear_error_bound(x64, CB, SCB, ref_w, eps)
+    bound_i8 = linear_error_bound(x64, CB, SCB, ref_i8, eps, 0.0, threshold, q)
+    assert np.all(np.abs(outs[True] - ref_w) <= bound_w), "force_no_igemmlt: weight-only path"
+    assert np.all(np.abs(outs[False] - ref_i8) <= bound_i8), "default: the int8 path"
+    # The two references are far apart here, so neither path passes for the other.
+    assert not np.all(np.abs(outs[True] - ref_i8) <= bound_i8)
+    assert not np.all(np.abs(outs[False] - ref_w) <= bound_w)

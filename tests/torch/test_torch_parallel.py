@@ -1,14 +1,17 @@
-"""Tensor-parallel Linear8bitLt over torch.distributed, and lt8 on more than one GPU.
+"""Tensor parallelism for Linear8bitLt through PyTorch's DTensor engine, and lt8 on two GPUs.
 
 The tensor-parallel checks run in 2 and 4 processes spawned here (gloo on the CPU; NCCL on two
 GPUs when present). Every rank builds the same unsharded, quantized ``Linear8bitLt`` and the
-same inputs from one seed, runs its shard, and compares with the unsharded layer computed in
-the same process: bit for bit where lt8.torch.parallel promises it, else within float32
-rounding bounds and against the float64 reference. A failure in any rank fails the test with
-that rank's traceback (and the check's name and seed).
+same inputs from one seed, shards a copy with ``torch.distributed.tensor.parallel.
+parallelize_module`` and torch's own ``ColwiseParallel`` / ``RowwiseParallel``, and
+compares with the unsharded layer computed in the same process: bit for bit where
+lt8.torch.tensor_parallel promises it, else within float32 rounding bounds and against the
+float64 reference. A failure in any rank fails the test with that rank's traceback (and the
+check's name and seed).
 
 The multi-GPU tests (``cuda:1``, a model split across two GPUs, NCCL) skip on machines with
-fewer than two GPUs.
+fewer than two GPUs; under LT8_REQUIRE_CUDA=1 they fail unless LT8_GPUS says the machine has
+fewer (conftest.require_gpus).
 """
 
 from __future__ import annotations
@@ -23,15 +26,13 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from conftest import SEED, require_cuda
 from reference import grad_input_ref, linear_error_bound, linear_ref, quantize_rows_ref
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.tensor import DTensor, Replicate, Shard
+from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
 import lt8.torch  # noqa: F401
 from lt8.torch import Linear8bitLt
-from lt8.torch.parallel import (
-    ColumnParallelLinear8bitLt,
-    RowParallelLinear8bitLt,
-    shard_linear8bit,
-    shard_model,
-)
+from lt8.torch.parallel import shard_model
 
 DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
 UNIT_ROUNDOFF = {torch.float32: 2.0**-24, torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}
@@ -73,13 +74,25 @@ def loss_weights(rng, shape, device) -> torch.Tensor:
     return torch.from_numpy(rng.standard_normal(shape).astype(np.float32)).to(device)
 
 
+def local(t):
+    return t.to_local() if isinstance(t, DTensor) else t
+
+
 def grads(module, x, R):
-    """Output, input gradient and bias gradient of ``sum(module(x) * R)``."""
+    """Output, input gradient and bias gradient (this rank's part) of ``sum(module(x) * R)``."""
     x = x.detach().requires_grad_(True)
     module.zero_grad(set_to_none=True)
     y = module(x)
     (y.float() * R).sum().backward()
-    return y.detach(), x.grad, None if module.bias is None else module.bias.grad
+    return y.detach(), x.grad, None if module.bias is None else local(module.bias.grad)
+
+
+def sharded(layer, mesh, style):
+    """A copy of ``layer`` sharded with ``parallelize_module`` (the layer itself stays whole)."""
+    tp = copy.deepcopy(layer)
+    out = parallelize_module(tp, mesh, style)
+    assert out is tp and type(tp) is Linear8bitLt  # no wrapper: the same module, sharded
+    return tp
 
 
 def dequantized(CB: torch.Tensor, SCB: torch.Tensor) -> np.ndarray:
@@ -108,18 +121,24 @@ def assert_close_rounding(a, b, dtype, slack):
 # --- the checks each rank runs --------------------------------------------------------------------
 
 
-def check_column_parallel(rng, device, rank, world):
+def check_column_parallel(rng, device, mesh, rank, world):
+    n = N // world
+    own = slice(rank * n, (rank + 1) * n)
     for name, dtype in DTYPES.items():
         for threshold in (0.0, THRESHOLD):
             layer = quantized_layer(rng, K, N, threshold, device)
             x = activations(rng, (3, 5, K), world, dtype, device)
             R = loss_weights(rng, (3, 5, N), device)
             y_ref, gx_ref, gb_ref = grads(layer, x, R)
-            n = N // world
-            own = slice(rank * n, (rank + 1) * n)
             for gather in (True, False):
-                tp = shard_linear8bit(layer, style="column", gather_output=gather)
-                assert isinstance(tp, ColumnParallelLinear8bitLt)
+                style = ColwiseParallel(output_layouts=Replicate() if gather else Shard(-1))
+                tp = sharded(layer, mesh, style)
+                w = tp.weight
+                assert isinstance(w, DTensor) and w.placements == (Shard(0),)
+                assert w.shape == layer.weight.shape and w.SCB.placements == (Shard(0),)
+                assert torch.equal(w.to_local(), layer.weight.data[own])
+                assert torch.equal(w.SCB.to_local(), layer.weight.SCB[own])
+                assert torch.equal(w.full_tensor(), layer.weight.data)
                 y, gx, gb = grads(tp, x, R if gather else R[..., own])
                 case = f"{name} threshold={threshold} gather={gather}"
                 assert torch.equal(y, y_ref if gather else y_ref[..., own]), case
@@ -139,7 +158,7 @@ def check_column_parallel(rng, device, rank, world):
                 assert np.all(np.abs(f64(gb) - f64(gb_ref[own])) <= 20 * 2.0**-24 * g_abs), case
 
 
-def check_row_parallel(rng, device, rank, world):
+def check_row_parallel(rng, device, mesh, rank, world):
     k = K // world
     own = slice(rank * k, (rank + 1) * k)
     for name, dtype in DTYPES.items():
@@ -150,10 +169,15 @@ def check_row_parallel(rng, device, rank, world):
             y_ref, gx_ref, gb_ref = grads(layer, x, R)
             CB, SCB, bias = layer.weight.data, layer.weight.SCB, layer.bias
             for parallel_input in (True, False):
-                tp = shard_linear8bit(layer, style="row", input_is_parallel=parallel_input)
-                assert isinstance(tp, RowParallelLinear8bitLt) and torch.equal(tp.CB, CB[:, own])
+                style = RowwiseParallel(input_layouts=None if parallel_input else Replicate())
+                tp = sharded(layer, mesh, style)
+                assert tp.weight.placements == (Shard(1),)
+                assert torch.equal(tp.weight.to_local(), CB[:, own])
+                assert tp.weight.to_local().stride() == (k + 1, 1)  # a view of the padded buffer
+                assert torch.equal(tp.weight.full_tensor(), CB)  # a consistent DTensor
+                assert torch.equal(tp.weight.SCB.to_local(), SCB)
                 y, gx, gb = grads(tp, x[..., own] if parallel_input else x, R)
-                case = f"{name} threshold={threshold} input_is_parallel={parallel_input}"
+                case = f"{name} threshold={threshold} parallel input={parallel_input}"
                 if threshold == 0.0:
                     assert torch.equal(y, y_ref), case  # int32 partial products summed: exact
                 else:
@@ -181,7 +205,7 @@ def check_row_parallel(rng, device, rank, world):
                 assert torch.equal(gb, gb_ref), case
 
 
-def check_nonfinite_rows(rng, device, rank, world):
+def check_nonfinite_rows(rng, device, mesh, rank, world):
     """A NaN in one rank's slice makes that row NaN on every rank, as in the unsharded layer
     (NaN must survive the MAX all-reduce, which gloo's does not guarantee)."""
     for threshold in (0.0, THRESHOLD):
@@ -189,9 +213,9 @@ def check_nonfinite_rows(rng, device, rank, world):
         x = activations(rng, (6, K), world, torch.float32, device)
         x[2, (K // world) * (world - 1)] = torch.nan  # in the last rank's slice
         x[4, 0] = torch.inf  # an outlier column when threshold > 0
+        tp = sharded(layer, mesh, RowwiseParallel(input_layouts=Replicate()))
         with torch.no_grad():
-            y_ref = layer(x)
-            y = shard_linear8bit(layer, style="row")(x)
+            y_ref, y = layer(x), tp(x)
         assert torch.equal(torch.isnan(y), torch.isnan(y_ref)) and torch.isnan(y[2]).all()
         finite = ~torch.isnan(y_ref).any(-1)
         if threshold == 0.0:
@@ -205,79 +229,93 @@ class MLP(torch.nn.Module):
         super().__init__()
         self.up = quantized_layer(rng, K, 2 * N, threshold, device)
         self.down = quantized_layer(rng, 2 * N, N, threshold, device)
+        self.head = torch.nn.Linear(N, 2 * N, device=device)  # float, colwise like torch's
 
     def forward(self, x):
-        return self.down(torch.relu(self.up(x)))
+        return self.head(self.down(torch.relu(self.up(x))))
 
 
-def check_sharded_mlp(rng, device, rank, world):
-    """shard_model: column then row (Megatron's MLP), ReLU in between on the split features,
-    after model.half() (which must leave the float32 scales alone)."""
+def check_sharded_mlp(rng, device, mesh, rank, world):
+    """parallelize_module on a model (no wrapper): column then row (Megatron's MLP), ReLU in
+    between on the split features, a float Linear in the same plan, in float16; and the same
+    through shard_model's plan."""
     for threshold in (0.0, THRESHOLD):
-        state = rng.bit_generator.state
-        model = torch.nn.Sequential(MLP(rng, threshold, device)).half()
-        rng.bit_generator.state = state
-        sharded = shard_model(
-            torch.nn.Sequential(MLP(rng, threshold, device)), {"up": "column", "0.down": "row"}
+        model = MLP(rng, threshold, device).half()
+        plan = {
+            "up": ColwiseParallel(),
+            "down": RowwiseParallel(),
+            "head": ColwiseParallel(output_layouts=Replicate()),
+        }
+        tp = parallelize_module(copy.deepcopy(model), mesh, plan)
+        via_plan = shard_model(
+            torch.nn.Sequential(copy.deepcopy(model)), {"up": "column", "0.down": "row"}, mesh
         )
-        sharded = sharded.half()
-        up, down = sharded[0].up, sharded[0].down
-        assert isinstance(up, ColumnParallelLinear8bitLt) and not up.gather_output
-        assert isinstance(down, RowParallelLinear8bitLt) and down.input_is_parallel
-        assert up.SCB.dtype == down.SCB.dtype == torch.float32 and up.bias.dtype == torch.float16
-        # Each rank keeps only its slice of the int8 weight (no view of the whole layer).
-        assert up.CB.untyped_storage().nbytes() == (2 * N // world) * K
-        assert down.CB_padded.untyped_storage().nbytes() == N * (2 * N // world + 1)
+        assert type(tp) is MLP and type(tp.up) is Linear8bitLt and type(tp.head) is torch.nn.Linear
+        assert isinstance(tp.head.weight, DTensor) and tp.head.weight.placements == (Shard(0),)
+        up, down = tp.up, tp.down
+        assert up.weight.SCB.dtype == down.weight.SCB.dtype == torch.float32
+        assert up.bias.dtype == torch.float16
+        # Each rank keeps only its slice of the int8 weight (the row layer's in a buffer one
+        # zero column wider, which its kernel call uses without a copy).
+        assert up.weight.to_local().untyped_storage().nbytes() == (2 * N // world) * K
+        assert down.weight.to_local().untyped_storage().nbytes() == N * (2 * N // world + 1)
         x = activations(rng, (5, K), world, torch.float16, device)
-        R = loss_weights(rng, (5, N), device)
+        R = loss_weights(rng, (5, 2 * N), device)
         outs = []
-        for m in (model, sharded):
+        for m in (model, tp):
             xg = x.detach().requires_grad_(True)
             y = m(xg)
             (y.float() * R).sum().backward()
             outs.append((y.detach(), xg.grad))
         (y_ref, gx_ref), (y, gx) = outs
+        with torch.no_grad():
+            inner_ref, inner = (
+                model.down(torch.relu(model.up(x))),
+                via_plan[0].down(torch.relu(via_plan[0].up(x))),
+            )
         if threshold == 0.0:
-            assert torch.equal(y, y_ref)
-        else:  # a hidden value can round differently in float16: compare at the output's scale
+            assert torch.equal(inner, inner_ref)  # column exact, row int32 sums exact
+        # A hidden value can round differently in float16 (row sums with outliers, the float
+        # head's own sharded sums): compare at the output's scale.
+        for a, b in ((y, y_ref), (inner, inner_ref)):
             np.testing.assert_allclose(
-                f64(y), f64(y_ref), rtol=0, atol=4 * 2.0**-11 * np.abs(f64(y_ref)).max()
+                f64(a), f64(b), rtol=0, atol=4 * 2.0**-11 * np.abs(f64(b)).max()
             )
         np.testing.assert_allclose(
             f64(gx), f64(gx_ref), rtol=0, atol=4 * 2.0**-11 * np.abs(f64(gx_ref)).max()
         )
-    # Patterns name layers (whole name or last component), not the containers around them.
+    # shard_model's patterns name layers (whole name or last component), not containers.
     for plan in ({"up_proj": "column"}, {"0": "column"}):
         with pytest.raises(ValueError, match="match no Linear8bitLt"):
-            shard_model(torch.nn.Sequential(MLP(rng, 0.0, device)), plan)
+            shard_model(torch.nn.Sequential(MLP(rng, 0.0, device)), plan, mesh)
     with pytest.raises(ValueError, match="must be one of"):
-        shard_model(torch.nn.Sequential(MLP(rng, 0.0, device)), {"up": "diagonal"})
+        shard_model(torch.nn.Sequential(MLP(rng, 0.0, device)), {"up": "diagonal"}, mesh)
     with pytest.raises(ValueError, match="both column and row"):
-        shard_model(torch.nn.Sequential(MLP(rng, 0.0, device)), {"up": "column", "0.u*": "row"})
+        shard_model(
+            torch.nn.Sequential(MLP(rng, 0.0, device)), {"up": "column", "0.u*": "row"}, mesh
+        )
 
 
-def check_bad_arguments(rng, device, rank, world):
+def check_bad_arguments(rng, device, mesh, rank, world):
     layer = quantized_layer(rng, K, N, THRESHOLD, device)
     with pytest.raises(ValueError, match="divisible"):
-        shard_linear8bit(quantized_layer(rng, K, N + 1, 0.0, device), style="column")
+        sharded(quantized_layer(rng, K, N + 1, 0.0, device), mesh, ColwiseParallel())
     with pytest.raises(ValueError, match="divisible"):
-        shard_linear8bit(quantized_layer(rng, K + 1, N, 0.0, device), style="row")
-    with pytest.raises(ValueError, match="style must be"):
-        shard_linear8bit(layer, style="diagonal")
+        sharded(quantized_layer(rng, K + 1, N, 0.0, device), mesh, RowwiseParallel())
+    fresh = Linear8bitLt(K, N, has_fp16_weights=False)
     with pytest.raises(ValueError, match="not quantized"):
-        shard_linear8bit(Linear8bitLt(K, N, has_fp16_weights=False), style="column")
+        parallelize_module(fresh, mesh, ColwiseParallel())
+    assert type(fresh.weight) is lt8.torch.Int8Params  # a failed shard leaves the layer as it was
     with pytest.raises(ValueError, match="has_fp16_weights"):
-        shard_linear8bit(Linear8bitLt(K, N, has_fp16_weights=True).to(device), style="row")
-    with pytest.raises(TypeError, match="Linear8bitLt"):
-        shard_linear8bit(torch.nn.Linear(K, N), style="row")
-    col, row = (
-        shard_linear8bit(layer, style="column"),
-        shard_linear8bit(layer, style="row", input_is_parallel=True),
-    )
+        sharded(Linear8bitLt(K, N, has_fp16_weights=True).to(device), mesh, RowwiseParallel())
+    col = sharded(layer, mesh, ColwiseParallel())
+    row = sharded(layer, mesh, RowwiseParallel())
+    with pytest.raises((RuntimeError, ValueError), match="once|sharded already"):
+        parallelize_module(col, mesh, RowwiseParallel())
     with pytest.raises(ValueError, match=f"{K} features"):
         col(torch.randn(2, K - 1, device=device))
     with pytest.raises(ValueError, match=f"{K // world} features"):
-        row(torch.randn(2, K, device=device))
+        row(torch.randn(2, 2 * K, device=device))
     with pytest.raises(TypeError, match="float32, float16 or bfloat16"):
         row(torch.ones(2, K // world, dtype=torch.int32, device=device))
 
@@ -305,11 +343,12 @@ def _worker(rank: int, world: int, backend: str, init_method: str, seed: int) ->
         timeout=datetime.timedelta(seconds=120),
     )
     try:
+        mesh = DeviceMesh(device.type, list(range(world)))
         for i, check in enumerate(CHECKS):
             rng = np.random.default_rng([seed, world, i])  # the same on every rank
             torch.manual_seed(seed)
             try:
-                check(rng, device, rank, world)
+                check(rng, device, mesh, rank, world)
             except Exception as e:
                 raise AssertionError(
                     f"{check.__name__} failed on rank {rank} of {world} ({backend}, "
@@ -332,18 +371,28 @@ def test_tensor_parallel_gloo(world, tmp_path):
     spawn(world, "gloo", tmp_path)
 
 
-def test_needs_a_process_group(rng):
+def test_shard_model_needs_a_process_group(rng):
     if dist.is_available() and dist.is_initialized():
         pytest.skip("a process group is already initialized in this process")
-    layer = quantized_layer(rng, K, N, 0.0, "cpu")
+    model = torch.nn.Sequential(quantized_layer(rng, K, N, 0.0, "cpu"))
     with pytest.raises(RuntimeError, match="init_process_group"):
-        shard_linear8bit(layer, style="column")
+        shard_model(model, {"0": "column"})
+    assert type(model[0].weight) is lt8.torch.Int8Params  # untouched
 
 
 def require_two_gpus() -> None:
+    from conftest import require_gpus
+
+    require_gpus(2)  # fails under LT8_REQUIRE_CUDA=1 unless LT8_GPUS says fewer
+
+
+@pytest.mark.cuda
+def test_tensor_parallel_nccl_one_gpu(tmp_path):
+    """The styles on a one-rank NCCL mesh: lt8's CUDA kernels under DTensor, the same checks."""
     require_cuda()
-    if torch.cuda.device_count() < 2:
-        pytest.skip(f"needs 2 GPUs, this machine has {torch.cuda.device_count()}")
+    if not dist.is_nccl_available():
+        pytest.skip("torch has no NCCL")
+    spawn(1, "nccl", tmp_path)
 
 
 @pytest.mark.cuda
@@ -459,7 +508,8 @@ def test_model_split_across_two_gpus(rng):
     x = activations(rng, (9, K), 2, torch.float16, "cpu")
     outs = []
     for model, dev in ((cpu_model, "cpu"), (split, "cuda:0")):
-        xg = x.to(dev).requires_grad_(True)
+        # A fresh leaf each pass: x.to("cpu") is x itself, which must not become part of a graph.
+        xg = x.detach().to(dev).requires_grad_(True)
         y = model(xg)
         y.float().square().sum().backward()
         outs.append((y.detach().cpu(), xg.grad.cpu()))

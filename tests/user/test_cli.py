@@ -8,6 +8,7 @@ torch model (giving the very bits ``replace_linear`` gives) and into JAX.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -194,7 +195,7 @@ def test_convert_errors_are_clear(rng, tmp_path, capsys):
     cases = [
         (
             ["convert", str(tmp_path / "missing.safetensors"), str(tmp_path / "o")],
-            "no safetensors file",
+            "no safetensors or torch file",
         ),
         (["convert", str(src), str(src)], "OUT must differ from IN"),
         (["convert", str(src), str(tmp_path / "o"), "--threshold", "-1"], "threshold must be"),
@@ -251,9 +252,9 @@ def test_convert_real_minilm_checkpoint_with_the_command(tmp_path):
     from lt8.torch import load_quantized, replace_linear
 
     folder = embedded_model_dir()
-    dst = tmp_path / "minilm-int8.safetensors"
+    out = tmp_path / "minilm-int8"
     proc = subprocess.run(
-        [sys.executable, "-m", "lt8", "convert", str(folder), str(dst)],
+        [sys.executable, "-m", "lt8", "convert", str(folder), str(out)],
         capture_output=True,
         text=True,
         timeout=300,
@@ -263,6 +264,16 @@ def test_convert_real_minilm_checkpoint_with_the_command(tmp_path):
     assert m and int(m.group(1)) == 37
     sizes = re.search(r"tensors: ([\d.]+) MiB -> ([\d.]+) MiB", proc.stdout)
     assert sizes and float(sizes.group(2)) < 0.7 * float(sizes.group(1))
+    assert "Embedding" in proc.stdout and "note: no model structure" not in proc.stdout
+    # A folder converts to a folder: config (with lt8's quantization_config) and tokenizer.
+    for f in folder.iterdir():
+        if f.name != "model.safetensors":
+            assert (out / f.name).exists(), f.name
+    assert (
+        json.loads((out / "config.json").read_text())["quantization_config"]["quant_method"]
+        == "lt8"
+    )
+    dst = out / "model.safetensors"
 
     def bert():
         return transformers.AutoModel.from_pretrained(folder, local_files_only=True).eval()
@@ -277,6 +288,16 @@ def test_convert_real_minilm_checkpoint_with_the_command(tmp_path):
     assert not result.missing_keys and set(result.unexpected_keys) <= {"embeddings.position_ids"}
     for k, v in reference.state_dict().items():
         assert torch.equal(loaded.state_dict()[k], v), k
+    # and transformers loads the folder in 8 bits, giving what lt8.hf.convert_hf_model gives
+    import lt8.hf
+
+    hf = lt8.hf.from_pretrained_8bit(out)
+    ref = lt8.hf.convert_hf_model(bert(), threshold=6.0)
+    ids = torch.randint(0, 1000, (2, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(
+            hf(input_ids=ids).last_hidden_state, ref(input_ids=ids).last_hidden_state
+        )
 
 
 @pytest.mark.skipif(cuda_available(), reason="checks the message on a machine without CUDA")

@@ -1,0 +1,12 @@
+// What the current CUDA device can run, read once per device: a driver attribute query is not
+// free, and the decode path asks on every call.
+#pragma once
+
+namespace lt8 {
+namespace gpu {
+
+// Compute capability major of the current device (0 when it cannot be read).
+int current_device_cc_major();
+
+}  // namespace gpu
+}  // namespace lt8

@@ -1,0 +1,109 @@
+// Driver of the CPU int8 GEMM: prepares A for the chosen variant, splits C into blocks, runs them
+// on the thread pool. The scalar variant lives here too (any CPU, and the reference the SIMD
+// variants are tested against besides numpy).
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+
+#include "cpu_simd/int8_gemm.h"
+#include "cpu_simd/thread_pool.h"
+
+namespace lt8::cpu {
+namespace {
+
+using gemm_detail::Problem;
+
+constexpr int64_t kBlockCols = 32;        // columns of C (rows of B) per task: B block in L2
+constexpr double kMinParallelMacs = 4e6;  // below this, waking threads costs more than it saves
+
+// Wrapping int32 dot product (unsigned arithmetic: overflow is defined and equals int32 wrap).
+void block_scalar(const Problem& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+  const int8_t* A = static_cast<const int8_t*>(p.a);
+  for (int64_t m = m0; m < m1; ++m) {
+    const int8_t* a = A + m * p.lda;
+    for (int64_t n = n0; n < n1; ++n) {
+      const int8_t* b = p.B + n * p.K;
+      uint32_t acc = 0;
+      for (int64_t k = 0; k < p.K; ++k)
+        acc += static_cast<uint32_t>(static_cast<int32_t>(a[k]) * static_cast<int32_t>(b[k]));
+      p.C[m * p.N + n] = static_cast<int32_t>(acc);
+    }
+  }
+}
+
+struct FreeDeleter {
+  void operator()(void* p) const { std::free(p); }
+};
+
+int64_t round_up(int64_t v, int64_t to) {
+  return (v + to - 1) / to * to;
+}
+
+}  // namespace
+
+void int8_gemm_cpu(const int8_t* A, const int8_t* B, int64_t M, int64_t N, int64_t K, int32_t* C,
+                   const GemmBlockFn* on_block) {
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0) {
+    std::memset(C, 0, static_cast<size_t>(M * N) * sizeof(int32_t));
+    if (on_block != nullptr) (*on_block)(0, M, 0, N);
+    return;
+  }
+  const CpuIsa isa = active_cpu_isa();
+  Problem p;
+  p.B = B;
+  p.N = N;
+  p.K = K;
+  p.C = C;
+  void (*block)(const Problem&, int64_t, int64_t, int64_t, int64_t) = block_scalar;
+  std::unique_ptr<void, FreeDeleter> a_buf, sum_buf;
+  if (isa == CpuIsa::kAvx2) {
+    // int16 copy of A, rows padded with zeros to a multiple of 16 elements.
+    p.lda = round_up(K, 16);
+    a_buf.reset(std::aligned_alloc(64, round_up(M * p.lda * 2, 64)));
+    int16_t* a16 = static_cast<int16_t*>(a_buf.get());
+    for (int64_t m = 0; m < M; ++m) {
+      for (int64_t k = 0; k < K; ++k) a16[m * p.lda + k] = A[m * K + k];
+      for (int64_t k = K; k < p.lda; ++k) a16[m * p.lda + k] = 0;
+    }
+    p.a = a16;
+    block = gemm_detail::block_avx2;
+  } else if (isa == CpuIsa::kAvxVnni || isa == CpuIsa::kAvx512Vnni) {
+    p.lda = round_up(K, 64);
+    a_buf.reset(std::aligned_alloc(64, round_up(M * p.lda, 64)));
+    sum_buf.reset(std::aligned_alloc(64, round_up(M * 4, 64)));
+    int8_t* a8 = static_cast<int8_t*>(a_buf.get());
+    int32_t* sums = static_cast<int32_t*>(sum_buf.get());
+    for (int64_t m = 0; m < M; ++m) {
+      std::memcpy(a8 + m * p.lda, A + m * K, static_cast<size_t>(K));
+      std::memset(a8 + m * p.lda + K, 0, static_cast<size_t>(p.lda - K));
+      int32_t s = 0;
+      for (int64_t k = 0; k < K; ++k) s += A[m * K + k];
+      sums[m] = s;
+    }
+    p.a = a8;
+    p.a_rowsum = sums;
+    block = isa == CpuIsa::kAvx512Vnni ? gemm_detail::block_avx512vnni : gemm_detail::block_avxvnni;
+  } else {
+    p.a = A;
+    p.lda = K;
+  }
+
+  // Tasks: blocks of kBlockCols columns over all rows; rows are split too when there are too
+  // few column blocks to keep every thread busy (small N).
+  const int threads = double(M) * N * K < kMinParallelMacs ? 1 : cpu_threads();
+  const int64_t col_blocks = (N + kBlockCols - 1) / kBlockCols;
+  int64_t row_chunks = 1;
+  if (col_blocks < 4 * threads) row_chunks = std::min<int64_t>(M, (4 * threads) / col_blocks + 1);
+  const int64_t rows_per = round_up((M + row_chunks - 1) / row_chunks, 4);
+  row_chunks = (M + rows_per - 1) / rows_per;
+  parallel_for(col_blocks * row_chunks, threads, [&](int64_t t) {
+    const int64_t m0 = (t / col_blocks) * rows_per, m1 = std::min(M, m0 + rows_per);
+    const int64_t n0 = (t % col_blocks) * kBlockCols, n1 = std::min(N, n0 + kBlockCols);
+    block(p, m0, m1, n0, n1);
+    if (on_block != nullptr) (*on_block)(m0, m1, n0, n1);
+  });
+}
+
+}  // namespace lt8::cpu

@@ -1,0 +1,46 @@
+// Exact int8 GEMM for the CPU: C (M, N) int32 = A (M, K) int8 @ B (N, K) int8 ^T, both row-major
+// (the weight layout, so no packing of B). Cache-blocked register tiles per instruction set,
+// chosen at run time (cpu_isa.h), threaded over blocks of C (thread_pool.h).
+//
+// Every variant equals the plain int32 sum of products (wrapping like it on overflow):
+//   * AVX2 widens both operands to int16 and uses vpmaddwd (s16 x s16 -> s32 pairs): exact for
+//     every int8 value, where vpmaddubsw would saturate;
+//   * the VNNI variants use vpdpbusd, which multiplies u8 by s8: they feed B + 128 (a xor 0x80 as
+//     B is loaded) and subtract 128 * sum_k A[m, k] once per output, which A's row sums give.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+
+#include "cpu_simd/cpu_isa.h"
+
+namespace lt8::cpu {
+
+// Called on a worker thread once C[m0:m1, n0:n1] is final (fusing an epilogue while the block is
+// still in cache). Blocks partition C; they may run concurrently.
+using GemmBlockFn = std::function<void(int64_t m0, int64_t m1, int64_t n0, int64_t n1)>;
+
+// C has row stride N. `on_block` may be null.
+void int8_gemm_cpu(const int8_t* A, const int8_t* B, int64_t M, int64_t N, int64_t K, int32_t* C,
+                   const GemmBlockFn* on_block = nullptr);
+
+namespace gemm_detail {
+
+// A as a variant wants it: `a` rows of `lda` elements (int16 for AVX2, int8 for VNNI), zero
+// beyond K; `a_rowsum` = sum_k A[m, k] (VNNI only).
+struct Problem {
+  const void* a = nullptr;
+  int64_t lda = 0;
+  const int32_t* a_rowsum = nullptr;
+  const int8_t* B = nullptr;
+  int64_t N = 0, K = 0;
+  int32_t* C = nullptr;
+};
+
+// Each computes C[m0:m1, n0:n1] over the whole K.
+void block_avx2(const Problem& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1);
+void block_avxvnni(const Problem& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1);
+void block_avx512vnni(const Problem& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1);
+
+}  // namespace gemm_detail
+}  // namespace lt8::cpu

@@ -1,0 +1,141 @@
+#include "cpu_simd/thread_pool.h"
+
+#include <pthread.h>
+#include <sched.h>
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstdlib>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace lt8::cpu {
+namespace {
+
+std::atomic<int> g_threads_override{0};
+
+int affinity_cpus() {
+#ifdef __linux__
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
+#endif
+  return static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+}
+
+class Pool {
+ public:
+  // Only one region at a time; others (concurrent or nested callers) run serially.
+  bool try_begin() { return region_.try_lock(); }
+  void end() { region_.unlock(); }
+
+  void run(int64_t tasks, int threads, const std::function<void(int64_t)>& body) {
+    ensure_workers(threads - 1);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      body_ = &body;
+      tasks_ = tasks;
+      next_.store(0, std::memory_order_relaxed);
+      helpers_ = threads - 1;
+      pending_ = threads - 1;
+      ++generation_;
+    }
+    start_.notify_all();
+    drain();
+    std::unique_lock<std::mutex> lock(mu_);
+    done_.wait(lock, [&] { return pending_ == 0; });
+    body_ = nullptr;
+  }
+
+ private:
+  void drain() {
+    for (int64_t t; (t = next_.fetch_add(1, std::memory_order_relaxed)) < tasks_;) (*body_)(t);
+  }
+
+  void ensure_workers(int n) {
+    while (static_cast<int>(started_) < n) {
+      const int index = started_++;
+      std::thread([this, index] { worker(index); }).detach();
+    }
+  }
+
+  void worker(int index) {
+    uint64_t seen = 0;
+    std::unique_lock<std::mutex> lock(mu_);
+    for (;;) {
+      start_.wait(lock, [&] { return generation_ != seen; });
+      seen = generation_;
+      if (index >= helpers_) continue;
+      lock.unlock();
+      drain();
+      lock.lock();
+      if (--pending_ == 0) done_.notify_one();
+    }
+  }
+
+  std::mutex region_;
+  std::mutex mu_;
+  std::condition_variable start_, done_;
+  const std::function<void(int64_t)>* body_ = nullptr;
+  int64_t tasks_ = 0;
+  std::atomic<int64_t> next_{0};
+  int helpers_ = 0, pending_ = 0, started_ = 0;
+  uint64_t generation_ = 0;
+};
+
+// Never destroyed: detached workers may still be waiting on its condition variable at exit.
+std::atomic<Pool*> g_pool{nullptr};
+std::once_flag g_atfork_once;
+
+Pool* pool() {
+  std::call_once(g_atfork_once, [] {
+    // The child of a fork has none of the workers: forget the pool (leaked, its mutexes may be
+    // held by threads that no longer exist) and let the child build its own.
+    pthread_atfork(nullptr, nullptr, [] { g_pool.store(nullptr); });
+  });
+  Pool* p = g_pool.load();
+  if (p == nullptr) {
+    Pool* fresh = new Pool();
+    if (g_pool.compare_exchange_strong(p, fresh)) {
+      p = fresh;
+    } else {
+      delete fresh;
+    }
+  }
+  return p;
+}
+
+}  // namespace
+
+int cpu_threads() {
+  const int forced = g_threads_override.load(std::memory_order_relaxed);
+  if (forced > 0) return forced;
+  if (const char* env = std::getenv("OMP_NUM_THREADS")) {
+    const int n = std::atoi(env);  // "4,2" (nested levels) reads as 4
+    if (n > 0) return n;
+  }
+  return affinity_cpus();
+}
+
+void set_cpu_threads(int n) {
+  g_threads_override.store(n > 0 ? n : 0, std::memory_order_relaxed);
+}
+
+void parallel_for(int64_t tasks, int threads, const std::function<void(int64_t)>& body) {
+  threads = static_cast<int>(std::min<int64_t>(threads, tasks));
+  if (threads <= 1) {
+    for (int64_t t = 0; t < tasks; ++t) body(t);
+    return;
+  }
+  Pool* p = pool();
+  if (!p->try_begin()) {
+    for (int64_t t = 0; t < tasks; ++t) body(t);
+    return;
+  }
+  p->run(tasks, threads, body);
+  p->end();
+}
+
+}  // namespace lt8::cpu

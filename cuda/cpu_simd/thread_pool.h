@@ -1,0 +1,25 @@
+// The CPU kernels' worker threads. One persistent pool, created on first use: workers sleep on a
+// condition variable between calls (no spinning, so they do not compete with torch's or XLA's
+// own pools), are detached and never joined (they cannot keep the process alive or abort it at
+// exit), and are forgotten in a fork child (which then starts a fresh pool on its first call).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+
+namespace lt8::cpu {
+
+// Threads the kernels use: the count given to set_cpu_threads() when positive, else
+// OMP_NUM_THREADS when set, else the CPUs in this process's affinity mask.
+int cpu_threads();
+// n > 0 pins the count (the torch frontend passes torch.get_num_threads()); n <= 0 goes back to
+// the environment / affinity default.
+void set_cpu_threads(int n);
+
+// Runs body(t) for t in [0, tasks) on up to `threads` threads (the caller is one of them) and
+// returns when all are done. A call made while another parallel_for is running (another caller
+// thread, or nested inside a body) runs its tasks serially on the calling thread instead of
+// waiting, so concurrent callers never oversubscribe the CPUs or deadlock.
+void parallel_for(int64_t tasks, int threads, const std::function<void(int64_t)>& body);
+
+}  // namespace lt8::cpu

@@ -1,0 +1,151 @@
+// dp4a GEMV of the decode path (any arch; the engine below sm_80 and for M <= 8): memory-bound,
+// so every weight byte is read once with 16-byte streaming loads. Each warp owns kGemvCols output
+// columns; per K chunk the block stages the M <= ROWS quantized activation rows in shared memory
+// once, and every staged 16-byte activation word is multiplied against all kGemvCols weight
+// columns (the activations are read from L2 once per block, not once per column). Epilogue:
+// gemv_epilogue.cuh (same arithmetic and order as the CPU: dequant, outlier terms in ascending
+// k, bias).
+#include <cstdint>
+
+#include "common/cuda_check.cuh"
+#include "common/device_types.cuh"
+#include "common/launch_shape.cuh"
+#include "common/numerics.h"
+#include "gemv/gemv.cuh"
+#include "gemv/gemv_epilogue.cuh"
+
+namespace lt8 {
+namespace gpu {
+namespace {
+
+constexpr int kGemvCols = 4;  // output columns per warp
+constexpr int kGemvWordsPerLane = kGemvChunk / 32;
+
+template <typename T, int ROWS>
+__global__ void __launch_bounds__(256, 2)
+    linear_gemv_kernel(const int8_t* __restrict__ q, const T* __restrict__ x,
+                       const int8_t* __restrict__ CB, const float* __restrict__ SCB,
+                       const float* __restrict__ row_scale, const int32_t* __restrict__ outlier_idx,
+                       const int32_t* __restrict__ outlier_count, DType bias_dtype,
+                       const void* __restrict__ bias, int M, int64_t N, int64_t K,
+                       T* __restrict__ out) {
+  __shared__ int4 sq[ROWS * kGemvChunk];
+  const int lane = threadIdx.x & 31;
+  const int warps = blockDim.x >> 5;
+  const int64_t n0 = (static_cast<int64_t>(blockIdx.x) * warps + (threadIdx.x >> 5)) * kGemvCols;
+  const int64_t words = K / 16;
+  const int4* wrow[kGemvCols];
+#pragma unroll
+  for (int c = 0; c < kGemvCols; ++c)
+    wrow[c] = reinterpret_cast<const int4*>(CB + (n0 + c < N ? n0 + c : 0) * K);
+
+  int32_t acc[ROWS][kGemvCols];
+#pragma unroll
+  for (int r = 0; r < ROWS; ++r)
+#pragma unroll
+    for (int c = 0; c < kGemvCols; ++c) acc[r][c] = 0;
+
+  for (int64_t w0 = 0; w0 < words; w0 += kGemvChunk) {
+    const int len = static_cast<int>(words - w0 < kGemvChunk ? words - w0 : kGemvChunk);
+    __syncthreads();  // the previous chunk's readers are done
+    for (int e = threadIdx.x; e < M * kGemvChunk; e += blockDim.x) {
+      const int r = e / kGemvChunk, c = e % kGemvChunk;
+      if (c < len) sq[r * kGemvChunk + c] = reinterpret_cast<const int4*>(q + r * K)[w0 + c];
+    }
+    __syncthreads();
+    // The lane's weight words, G at a time (G x kGemvCols independent 16-byte loads in flight;
+    // G shrinks as ROWS grows so that the accumulators stay in registers), then the products.
+    constexpr int G = ROWS <= 8 ? kGemvWordsPerLane : 2;
+#pragma unroll
+    for (int g = 0; g < kGemvWordsPerLane; g += G) {
+      int4 wv[G][kGemvCols];
+#pragma unroll
+      for (int i = 0; i < G; ++i) {
+        const int c = lane + 32 * (g + i);
+#pragma unroll
+        for (int col = 0; col < kGemvCols; ++col)
+          wv[i][col] = c < len ? __ldcs(wrow[col] + w0 + c) : make_int4(0, 0, 0, 0);
+      }
+#pragma unroll
+      for (int i = 0; i < G; ++i) {
+        const int c = lane + 32 * (g + i);
+#pragma unroll
+        for (int r = 0; r < ROWS; ++r) {
+          if (r < M && c < len) {
+            const int4 xv = sq[r * kGemvChunk + c];
+#pragma unroll
+            for (int col = 0; col < kGemvCols; ++col) {
+              acc[r][col] = __dp4a(xv.x, wv[i][col].x, acc[r][col]);
+              acc[r][col] = __dp4a(xv.y, wv[i][col].y, acc[r][col]);
+              acc[r][col] = __dp4a(xv.z, wv[i][col].z, acc[r][col]);
+              acc[r][col] = __dp4a(xv.w, wv[i][col].w, acc[r][col]);
+            }
+          }
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < ROWS; ++r)
+#pragma unroll
+    for (int c = 0; c < kGemvCols; ++c)
+#pragma unroll
+      for (int off = 16; off > 0; off >>= 1)
+        acc[r][c] += __shfl_xor_sync(0xffffffffu, acc[r][c], off);
+
+  // The warp sums go through shared memory to the common epilogue.
+  __shared__ int32_t sacc[8 * ROWS * kGemvCols];  // [warp][r][col], blockDim.x <= 256
+  const int warp = threadIdx.x >> 5;
+  if (lane == 0) {
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r)
+#pragma unroll
+      for (int c = 0; c < kGemvCols; ++c) sacc[(warp * ROWS + r) * kGemvCols + c] = acc[r][c];
+  }
+  __syncthreads();
+  gemv_epilogue<T, ROWS, kGemvCols>(sacc, x, CB, SCB, row_scale, outlier_idx, outlier_count,
+                                    bias_dtype, bias, M, N, K, out);
+}
+
+template <typename T, int ROWS>
+void launch_gemv_rows(cudaStream_t st, unsigned blocks, int threads, const int8_t* q, const T* x,
+                      const int8_t* CB, const float* SCB, const LinearScratch& s, DType bias_dtype,
+                      const void* bias, int M, int64_t N, int64_t K, T* out) {
+  linear_gemv_kernel<T, ROWS><<<blocks, threads, 0, st>>>(
+      q, x, CB, SCB, s.row_scale, s.outlier_idx, s.outlier_count, bias_dtype, bias, M, N, K, out);
+}
+
+}  // namespace
+
+template <typename T>
+Status launch_dp4a_gemv(cudaStream_t st, const int8_t* q, const T* x, const int8_t* CB,
+                        const float* SCB, const LinearScratch& s, DType bias_dtype,
+                        const void* bias, int64_t M, int64_t N, int64_t K, T* out) {
+  const int m = static_cast<int>(M);
+  // 8 warps per block when that still gives every SM of a large GPU a couple of blocks, else 4.
+  const int64_t cols8 = 8 * kGemvCols;
+  const int warps = ceil_div(N, cols8) >= 256 ? 8 : 4;
+  const unsigned blocks = static_cast<unsigned>(ceil_div(N, int64_t{warps} * kGemvCols));
+  const int threads = warps * 32;
+  if (M == 1)
+    launch_gemv_rows<T, 1>(st, blocks, threads, q, x, CB, SCB, s, bias_dtype, bias, m, N, K, out);
+  else if (M <= 4)
+    launch_gemv_rows<T, 4>(st, blocks, threads, q, x, CB, SCB, s, bias_dtype, bias, m, N, K, out);
+  else if (M <= 8)
+    launch_gemv_rows<T, 8>(st, blocks, threads, q, x, CB, SCB, s, bias_dtype, bias, m, N, K, out);
+  else
+    launch_gemv_rows<T, kSmallBatchRows>(st, blocks, threads, q, x, CB, SCB, s, bias_dtype, bias, m,
+                                         N, K, out);
+  LT8_CHECK_LAUNCH("linear_gemv_kernel");
+  return Status::Ok();
+}
+
+#define LT8_INSTANTIATE(T)                                                                    \
+  template Status launch_dp4a_gemv<T>(cudaStream_t, const int8_t*, const T*, const int8_t*,   \
+                                      const float*, const LinearScratch&, DType, const void*, \
+                                      int64_t, int64_t, int64_t, T*);
+LT8_FOR_EACH_FLOAT_TYPE(LT8_INSTANTIATE)
+#undef LT8_INSTANTIATE
+
+}  // namespace gpu
+}  // namespace lt8

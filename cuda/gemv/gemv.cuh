@@ -1,0 +1,48 @@
+// The small-batch (decode) path of the fused linear op, M <= small_batch_rows(): a one-launch
+// preparation kernel (quantize + outlier columns) and a memory-bound GEMV that reads every weight
+// byte once, on mma.sync tensor cores (sm_80+) or with dp4a. Called by linear/int8_linear.cu.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "internal.h"
+
+namespace lt8 {
+namespace gpu {
+
+// Largest K of the preparation kernel (its block keeps a K-byte copy of the outlier mask in
+// shared memory).
+constexpr int64_t kPrepMaxK = 32768;
+
+// Quantizes x (M <= kSmallBatchRows rows) into s.q / s.row_scale and writes the outlier columns,
+// compacted, to s.outlier_idx / s.outlier_count, in one launch. Needs K % 8 == 0,
+// K <= kPrepMaxK, x 4 * sizeof(T) aligned and s.q 8-byte aligned. Same values as
+// launch_quantize + launch_compact_outliers. T: float, __half or __nv_bfloat16.
+template <typename T>
+Status launch_prepare_small_batch(cudaStream_t st, const T* x, int64_t M, int64_t K,
+                                  float threshold, const LinearScratch& s);
+
+// out = the fused op's result from the prepared q (s.row_scale, s.outlier_idx, s.outlier_count
+// filled), for M <= kSmallBatchRows, K % 16 == 0, CB and q 16-byte aligned. Picks the engine.
+template <typename T>
+Status launch_linear_gemv(cudaStream_t st, const int8_t* q, const T* x, const int8_t* CB,
+                          const float* SCB, const LinearScratch& s, DType bias_dtype,
+                          const void* bias, int64_t M, int64_t N, int64_t K, T* out);
+
+// The two engines (same arguments and results, bit for bit).
+template <typename T>
+Status launch_dp4a_gemv(cudaStream_t st, const int8_t* q, const T* x, const int8_t* CB,
+                        const float* SCB, const LinearScratch& s, DType bias_dtype,
+                        const void* bias, int64_t M, int64_t N, int64_t K, T* out);
+template <typename T>
+Status launch_mma_gemv(cudaStream_t st, const int8_t* q, const T* x, const int8_t* CB,
+                       const float* SCB, const LinearScratch& s, DType bias_dtype, const void* bias,
+                       int64_t M, int64_t N, int64_t K, T* out);
+
+// True when the current device runs mma.sync int8 (sm_80+) and LT8_GEMV_TC is not "0".
+bool tensor_core_gemv();
+
+}  // namespace gpu
+}  // namespace lt8

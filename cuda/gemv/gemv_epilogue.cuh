@@ -1,0 +1,87 @@
+// What the two GEMV kernels (dp4a_gemv.cu, mma_gemv.cu) share: the K chunk they stage in shared
+// memory and their common epilogue. Header-only; include from .cu files only.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "common/device_types.cuh"
+#include "common/numerics.h"
+#include "lt8.h"
+
+namespace lt8 {
+namespace gpu {
+
+constexpr int kGemvChunk = 128;    // 16-byte words of K per staged chunk (2 KiB per row)
+constexpr int kGemvOutChunk = 64;  // outlier columns staged per step of the epilogue
+
+// Common epilogue of the GEMV kernels. sacc holds the block's int32 sums as [warp][r][col]
+// (COLS output columns per warp, ROWS rows); the block's outputs are spread over its threads.
+// Outlier terms: per chunk of kGemvOutChunk outlier columns, the block gathers the weights of
+// its columns and the activations of its rows into shared memory in parallel (one load per
+// thread, instead of a chain of dependent gathers per output). Order as the CPU: dequant,
+// outlier terms in ascending k, bias.
+template <typename T, int ROWS, int COLS>
+__device__ __forceinline__ void gemv_epilogue(const int32_t* sacc, const T* __restrict__ x,
+                                              const int8_t* __restrict__ CB,
+                                              const float* __restrict__ SCB,
+                                              const float* __restrict__ row_scale,
+                                              const int32_t* __restrict__ outlier_idx,
+                                              const int32_t* __restrict__ outlier_count,
+                                              DType bias_dtype, const void* __restrict__ bias,
+                                              int M, int64_t N, int64_t K, T* __restrict__ out) {
+  constexpr int kPer = (ROWS * COLS + 31) / 32;  // outputs per thread
+  constexpr int kMaxBlockCols = 32;
+  // +1: the gathers below write along j (one row of CB or x per run of threads, so that runs of
+  // adjacent outlier columns read adjacent bytes); the padding keeps those writes off one bank.
+  __shared__ float s_w[kGemvOutChunk][kMaxBlockCols + 1];
+  __shared__ float s_x[kGemvOutChunk][ROWS + 1];
+  const int warps = blockDim.x >> 5;
+  const int count = *outlier_count;
+  const int block_cols = warps * COLS, outputs = warps * ROWS * COLS;
+  const int64_t block_n0 = static_cast<int64_t>(blockIdx.x) * block_cols;
+  float v[kPer];
+#pragma unroll
+  for (int i = 0; i < kPer; ++i) {
+    const int e = threadIdx.x + i * blockDim.x;
+    const int col = e % COLS, r = (e / COLS) % ROWS, w = e / (COLS * ROWS);
+    const int64_t n = block_n0 + w * COLS + col;
+    v[i] = (e < outputs && r < M && n < N) ? dequant(sacc[e], row_scale[r], SCB[n]) : 0.0f;
+  }
+  for (int j0 = 0; j0 < count; j0 += kGemvOutChunk) {
+    const int len = count - j0 < kGemvOutChunk ? count - j0 : kGemvOutChunk;
+    __syncthreads();
+    for (int e = threadIdx.x; e < len * block_cols; e += blockDim.x) {
+      const int c = e / len, j = e % len;
+      const int64_t n = block_n0 + c;
+      s_w[j][c] = n < N ? weight_value(CB[n * K + outlier_idx[j0 + j]], SCB[n]) : 0.0f;
+    }
+    for (int e = threadIdx.x; e < len * M; e += blockDim.x) {
+      const int r = e / len, j = e % len;
+      s_x[j][r] = to_float(x[static_cast<int64_t>(r) * K + outlier_idx[j0 + j]]);
+    }
+    __syncthreads();
+#pragma unroll
+    for (int i = 0; i < kPer; ++i) {
+      const int e = threadIdx.x + i * blockDim.x;
+      const int col = e % COLS, r = (e / COLS) % ROWS, w = e / (COLS * ROWS);
+      if (e < outputs && r < M)
+        for (int j = 0; j < len; ++j)
+          v[i] = __fadd_rn(v[i], __fmul_rn(s_x[j][r], s_w[j][w * COLS + col]));
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < kPer; ++i) {
+    const int e = threadIdx.x + i * blockDim.x;
+    const int col = e % COLS, r = (e / COLS) % ROWS, w = e / (COLS * ROWS);
+    const int64_t n = block_n0 + w * COLS + col;
+    if (e >= outputs || r >= M || n >= N) continue;
+    float o = v[i];
+    if (bias != nullptr) o = __fadd_rn(o, load_float_any(bias_dtype, bias, n));
+    out[static_cast<int64_t>(r) * N + n] = from_float<T>(o);
+  }
+}
+
+}  // namespace gpu
+}  // namespace lt8

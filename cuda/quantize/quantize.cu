@@ -1,0 +1,277 @@
+// CUDA row quantization (outlier mask, absmax, int8 rounding), outlier column compaction and
+// row dequantization: gpu::quantize_rows, gpu::dequantize_rows, and the quantization stage of the
+// fused linear op. Same contracts and arithmetic (common/numerics.h) as quantize_cpu.cc.
+//
+// Rules followed by every CUDA source here: every launch goes on ex.stream, no host
+// synchronisation, no allocation (graph-capture safe), sizes may be 0, tails of any length are
+// handled, products that can exceed 2^31 are computed in int64, and M never lands in
+// gridDim.y/z unguarded.
+#include "quantize/quantize.cuh"
+
+#include <algorithm>
+#include <cstdint>
+
+#include "common/cuda_check.cuh"
+#include "common/device_types.cuh"
+#include "common/launch_shape.cuh"
+#include "common/numerics.h"
+#include "quantize/outlier_compaction.cuh"
+
+namespace lt8 {
+namespace gpu {
+namespace {
+
+constexpr int kMaskRowsPerChunk = 32;
+
+// mask[k] = 1 when any |x[m, k]| >= threshold. mask was zeroed before. Thread = column,
+// blockIdx.y (grid-stride) = chunk of kMaskRowsPerChunk rows. Same-value races are benign.
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    outlier_mask_kernel(const T* __restrict__ x, int64_t M, int64_t K, float threshold,
+                        uint8_t* __restrict__ mask) {
+  const int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (k >= K) return;
+  const int64_t chunks = (M + kMaskRowsPerChunk - 1) / kMaskRowsPerChunk;
+  for (int64_t c = blockIdx.y; c < chunks; c += gridDim.y) {
+    const int64_t m0 = c * kMaskRowsPerChunk;
+    const int64_t m1 = m0 + kMaskRowsPerChunk < M ? m0 + kMaskRowsPerChunk : M;
+    for (int64_t m = m0; m < m1; m += 8) {
+      float v[8];
+#pragma unroll
+      for (int i = 0; i < 8; ++i) v[i] = m + i < m1 ? to_float(x[(m + i) * K + k]) : 0.0f;
+      bool hit = false;
+#pragma unroll
+      for (int i = 0; i < 8; ++i) hit |= is_outlier(v[i], threshold);
+      if (hit) {
+        mask[k] = 1;
+        return;
+      }
+    }
+  }
+}
+
+// One group of TPR threads per row (TPR = 32: a warp per row, TPR = 256: a block per row),
+// grid-stride over rows. VEC: K % 4 == 0 and x / q / mask aligned for 4-element accesses.
+template <typename T, int TPR, bool VEC>
+__global__ void __launch_bounds__(kThreads)
+    quantize_rows_kernel(const T* __restrict__ x, int64_t M, int64_t K,
+                         const uint8_t* __restrict__ mask, int8_t* __restrict__ q,
+                         float* __restrict__ row_scale) {
+  static_assert(TPR == 32 || TPR == kThreads, "TPR must be a warp or the block");
+  constexpr int kRowsPerBlock = kThreads / TPR;
+  __shared__ float warp_amax[kThreads / 32];
+  const int lane = threadIdx.x % TPR;
+  const int64_t K4 = K / 4;
+
+  for (int64_t base = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock; base < M;
+       base += static_cast<int64_t>(gridDim.x) * kRowsPerBlock) {
+    const int64_t m = base + threadIdx.x / TPR;
+    const bool valid = m < M;  // uniform over each TPR group
+    const T* row = x + (valid ? m : 0) * K;
+    int8_t* qrow = q + (valid ? m : 0) * K;
+
+    // Pass 1: absmax over the non-outlier columns.
+    float amax = 0.0f;
+    if (valid) {
+      if constexpr (VEC) {
+        for (int64_t j = lane; j < K4; j += TPR) {
+          float f[4];
+          load4(row + 4 * j, f);
+          const uint32_t mk = *reinterpret_cast<const uint32_t*>(mask + 4 * j);
+#pragma unroll
+          for (int e = 0; e < 4; ++e)
+            if (!((mk >> (8 * e)) & 0xffu)) amax = absmax_step(amax, f[e]);
+        }
+      } else {
+        for (int64_t k = lane; k < K; k += TPR)
+          if (!mask[k]) amax = absmax_step(amax, to_float(row[k]));
+      }
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1)
+      amax = absmax_combine(amax, __shfl_xor_sync(0xffffffffu, amax, off));
+    if constexpr (TPR == kThreads) {
+      if (threadIdx.x % 32 == 0) warp_amax[threadIdx.x / 32] = amax;
+      __syncthreads();
+      amax = warp_amax[0];
+#pragma unroll
+      for (int w = 1; w < kThreads / 32; ++w) amax = absmax_combine(amax, warp_amax[w]);
+      __syncthreads();  // warp_amax is reused by the next row
+    }
+
+    // Pass 2: quantize (the row is re-read, mostly from L1/L2).
+    if (valid) {
+      if (lane == 0) row_scale[m] = amax;
+      if constexpr (VEC) {
+        for (int64_t j = lane; j < K4; j += TPR) {
+          float v[4];
+          load4(row + 4 * j, v);
+          const uint32_t mk = *reinterpret_cast<const uint32_t*>(mask + 4 * j);
+          uint32_t packed = 0;
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int8_t qe = ((mk >> (8 * e)) & 0xffu) ? int8_t{0} : quantize_value(v[e], amax);
+            packed |= static_cast<uint32_t>(static_cast<uint8_t>(qe)) << (8 * e);
+          }
+          *reinterpret_cast<uint32_t*>(qrow + 4 * j) = packed;
+        }
+      } else {
+        for (int64_t k = lane; k < K; k += TPR)
+          qrow[k] = mask[k] ? int8_t{0} : quantize_value(to_float(row[k]), amax);
+      }
+    }
+  }
+}
+
+// Outlier column compaction: idx[0 .. count) = the ascending k with mask[k] != 0, in one block
+// (compact_step, outlier_compaction.cuh), kCompactPerThread columns per thread and step.
+constexpr int kCompactThreads = 1024;
+constexpr int kCompactPerThread = 16;
+
+__global__ void __launch_bounds__(kCompactThreads)
+    compact_outliers_kernel(const uint8_t* __restrict__ mask, int64_t K, int32_t* __restrict__ idx,
+                            int32_t* __restrict__ count) {
+  __shared__ int warp_total[kCompactThreads / 32];
+  const bool mask_vec_ok = (reinterpret_cast<uintptr_t>(mask) % 16) == 0;
+  int64_t carry = 0;
+  for (int64_t base = 0; base < K; base += int64_t{kCompactThreads} * kCompactPerThread) {
+    const int64_t k0 = base + static_cast<int64_t>(threadIdx.x) * kCompactPerThread;
+    uint32_t flags = 0;  // bit p: mask[k0 + p] set
+    if (mask_vec_ok && k0 + kCompactPerThread <= K) {
+      const uint4 v = *reinterpret_cast<const uint4*>(mask + k0);
+      const uint32_t words[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+      for (int p = 0; p < kCompactPerThread; ++p)
+        if ((words[p / 4] >> (8 * (p % 4))) & 0xffu) flags |= 1u << p;
+    } else {
+#pragma unroll
+      for (int p = 0; p < kCompactPerThread; ++p)
+        if (k0 + p < K && mask[k0 + p]) flags |= 1u << p;
+    }
+    carry += compact_step<kCompactThreads>(flags, k0, carry, warp_total, idx);
+  }
+  if (threadIdx.x == 0) *count = static_cast<int32_t>(carry);
+}
+
+// out = q * row_scale / 127, elementwise, grid-stride; VEC: 4 elements per step (K % 4 == 0 and
+// q, out aligned).
+template <typename T, bool VEC>
+__global__ void __launch_bounds__(kThreads)
+    dequantize_rows_kernel(const int8_t* __restrict__ q, const float* __restrict__ row_scale,
+                           int64_t M, int64_t K, T* __restrict__ out) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  const int64_t start = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if constexpr (VEC) {
+    const int64_t groups = M * K / 4;
+    for (int64_t g = start; g < groups; g += stride) {
+      const int64_t i = 4 * g;
+      const int64_t m = i / K;
+      const float s = row_scale[m] * kInv127;
+      const uint32_t w = *reinterpret_cast<const uint32_t*>(q + i);
+      float f[4];
+#pragma unroll
+      for (int e = 0; e < 4; ++e) f[e] = static_cast<float>(byte_of(w, e)) * s;
+      store4(out + i, f);
+    }
+  } else {
+    const int64_t total = M * K;
+    for (int64_t i = start; i < total; i += stride) {
+      const int64_t m = i / K;
+      const float s = row_scale[m] * kInv127;
+      out[i] = from_float<T>(static_cast<float>(q[i]) * s);
+    }
+  }
+}
+
+}  // namespace
+
+template <typename T>
+Status launch_quantize(cudaStream_t st, const T* x, int64_t M, int64_t K, float threshold,
+                       int8_t* q, float* row_scale, uint8_t* mask) {
+  if (K > 0) {
+    LT8_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(mask, 0, static_cast<size_t>(K), st),
+                             "cudaMemsetAsync(outlier_mask)");
+    if (threshold > 0.0f && M > 0) {
+      const int64_t chunks = ceil_div(M, kMaskRowsPerChunk);
+      dim3 grid(static_cast<unsigned>(ceil_div(K, kThreads)),
+                static_cast<unsigned>(std::min(chunks, kMaxGridYZ)));
+      outlier_mask_kernel<T><<<grid, kThreads, 0, st>>>(x, M, K, threshold, mask);
+      LT8_CHECK_LAUNCH("outlier_mask_kernel");
+    }
+  }
+  if (M == 0) return Status::Ok();
+  const bool vec =
+      K % 4 == 0 && is_aligned(x, 4 * sizeof(T)) && is_aligned(q, 4) && is_aligned(mask, 4);
+  const bool warp_per_row = K <= 1024;
+  const int64_t rows_per_block = warp_per_row ? kThreads / 32 : 1;
+  const unsigned blocks =
+      static_cast<unsigned>(std::min(ceil_div(M, rows_per_block), int64_t{1} << 24));
+  if (warp_per_row) {
+    if (vec)
+      quantize_rows_kernel<T, 32, true><<<blocks, kThreads, 0, st>>>(x, M, K, mask, q, row_scale);
+    else
+      quantize_rows_kernel<T, 32, false><<<blocks, kThreads, 0, st>>>(x, M, K, mask, q, row_scale);
+  } else {
+    if (vec)
+      quantize_rows_kernel<T, kThreads, true>
+          <<<blocks, kThreads, 0, st>>>(x, M, K, mask, q, row_scale);
+    else
+      quantize_rows_kernel<T, kThreads, false>
+          <<<blocks, kThreads, 0, st>>>(x, M, K, mask, q, row_scale);
+  }
+  LT8_CHECK_LAUNCH("quantize_rows_kernel");
+  return Status::Ok();
+}
+
+#define LT8_INSTANTIATE(T)                                                                     \
+  template Status launch_quantize<T>(cudaStream_t, const T*, int64_t, int64_t, float, int8_t*, \
+                                     float*, uint8_t*);
+LT8_FOR_EACH_FLOAT_TYPE(LT8_INSTANTIATE)
+#undef LT8_INSTANTIATE
+
+Status launch_compact_outliers(cudaStream_t st, const uint8_t* mask, int64_t K, int32_t* idx,
+                               int32_t* count) {
+  compact_outliers_kernel<<<1, kCompactThreads, 0, st>>>(mask, K, idx, count);
+  LT8_CHECK_LAUNCH("compact_outliers_kernel");
+  return Status::Ok();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Entry points (arguments were validated by dispatch.cc).
+
+Status quantize_rows(const Exec& ex, DType x_dtype, const void* x, int64_t M, int64_t K,
+                     float threshold, int8_t* q, float* row_scale, uint8_t* outlier_mask) {
+  return dispatch_float(x_dtype, [&](auto tag) -> Status {
+    using T = decltype(tag);
+    if (M == 0 && K == 0) return Status::Ok();
+    DeviceGuard guard(ex);
+    if (!guard.ok()) return guard.status();
+    return launch_quantize<T>(stream_of(ex), static_cast<const T*>(x), M, K, threshold, q,
+                              row_scale, outlier_mask);
+  });
+}
+
+Status dequantize_rows(const Exec& ex, const int8_t* q, const float* row_scale, int64_t M,
+                       int64_t K, DType out_dtype, void* out) {
+  return dispatch_float(out_dtype, [&](auto tag) -> Status {
+    using T = decltype(tag);
+    if (M == 0 || K == 0) return Status::Ok();
+    DeviceGuard guard(ex);
+    if (!guard.ok()) return guard.status();
+    cudaStream_t st = stream_of(ex);
+    T* o = static_cast<T*>(out);
+    const bool vec = K % 4 == 0 && is_aligned(q, 4) && is_aligned(o, 4 * sizeof(T));
+    if (vec) {
+      dequantize_rows_kernel<T, true>
+          <<<elementwise_blocks(M * K / 4), kThreads, 0, st>>>(q, row_scale, M, K, o);
+    } else {
+      dequantize_rows_kernel<T, false>
+          <<<elementwise_blocks(M * K), kThreads, 0, st>>>(q, row_scale, M, K, o);
+    }
+    LT8_CHECK_LAUNCH("dequantize_rows_kernel");
+    return Status::Ok();
+  });
+}
+
+}  // namespace gpu
+}  // namespace lt8

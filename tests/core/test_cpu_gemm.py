@@ -1,0 +1,264 @@
+"""The CPU int8 GEMM and row kernels (cuda/cpu_simd/): every SIMD variant the CPU can run,
+forced through LT8_CPU_ISA, against an exact numpy int64 reference on awkward shapes and extreme
+values, and against the scalar variant bit for bit; results independent of the thread count."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from lt8 import _native
+
+C = _native.C
+CPU = (_native.DEVICE_CPU, 0, -1)
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+_FLAGS = _cpu_flags()
+# Variant -> the /proc/cpuinfo flags it needs (forcing one the CPU lacks would silently run a
+# lower one, so such variants are skipped instead).
+VARIANTS = {
+    "scalar": set(),
+    "avx2": {"avx2", "fma", "f16c"},
+    "avxvnni": {"avx2", "fma", "f16c", "avx_vnni"},
+    "avx512vnni": {"avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni"},
+}
+
+
+@pytest.fixture(params=list(VARIANTS))
+def isa(request, monkeypatch):
+    if not VARIANTS[request.param] <= _FLAGS:
+        pytest.skip(f"this CPU has no {request.param}")
+    monkeypatch.setenv("LT8_CPU_ISA", request.param)
+    return request.param
+
+
+def gemm(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """lt8's CPU int8_gemm: A (M, K) int8 @ B (N, K) int8 ^T -> (M, N) int32."""
+    A, B = np.ascontiguousarray(A, np.int8), np.ascontiguousarray(B, np.int8)
+    M, K = A.shape
+    N = B.shape[0]
+    out = np.full((M, N), 0x5A5A5A5A, np.int32)  # garbage: every entry must be written
+    C.int8_gemm(*CPU, A.ctypes.data, B.ctypes.data, M, N, K, out.ctypes.data)
+    return out
+
+
+def reference(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    return A.astype(np.int64) @ B.astype(np.int64).T
+
+
+SHAPES = [
+    (1, 1, 1),
+    (1, 7, 1),
+    (5, 3, 2),
+    (3, 5, 3),
+    (2, 9, 4),
+    (7, 13, 31),
+    (1, 33, 63),
+    (4, 4, 64),
+    (3, 5, 65),
+    (17, 37, 127),
+    (13, 70, 257),
+    (1, 129, 1000),
+    (16, 33, 4099),
+    (37, 67, 300),
+]
+
+
+@pytest.mark.parametrize("M,N,K", SHAPES)
+def test_gemm_exact_on_odd_shapes(isa, rng, M, N, K):
+    A = rng.integers(-128, 128, (M, K), dtype=np.int8)
+    B = rng.integers(-128, 128, (N, K), dtype=np.int8)
+    np.testing.assert_array_equal(gemm(A, B), reference(A, B))
+
+
+@pytest.mark.parametrize("a,b", [(-128, -128), (-128, 127), (127, -128), (127, 127), (-1, -128)])
+@pytest.mark.parametrize("K", [1, 3, 64, 4096, 5003])
+def test_gemm_exact_at_extreme_values(isa, rng, a, b, K):
+    # All-extreme rows reach the largest |sums| (where vpmaddubsw would saturate, and where the
+    # VNNI variants' +128 / -128 * rowsum correction is at its largest); one row mixes in noise.
+    A = np.full((3, K), a, np.int8)
+    B = np.full((5, K), b, np.int8)
+    A[1] = rng.integers(-128, 128, K, dtype=np.int8)
+    B[2, ::2] = -B[2, ::2] if b != -128 else 127
+    np.testing.assert_array_equal(gemm(A, B), reference(A, B))
+
+
+def test_gemm_empty_k_writes_zeros(isa):
+    A = np.zeros((3, 0), np.int8)
+    B = np.zeros((4, 0), np.int8)
+    np.testing.assert_array_equal(gemm(A, B), np.zeros((3, 4), np.int32))
+
+
+@pytest.mark.parametrize("threads", ["1", "2", "3", "8"])
+def test_gemm_independent_of_thread_count(isa, rng, monkeypatch, threads):
+    A = rng.integers(-128, 128, (45, 600), dtype=np.int8)
+    B = rng.integers(-128, 128, (131, 600), dtype=np.int8)
+    monkeypatch.setenv("OMP_NUM_THREADS", threads)
+    np.testing.assert_array_equal(gemm(A, B), reference(A, B))
+
+
+# --- the row kernels: the SIMD variants against the scalar one, bit for bit --------------------
+
+DTYPES = {"f32": (np.float32, _native.DTYPE_F32), "f16": (np.float16, _native.DTYPE_F16)}
+
+
+def _special_rows(rng, M: int, K: int, dtype) -> np.ndarray:
+    """Normal values, exact quantization ties (absmax 127, halves), zeros of both signs,
+    subnormals, huge values and non-finite entries."""
+    x = (rng.standard_normal((M, K)) * 3).astype(np.float32)
+    x[0] = np.floor(rng.standard_normal(K) * 30) + 0.5
+    x[0, 0] = 127.0
+    specials = np.array([0.0, -0.0, np.nan, np.inf, -np.inf, 1e-40, 6.0, -6.0, 65504.0], np.float32)
+    picks = rng.random((M, K)) < 0.02
+    picks[M // 2 :: 2] = False  # some rows left clean
+    x[picks] = rng.choice(specials, picks.sum())
+    with np.errstate(over="ignore"):
+        return x.astype(dtype)
+
+
+def _quantize(x: np.ndarray, dtype_code: int, threshold: float):
+    M, K = x.shape
+    q = np.empty((M, K), np.int8)
+    scale = np.empty(M, np.float32)
+    mask = np.empty(K, np.uint8)
+    C.quantize_rows(
+        *CPU,
+        dtype_code,
+        x.ctypes.data,
+        M,
+        K,
+        threshold,
+        q.ctypes.data,
+        scale.ctypes.data,
+        mask.ctypes.data,
+    )
+    return q, scale, mask
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("threshold", [0.0, 1.5, 6.0])
+@pytest.mark.parametrize("M,K", [(1, 1), (3, 7), (9, 64), (5, 131), (33, 1000)])
+def test_quantize_rows_matches_scalar_bit_for_bit(isa, rng, monkeypatch, dtype, threshold, M, K):
+    np_dtype, code = DTYPES[dtype]
+    x = np.ascontiguousarray(_special_rows(rng, M, K, np_dtype))
+    got = _quantize(x, code, threshold)
+    monkeypatch.setenv("LT8_CPU_ISA", "scalar")
+    want = _quantize(x, code, threshold)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1].view(np.uint32), want[1].view(np.uint32))
+    np.testing.assert_array_equal(got[2], want[2])
+
+
+def _linear(x, code, CB, SCB, bias, threshold):
+    M, K = x.shape
+    N = CB.shape[0]
+    out = np.empty((M, N), x.dtype)
+    ws_bytes = C.linear_workspace_size(M, N, K)
+    ws = np.empty(max(ws_bytes, 1), np.uint8)
+    bias_ptr = 0 if bias is None else bias.ctypes.data
+    C.int8_linear(
+        *CPU,
+        code,
+        x.ctypes.data,
+        CB.ctypes.data,
+        SCB.ctypes.data,
+        _native.DTYPE_F32,
+        bias_ptr,
+        M,
+        N,
+        K,
+        threshold,
+        out.ctypes.data,
+        ws.ctypes.data,
+        ws_bytes,
+    )
+    return out
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("threshold", [0.0, 1.5, 6.0])
+@pytest.mark.parametrize("M,N,K", [(1, 5, 3), (3, 17, 64), (16, 70, 131), (37, 45, 1000)])
+def test_linear_matches_scalar_bit_for_bit(isa, rng, monkeypatch, dtype, threshold, M, N, K):
+    # The fused op (quantize, GEMM, epilogue with outlier columns and bias, fp16 stores) on
+    # every variant against the scalar one: bitwise, NaN compared as NaN.
+    np_dtype, code = DTYPES[dtype]
+    x = np.ascontiguousarray(_special_rows(rng, M, K, np_dtype))
+    CB = rng.integers(-127, 128, (N, K), dtype=np.int8)
+    SCB = (np.abs(rng.standard_normal(N)) + 0.01).astype(np.float32)
+    bias = rng.standard_normal(N).astype(np.float32) if M % 2 else None
+    got = _linear(x, code, CB, SCB, bias, threshold)
+    monkeypatch.setenv("LT8_CPU_ISA", "scalar")
+    want = _linear(x, code, CB, SCB, bias, threshold)
+    np.testing.assert_array_equal(got, want)
+
+
+# --- the thread pool ---------------------------------------------------------------------------
+
+
+def test_thread_count_follows_setter_env_and_affinity(monkeypatch):
+    try:
+        C.set_cpu_threads(3)
+        assert C.cpu_threads() == 3
+        C.set_cpu_threads(0)
+        monkeypatch.setenv("OMP_NUM_THREADS", "5")
+        assert C.cpu_threads() == 5
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        assert C.cpu_threads() == len(os.sched_getaffinity(0))
+    finally:
+        C.set_cpu_threads(0)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 7])
+def test_gemm_independent_of_set_cpu_threads(isa, rng, threads):
+    A = rng.integers(-128, 128, (23, 333), dtype=np.int8)
+    B = rng.integers(-128, 128, (200, 333), dtype=np.int8)
+    try:
+        C.set_cpu_threads(threads)
+        np.testing.assert_array_equal(gemm(A, B), reference(A, B))
+    finally:
+        C.set_cpu_threads(0)
+
+
+def test_pool_survives_fork_and_never_blocks_exit():
+    # Workers are started by a threaded GEMM; a fork child (which has none of them) must still
+    # compute, and the parent must exit promptly with its workers asleep.
+    code = """
+import os, numpy as np
+from lt8 import _native
+C = _native.C
+def gemm(A, B):
+    out = np.empty((A.shape[0], B.shape[0]), np.int32)
+    C.int8_gemm(_native.DEVICE_CPU, 0, -1, A.ctypes.data, B.ctypes.data, A.shape[0], B.shape[0],
+                A.shape[1], out.ctypes.data)
+    return out
+C.set_cpu_threads(4)
+rng = np.random.default_rng(0)
+A = rng.integers(-128, 128, (64, 512), dtype=np.int8)
+B = rng.integers(-128, 128, (256, 512), dtype=np.int8)
+ref = A.astype(np.int64) @ B.astype(np.int64).T
+assert (gemm(A, B) == ref).all()
+pid = os.fork()
+if pid == 0:
+    os._exit(0 if (gemm(A, B) == ref).all() else 3)
+_, status = os.waitpid(pid, 0)
+assert os.waitstatus_to_exitcode(status) == 0, status
+assert (gemm(A, B) == ref).all()
+print("ok")
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", (r.returncode, r.stderr[-2000:])
