@@ -4,9 +4,9 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
-#include <memory>
 
 #include "cpu_simd/int8_gemm.h"
+#include "cpu_simd/scratch.h"
 #include "cpu_simd/thread_pool.h"
 
 namespace lt8::cpu {
@@ -32,23 +32,19 @@ void block_scalar(const Problem& p, int64_t m0, int64_t m1, int64_t n0, int64_t 
   }
 }
 
-struct FreeDeleter {
-  void operator()(void* p) const { std::free(p); }
-};
-
 int64_t round_up(int64_t v, int64_t to) {
   return (v + to - 1) / to * to;
 }
 
 }  // namespace
 
-void int8_gemm_cpu(const int8_t* A, const int8_t* B, int64_t M, int64_t N, int64_t K, int32_t* C,
+bool int8_gemm_cpu(const int8_t* A, const int8_t* B, int64_t M, int64_t N, int64_t K, int32_t* C,
                    const GemmBlockFn* on_block) {
-  if (M <= 0 || N <= 0) return;
+  if (M <= 0 || N <= 0) return true;
   if (K <= 0) {
     std::memset(C, 0, static_cast<size_t>(M * N) * sizeof(int32_t));
     if (on_block != nullptr) (*on_block)(0, M, 0, N);
-    return;
+    return true;
   }
   const CpuIsa isa = active_cpu_isa();
   Problem p;
@@ -57,11 +53,18 @@ void int8_gemm_cpu(const int8_t* A, const int8_t* B, int64_t M, int64_t N, int64
   p.K = K;
   p.C = C;
   void (*block)(const Problem&, int64_t, int64_t, int64_t, int64_t) = block_scalar;
-  std::unique_ptr<void, FreeDeleter> a_buf, sum_buf;
+  // A prepared for the variant; none needed by the scalar one.
+  size_t a_bytes = 0, sum_bytes = 0;
+  if (isa == CpuIsa::kAvx2) a_bytes = static_cast<size_t>(M * round_up(K, 16) * 2);
+  if (isa == CpuIsa::kAvxVnni || isa == CpuIsa::kAvx512Vnni) {
+    a_bytes = static_cast<size_t>(M * round_up(K, 64));
+    sum_bytes = static_cast<size_t>(M * 4);
+  }
+  Scratch a_buf(Scratch::kGemmA, a_bytes), sum_buf(Scratch::kGemmRowSum, sum_bytes);
+  if ((a_bytes && a_buf.get() == nullptr) || (sum_bytes && sum_buf.get() == nullptr)) return false;
   if (isa == CpuIsa::kAvx2) {
     // int16 copy of A, rows padded with zeros to a multiple of 16 elements.
     p.lda = round_up(K, 16);
-    a_buf.reset(std::aligned_alloc(64, round_up(M * p.lda * 2, 64)));
     int16_t* a16 = static_cast<int16_t*>(a_buf.get());
     for (int64_t m = 0; m < M; ++m) {
       for (int64_t k = 0; k < K; ++k) a16[m * p.lda + k] = A[m * K + k];
@@ -71,8 +74,6 @@ void int8_gemm_cpu(const int8_t* A, const int8_t* B, int64_t M, int64_t N, int64
     block = gemm_detail::block_avx2;
   } else if (isa == CpuIsa::kAvxVnni || isa == CpuIsa::kAvx512Vnni) {
     p.lda = round_up(K, 64);
-    a_buf.reset(std::aligned_alloc(64, round_up(M * p.lda, 64)));
-    sum_buf.reset(std::aligned_alloc(64, round_up(M * 4, 64)));
     int8_t* a8 = static_cast<int8_t*>(a_buf.get());
     int32_t* sums = static_cast<int32_t*>(sum_buf.get());
     for (int64_t m = 0; m < M; ++m) {
@@ -104,6 +105,7 @@ void int8_gemm_cpu(const int8_t* A, const int8_t* B, int64_t M, int64_t N, int64
     block(p, m0, m1, n0, n1);
     if (on_block != nullptr) (*on_block)(m0, m1, n0, n1);
   });
+  return true;
 }
 
 }  // namespace lt8::cpu

@@ -20,8 +20,9 @@ namespace lt8::cpu {
 // still in cache). Blocks partition C; they may run concurrently.
 using GemmBlockFn = std::function<void(int64_t m0, int64_t m1, int64_t n0, int64_t n1)>;
 
-// C has row stride N. `on_block` may be null.
-void int8_gemm_cpu(const int8_t* A, const int8_t* B, int64_t M, int64_t N, int64_t K, int32_t* C,
+// C has row stride N. `on_block` may be null. Returns false (C unwritten) when the host memory
+// for the prepared copy of A cannot be allocated.
+bool int8_gemm_cpu(const int8_t* A, const int8_t* B, int64_t M, int64_t N, int64_t K, int32_t* C,
                    const GemmBlockFn* on_block = nullptr);
 
 namespace gemm_detail {

@@ -21,7 +21,8 @@ constexpr int kMR = 4, kNR = 4;
 constexpr int64_t kKC = 4096;
 
 inline __m256i fold(__m512i v) {
-  return _mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64(v, 1));
+  return _mm256_add_epi32(_mm512_maskz_extracti64x4_epi64(0xff, v, 0),
+                          _mm512_maskz_extracti64x4_epi64(0xff, v, 1));
 }
 inline __m128i hsum4(__m512i a, __m512i b, __m512i c, __m512i d) {
   __m256i abcd =

@@ -6,7 +6,7 @@
 namespace lt8::cpu {
 
 Status int8_gemm(const int8_t* A, const int8_t* B, int64_t M, int64_t N, int64_t K, int32_t* C) {
-  int8_gemm_cpu(A, B, M, N, K, C);
+  if (!int8_gemm_cpu(A, B, M, N, K, C)) return Status::Internal("out of host memory in int8_gemm");
   return Status::Ok();
 }
 

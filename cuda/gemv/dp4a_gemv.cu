@@ -28,7 +28,8 @@ __global__ void __launch_bounds__(256, 2)
                        const float* __restrict__ row_scale, const int32_t* __restrict__ outlier_idx,
                        const int32_t* __restrict__ outlier_count, DType bias_dtype,
                        const void* __restrict__ bias, int M, int64_t N, int64_t K,
-                       T* __restrict__ out) {
+                       int exact_max_count, T* __restrict__ out) {
+  if (*outlier_count > exact_max_count) return;  // the dense-outlier GEMV writes out
   __shared__ int4 sq[ROWS * kGemvChunk];
   const int lane = threadIdx.x & 31;
   const int warps = blockDim.x >> 5;
@@ -110,9 +111,10 @@ __global__ void __launch_bounds__(256, 2)
 template <typename T, int ROWS>
 void launch_gemv_rows(cudaStream_t st, unsigned blocks, int threads, const int8_t* q, const T* x,
                       const int8_t* CB, const float* SCB, const LinearScratch& s, DType bias_dtype,
-                      const void* bias, int M, int64_t N, int64_t K, T* out) {
-  linear_gemv_kernel<T, ROWS><<<blocks, threads, 0, st>>>(
-      q, x, CB, SCB, s.row_scale, s.outlier_idx, s.outlier_count, bias_dtype, bias, M, N, K, out);
+                      const void* bias, int M, int64_t N, int64_t K, int exact_max_count, T* out) {
+  linear_gemv_kernel<T, ROWS><<<blocks, threads, 0, st>>>(q, x, CB, SCB, s.row_scale, s.outlier_idx,
+                                                          s.outlier_count, bias_dtype, bias, M, N,
+                                                          K, exact_max_count, out);
 }
 
 }  // namespace
@@ -120,7 +122,8 @@ void launch_gemv_rows(cudaStream_t st, unsigned blocks, int threads, const int8_
 template <typename T>
 Status launch_dp4a_gemv(cudaStream_t st, const int8_t* q, const T* x, const int8_t* CB,
                         const float* SCB, const LinearScratch& s, DType bias_dtype,
-                        const void* bias, int64_t M, int64_t N, int64_t K, T* out) {
+                        const void* bias, int64_t M, int64_t N, int64_t K, int exact_max_count,
+                        T* out) {
   const int m = static_cast<int>(M);
   // 8 warps per block when that still gives every SM of a large GPU a couple of blocks, else 4.
   const int64_t cols8 = 8 * kGemvCols;
@@ -128,14 +131,17 @@ Status launch_dp4a_gemv(cudaStream_t st, const int8_t* q, const T* x, const int8
   const unsigned blocks = static_cast<unsigned>(ceil_div(N, int64_t{warps} * kGemvCols));
   const int threads = warps * 32;
   if (M == 1)
-    launch_gemv_rows<T, 1>(st, blocks, threads, q, x, CB, SCB, s, bias_dtype, bias, m, N, K, out);
+    launch_gemv_rows<T, 1>(st, blocks, threads, q, x, CB, SCB, s, bias_dtype, bias, m, N, K,
+                           exact_max_count, out);
   else if (M <= 4)
-    launch_gemv_rows<T, 4>(st, blocks, threads, q, x, CB, SCB, s, bias_dtype, bias, m, N, K, out);
+    launch_gemv_rows<T, 4>(st, blocks, threads, q, x, CB, SCB, s, bias_dtype, bias, m, N, K,
+                           exact_max_count, out);
   else if (M <= 8)
-    launch_gemv_rows<T, 8>(st, blocks, threads, q, x, CB, SCB, s, bias_dtype, bias, m, N, K, out);
+    launch_gemv_rows<T, 8>(st, blocks, threads, q, x, CB, SCB, s, bias_dtype, bias, m, N, K,
+                           exact_max_count, out);
   else
     launch_gemv_rows<T, kSmallBatchRows>(st, blocks, threads, q, x, CB, SCB, s, bias_dtype, bias, m,
-                                         N, K, out);
+                                         N, K, exact_max_count, out);
   LT8_CHECK_LAUNCH("linear_gemv_kernel");
   return Status::Ok();
 }
@@ -143,7 +149,7 @@ Status launch_dp4a_gemv(cudaStream_t st, const int8_t* q, const T* x, const int8
 #define LT8_INSTANTIATE(T)                                                                    \
   template Status launch_dp4a_gemv<T>(cudaStream_t, const int8_t*, const T*, const int8_t*,   \
                                       const float*, const LinearScratch&, DType, const void*, \
-                                      int64_t, int64_t, int64_t, T*);
+                                      int64_t, int64_t, int64_t, int, T*);
 LT8_FOR_EACH_FLOAT_TYPE(LT8_INSTANTIATE)
 #undef LT8_INSTANTIATE
 

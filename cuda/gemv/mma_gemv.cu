@@ -46,7 +46,8 @@ __global__ void __launch_bounds__(kTcWarps * 32)
                           const int32_t* __restrict__ outlier_idx,
                           const int32_t* __restrict__ outlier_count, DType bias_dtype,
                           const void* __restrict__ bias, int M, int64_t N, int64_t K,
-                          T* __restrict__ out) {
+                          int exact_max_count, T* __restrict__ out) {
+  if (*outlier_count > exact_max_count) return;  // the dense-outlier GEMV writes out
   __shared__ int4 sq[kSmallBatchRows * kTcStride];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
@@ -113,11 +114,12 @@ bool tensor_core_gemv() {
 template <typename T>
 Status launch_mma_gemv(cudaStream_t st, const int8_t* q, const T* x, const int8_t* CB,
                        const float* SCB, const LinearScratch& s, DType bias_dtype, const void* bias,
-                       int64_t M, int64_t N, int64_t K, T* out) {
+                       int64_t M, int64_t N, int64_t K, int exact_max_count, T* out) {
   const int m = static_cast<int>(M);
   const unsigned tc_blocks = static_cast<unsigned>(ceil_div(N, int64_t{kTcWarps} * kTcCols));
   linear_gemv_tc_kernel<T><<<tc_blocks, kTcWarps * 32, 0, st>>>(
-      q, x, CB, SCB, s.row_scale, s.outlier_idx, s.outlier_count, bias_dtype, bias, m, N, K, out);
+      q, x, CB, SCB, s.row_scale, s.outlier_idx, s.outlier_count, bias_dtype, bias, m, N, K,
+      exact_max_count, out);
   LT8_CHECK_LAUNCH("linear_gemv_tc_kernel");
   return Status::Ok();
 }
@@ -125,7 +127,7 @@ Status launch_mma_gemv(cudaStream_t st, const int8_t* q, const T* x, const int8_
 #define LT8_INSTANTIATE(T)                                                                   \
   template Status launch_mma_gemv<T>(cudaStream_t, const int8_t*, const T*, const int8_t*,   \
                                      const float*, const LinearScratch&, DType, const void*, \
-                                     int64_t, int64_t, int64_t, T*);
+                                     int64_t, int64_t, int64_t, int, T*);
 LT8_FOR_EACH_FLOAT_TYPE(LT8_INSTANTIATE)
 #undef LT8_INSTANTIATE
 

@@ -64,7 +64,8 @@ Status int8_linear(const Exec& ex, DType x_dtype, const void* x, const int8_t* C
     if (gemv && K <= kPrepMaxK && is_aligned(xt, 4 * sizeof(T))) {
       Status ps = launch_prepare_small_batch<T>(st, xt, M, K, threshold, s);
       if (!ps.ok()) return ps;
-      return launch_linear_gemv<T>(st, s.q, xt, CB, SCB, s, bias_dtype, bias, M, N, K, o);
+      return launch_linear_gemv<T>(st, s.q, xt, CB, SCB, s, bias_dtype, bias, M, N, K, threshold,
+                                   o);
     }
 
     // (1) quantize x into the scratch.
@@ -81,7 +82,9 @@ Status int8_linear(const Exec& ex, DType x_dtype, const void* x, const int8_t* C
     }
 
     // (3a) decode sizes: a memory-bound GEMV that reads each weight byte once.
-    if (gemv) return launch_linear_gemv<T>(st, s.q, xt, CB, SCB, s, bias_dtype, bias, M, N, K, o);
+    if (gemv)
+      return launch_linear_gemv<T>(st, s.q, xt, CB, SCB, s, bias_dtype, bias, M, N, K, threshold,
+                                   o);
 
     // (3b) larger batches: int8 tensor cores (cuBLASLt) into int32 scratch, then the epilogue.
     Status err;

@@ -2,24 +2,17 @@
 // columns, then the int8 GEMM (cpu_simd/int8_gemm.h) with the epilogue run on each finished block
 // of its result: per output the int8 dot product, dequantized, plus the outlier columns' terms in
 // ascending k, plus bias, in that order (the CUDA epilogues follow the same order).
-#include <cstdlib>
-#include <memory>
 #include <vector>
 
 #include "common/host_types.h"
 #include "common/numerics.h"
 #include "cpu_simd/int8_gemm.h"
+#include "cpu_simd/scratch.h"
 #include "linear/epilogue_cpu.h"
 #include "quantize/quantize_cpu.h"
 
 namespace lt8::cpu {
-namespace {
-
-struct FreeDeleter {
-  void operator()(void* p) const { std::free(p); }
-};
-
-}  // namespace
+namespace {}  // namespace
 
 Status int8_linear(DType x_dtype, const void* x, const int8_t* CB, const float* SCB,
                    DType bias_dtype, const void* bias, int64_t M, int64_t N, int64_t K,
@@ -45,12 +38,11 @@ Status int8_linear(DType x_dtype, const void* x, const int8_t* CB, const float* 
   }
 
   // The int32 products (the CPU's share of the workspace stays unused: it is sized for the GPU).
-  const size_t acc_bytes = (static_cast<size_t>(M * N) * sizeof(int32_t) + 63) / 64 * 64;
-  std::unique_ptr<int32_t, FreeDeleter> acc(
-      static_cast<int32_t*>(std::aligned_alloc(64, acc_bytes)));
+  Scratch acc_buf(Scratch::kLinearAcc, static_cast<size_t>(M * N) * sizeof(int32_t));
+  int32_t* acc = static_cast<int32_t*>(acc_buf.get());
   if (acc == nullptr) return Status::Internal("out of host memory for the int8 GEMM result");
   simd::EpilogueArgs e;
-  e.C = acc.get();
+  e.C = acc;
   e.N = N;
   e.row_scale = s.row_scale;
   e.col_scale = SCB;
@@ -72,7 +64,8 @@ Status int8_linear(DType x_dtype, const void* x, const int8_t* CB, const float* 
     eb.w_n0 = n0;
     epilogue_block(eb, m0, m1, n0, n1);
   };
-  int8_gemm_cpu(s.q, CB, M, N, K, acc.get(), &epilogue);
+  if (!int8_gemm_cpu(s.q, CB, M, N, K, acc, &epilogue))
+    return Status::Internal("out of host memory in int8_linear");
   return Status::Ok();
 }
 

@@ -1,6 +1,7 @@
-"""The fused op's tensor-core outlier path (CUDA, M > 16, float16/bfloat16, more than 64 outlier
-columns): against the float64 reference of LLM.int8(), and bit-identical to the CPU up to 64
-outlier columns (where the exact epilogue still runs). docs/NUMERICS.md states the rule."""
+"""The fused op's paths for many outlier columns on CUDA (more than 64): the tensor-core outlier
+GEMM (M > 16, float16/bfloat16) and the dense-outlier GEMV (M <= 16, every dtype), against the
+float64 reference of LLM.int8(); and bit-identical to the CPU up to 64 outlier columns (where
+the exact epilogues still run). docs/NUMERICS.md states the rule."""
 
 from __future__ import annotations
 
@@ -62,6 +63,14 @@ def weight(rng, N, K):
         (33, 1000, 130, 1000),  # every column an outlier column
         (257, 4096, 384, 4096),
         (48, 96, 40, 70),
+        # M <= 16: the decode path's dense-outlier GEMV (K % 16 == 0) or, for odd K, the
+        # large-batch path
+        (1, 4096, 384, 4096),
+        (5, 1024, 200, 300),
+        (16, 2048, 130, 65),
+        (16, 512, 96, 512),
+        (9, 520, 70, 100),
+        (3, 300, 50, 100),
     ],
 )
 def test_many_outliers_match_reference(rng, dtype, M, K, N, n_out):
@@ -87,11 +96,12 @@ def test_many_outliers_match_reference(rng, dtype, M, K, N, n_out):
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", list(DTYPES.values()), ids=list(DTYPES))
-def test_exact_path_up_to_64_outlier_columns(rng, dtype):
-    """At 64 outlier columns the CUDA epilogue is still the CPU's (bit for bit); at 65 the
-    tensor-core path takes over and agrees within float32 rounding of the outlier sums."""
+@pytest.mark.parametrize("M", [96, 12, 2])
+def test_exact_path_up_to_64_outlier_columns(rng, dtype, M):
+    """At 64 outlier columns the CUDA epilogues are still the CPU's (bit for bit); at 65 the
+    many-outlier paths take over and agree within float32 rounding of the outlier sums."""
     require_cuda()
-    M, K, N = 96, 512, 160
+    K, N = 512, 160
     CB, SCB = weight(rng, N, K)
     bias = torch.from_numpy(rng.standard_normal(N).astype(np.float32)).to(dtype)
     for n_out in (EXACT_MAX, EXACT_MAX + 1):
