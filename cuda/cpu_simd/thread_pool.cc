@@ -8,6 +8,7 @@
 #include <condition_variable>
 #include <cstdlib>
 #include <mutex>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -32,14 +33,14 @@ class Pool {
   void end() { region_.unlock(); }
 
   void run(int64_t tasks, int threads, const std::function<void(int64_t)>& body) {
-    ensure_workers(threads - 1);
+    const int helpers = ensure_workers(threads - 1);
     {
       std::lock_guard<std::mutex> lock(mu_);
       body_ = &body;
       tasks_ = tasks;
       next_.store(0, std::memory_order_relaxed);
-      helpers_ = threads - 1;
-      pending_ = threads - 1;
+      helpers_ = helpers;
+      pending_ = helpers;
       ++generation_;
     }
     start_.notify_all();
@@ -54,11 +55,19 @@ class Pool {
     for (int64_t t; (t = next_.fetch_add(1, std::memory_order_relaxed)) < tasks_;) (*body_)(t);
   }
 
-  void ensure_workers(int n) {
-    while (static_cast<int>(started_) < n) {
-      const int index = started_++;
-      std::thread([this, index] { worker(index); }).detach();
+  // Starts workers up to n; returns how many exist (fewer when the system refuses a thread:
+  // the caller's thread then does the remaining share, nothing throws).
+  int ensure_workers(int n) {
+    while (started_ < n) {
+      const int index = started_;
+      try {
+        std::thread([this, index] { worker(index); }).detach();
+      } catch (const std::system_error&) {
+        break;
+      }
+      ++started_;
     }
+    return std::min(started_, n);
   }
 
   void worker(int index) {
