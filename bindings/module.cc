@@ -188,8 +188,16 @@ NB_MODULE(_C, m) {
       "int64 (rows, cols) numpy array: the byte offset of each element of a (rows, cols) int8 "
       "matrix in the buffer of `layout` (cuda/layout_offsets.h, the kernels' formula).");
 
-  m.def("linear_workspace_size", &lt8::int8_linear_workspace_size,
-        "Bytes of scratch the fused linear op needs for (M, N, K).");
+  m.def(
+      "linear_workspace_size",
+      [](int64_t M, int64_t N, int64_t K, int dtype, float threshold, int device) {
+        return lt8::int8_linear_workspace_size(M, N, K, PyArg<DType>::from(dtype), threshold,
+                                               checked_code<Device>(device, "device", "Device"));
+      },
+      nb::arg("M"), nb::arg("N"), nb::arg("K"), nb::arg("dtype"), nb::arg("threshold"),
+      nb::arg("device"),
+      "Bytes of scratch the fused linear op needs for (M, N, K), x's dtype code, the threshold "
+      "and the device code (Device.CUDA's size serves every device).");
 
   m.def(
       "registrations",

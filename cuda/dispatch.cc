@@ -133,7 +133,8 @@ int small_batch_rows() {
   return rows;
 }
 
-size_t carve_linear_scratch(void* base, int64_t M, int64_t N, int64_t K, LinearScratch* s) {
+size_t carve_linear_scratch(void* base, int64_t M, int64_t N, int64_t K, DType x_dtype,
+                            float threshold, Device device, LinearScratch* s) {
   size_t off = 0;
   auto take = [&](size_t bytes) {
     size_t at = off;
@@ -145,14 +146,16 @@ size_t carve_linear_scratch(void* base, int64_t M, int64_t N, int64_t K, LinearS
   size_t mask = take(K);
   size_t idx = take(sizeof(int32_t) * K);
   size_t cnt = take(sizeof(int32_t));
-  const bool large = M > small_batch_rows();
+  const bool large = device == Device::kCUDA && M > small_batch_rows();
+  const bool gather =
+      large && threshold > 0.0f && (x_dtype == DType::kF16 || x_dtype == DType::kBF16);
   size_t acc = large ? take(sizeof(int32_t) * M * N) : 0;
   size_t ow = large ? take(sizeof(float) * kStagedOutliers * N) : 0;
   size_t ox = large ? take(sizeof(float) * kStagedOutliers * M) : 0;
   size_t ws = large ? take(kGemmWorkspaceBytes) : 0;
   const size_t gather_row = 2 * static_cast<size_t>(outlier_gather_stride(K));
-  size_t tx = large ? take(gather_row * M) : 0;
-  size_t tw = large ? take(gather_row * N) : 0;
+  size_t tx = gather ? take(gather_row * M) : 0;
+  size_t tw = gather ? take(gather_row * N) : 0;
   if (base != nullptr && s != nullptr) {
     char* b = static_cast<char*>(base);
     s->q = reinterpret_cast<int8_t*>(b + q);
@@ -166,6 +169,8 @@ size_t carve_linear_scratch(void* base, int64_t M, int64_t N, int64_t K, LinearS
       s->outlier_x = reinterpret_cast<float*>(b + ox);
       s->gemm_ws = b + ws;
       s->gemm_ws_bytes = kGemmWorkspaceBytes;
+    }
+    if (gather) {
       s->tc_x = b + tx;
       s->tc_w = b + tw;
     }
@@ -173,9 +178,10 @@ size_t carve_linear_scratch(void* base, int64_t M, int64_t N, int64_t K, LinearS
   return off;
 }
 
-size_t int8_linear_workspace_size(int64_t M, int64_t N, int64_t K) {
+size_t int8_linear_workspace_size(int64_t M, int64_t N, int64_t K, DType x_dtype, float threshold,
+                                  Device device) {
   if (M < 0 || N < 0 || K < 0) return 0;
-  return carve_linear_scratch(nullptr, M, N, K, nullptr);
+  return carve_linear_scratch(nullptr, M, N, K, x_dtype, threshold, device, nullptr);
 }
 
 Status quantize_rows(const Exec& ex, DType x_dtype, const void* x, int64_t M, int64_t K,
@@ -236,12 +242,13 @@ Status int8_linear(const Exec& ex, DType x_dtype, const void* x, const int8_t* C
   if (!(threshold >= 0.0f)) return Status::Invalid("threshold must be >= 0 and not NaN");
   LT8_TRY(check_ptrs({{"out", out}}, M * N > 0));
   LT8_TRY(check_ptrs({{"x", x}, {"CB", CB}, {"SCB", SCB}}, M * N * K > 0));
-  size_t need = int8_linear_workspace_size(M, N, K);
+  if (!is_valid(ex.device)) return Status::Invalid("unknown device code");
+  size_t need = int8_linear_workspace_size(M, N, K, x_dtype, threshold, ex.device);
   if (workspace_bytes < need || (need > 0 && workspace == nullptr))
     return Status::Invalid("workspace too small: need " + std::to_string(need) + " bytes, got " +
                            std::to_string(workspace_bytes));
   LinearScratch s;
-  carve_linear_scratch(workspace, M, N, K, &s);
+  carve_linear_scratch(workspace, M, N, K, x_dtype, threshold, ex.device, &s);
   LT8_ROUTE(int8_linear, (x_dtype, x, CB, SCB, bias_dtype, bias, M, N, K, threshold, out, s));
 }
 

@@ -40,7 +40,11 @@ inline int64_t outlier_gather_stride(int64_t K) {
 constexpr size_t kGemmWorkspaceBytes = size_t{8} << 20;
 
 // Returns the number of bytes needed; when `base` is non-null also fills `s`.
-size_t carve_linear_scratch(void* base, int64_t M, int64_t N, int64_t K, LinearScratch* s);
+// The GPU's large-batch pieces (acc, staging, cuBLASLt workspace) only for device kCUDA and
+// M > small_batch_rows(); the tensor-core outlier gather buffers only when also x is 16-bit and
+// threshold > 0 (the only calls that can take that path).
+size_t carve_linear_scratch(void* base, int64_t M, int64_t N, int64_t K, DType x_dtype,
+                            float threshold, Device device, LinearScratch* s);
 
 // Host-side float <-> fp16/bf16 with round-to-nearest-even (matches torch/numpy/CUDA casts).
 float half_bits_to_float(uint16_t h);

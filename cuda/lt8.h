@@ -154,8 +154,10 @@ Status transform_layout(const Exec& ex, const int8_t* in, int8_t* out, int64_t r
 //      out (M, N) = dequant(int8(x_regular) @ CB^T) + x_outlier @ W_outlier^T + bias
 //    where outlier columns are found on the device (no host sync) and W = CB * SCB / 127.
 //    out has x's dtype. `workspace` is caller-provided scratch (graph/XLA friendly) of at least
-//    int8_linear_workspace_size(M, N, K) bytes; its content on entry does not matter.
-size_t int8_linear_workspace_size(int64_t M, int64_t N, int64_t K);
+//    int8_linear_workspace_size(M, N, K, x_dtype, threshold, device) bytes (the same arguments
+//    as the call; kCUDA's size also serves a CPU call); its content on entry does not matter.
+size_t int8_linear_workspace_size(int64_t M, int64_t N, int64_t K, DType x_dtype, float threshold,
+                                  Device device);
 Status int8_linear(const Exec& ex, DType x_dtype, const void* x, const int8_t* CB, const float* SCB,
                    DType bias_dtype, const void* bias, int64_t M, int64_t N, int64_t K,
                    float threshold, void* out, void* workspace, size_t workspace_bytes);

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lt8._native import LAYOUT_CODES, C, has_ffi
+from lt8._native import DEVICE_CUDA, DTYPE_BF16, DTYPE_F16, DTYPE_F32, LAYOUT_CODES, C, has_ffi
 
 #: One ffi_call wrapper per op of cuda/ops.def (lt8._C.ops()), named as the op; checked at the end.
 __all__ = ["PLATFORMS", "linear_workspace_bytes", *C.ops()]
@@ -112,9 +112,22 @@ def transform_layout(
     )
 
 
-def linear_workspace_bytes(M: int, N: int, K: int) -> int:
-    """Bytes of scratch the fused linear kernel needs for (M, N, K)."""
-    return int(C.linear_workspace_size(M, N, K))
+# x's dtype -> the kernels' dtype code (the fused op's workspace depends on it).
+_DTYPE_CODES = {
+    np.dtype(np.float32): DTYPE_F32,
+    np.dtype(jnp.float16): DTYPE_F16,
+    np.dtype(jnp.bfloat16): DTYPE_BF16,
+}
+
+
+def _dtype_code(dtype) -> int:
+    return _DTYPE_CODES[np.dtype(dtype)]
+
+
+def linear_workspace_bytes(M: int, N: int, K: int, dtype, threshold: float) -> int:
+    """Bytes of scratch the fused linear kernel needs for (M, N, K), x's dtype and the threshold.
+    Sized at trace time, before the platform is known: the CUDA size, which serves the CPU too."""
+    return int(C.linear_workspace_size(M, N, K, _dtype_code(dtype), threshold, DEVICE_CUDA))
 
 
 def int8_linear(
@@ -129,7 +142,10 @@ def int8_linear(
     M = int(np.prod(x.shape[:-1], dtype=np.int64))
     call = jax.ffi.ffi_call(
         "lt8_int8_linear",
-        (_sds((*x.shape[:-1], N), x.dtype), _sds((linear_workspace_bytes(M, N, K),), np.uint8)),
+        (
+            _sds((*x.shape[:-1], N), x.dtype),
+            _sds((linear_workspace_bytes(M, N, K, x.dtype, threshold),), np.uint8),
+        ),
         vmap_method="sequential",
     )
     out, _workspace = call(x, cb, scb, _bias_operand(bias), threshold=np.float32(threshold))

@@ -91,11 +91,12 @@ class PreparedWeight:
         K, N = self.K, self.N
         M = x.numel() // K if K else torch.Size(x.shape[:-1]).numel()
         out = torch.empty((*x.shape[:-1], N), dtype=x.dtype, device=x.device)
-        ws_bytes = C.linear_workspace_size(M, N, K)
+        ex = _exec(x)
+        ws_bytes = C.linear_workspace_size(M, N, K, code, threshold, ex[0])
         ws = torch.empty(ws_bytes, dtype=torch.uint8, device=x.device)
         cb_ptr, scb_ptr, bias_ptr = self.ptrs
         C.int8_linear(
-            *_exec(x),
+            *ex,
             code,
             x.data_ptr(),
             cb_ptr,

@@ -169,7 +169,7 @@ def _linear(x, code, CB, SCB, bias, threshold):
     M, K = x.shape
     N = CB.shape[0]
     out = np.empty((M, N), x.dtype)
-    ws_bytes = C.linear_workspace_size(M, N, K)
+    ws_bytes = C.linear_workspace_size(M, N, K, code, threshold, CPU[0])
     ws = np.empty(max(ws_bytes, 1), np.uint8)
     bias_ptr = 0 if bias is None else bias.ctypes.data
     C.int8_linear(

@@ -56,7 +56,29 @@ def test_build_facts_are_consistent():
     archs = lt8.cuda_archs()
     assert lt8.has_cuda() == bool(archs)
     assert all(a.isdigit() or a.rstrip("a").isdigit() for a in archs)
-    assert _native.C.linear_workspace_size(4, 8, 16) >= 4 * 16 + 4 * 4 + 16 + 4 * 16 + 4
+
+
+def test_linear_workspace_size_follows_the_call():
+    """The fused op's scratch holds what that call can use: q, row scales, mask, indices and
+    count always; the GPU's large-batch pieces (int32 result, cuBLASLt workspace) only for CUDA
+    above 16 rows; the tensor-core outlier gather buffers only for 16-bit x with outliers on."""
+    size, C = _native.C.linear_workspace_size, _native.C
+    f32, f16, bf16 = int(C.DType.float32), int(C.DType.float16), int(C.DType.bfloat16)
+    cpu, cuda = int(C.Device.cpu), int(C.Device.cuda)
+    M, N, K = 64, 96, 200
+    base = M * K + 4 * M + K + 4 * K + 4
+    assert base <= size(M, N, K, f16, 6.0, cpu) < base + 5 * 256  # alignment padding only
+    assert size(4, N, K, f16, 6.0, cuda) == size(4, N, K, f16, 6.0, cpu)  # decode: no GPU extras
+    gemm = size(M, N, K, f16, 0.0, cuda)
+    assert gemm >= base + 4 * M * N  # the int32 result
+    gather = 2 * (M + N) * ((K + 63) // 64 * 64)
+    for dt in (f16, bf16):
+        assert size(M, N, K, dt, 6.0, cuda) >= gemm + gather
+    assert size(M, N, K, f32, 6.0, cuda) == gemm  # float32 x never takes the tensor-core path
+    with pytest.raises(ValueError, match="dtype"):
+        size(M, N, K, 99, 6.0, cuda)
+    with pytest.raises(ValueError, match="device"):
+        size(M, N, K, f16, 6.0, 7)
 
 
 def test_native_errors_are_python_exceptions():
