@@ -21,6 +21,8 @@ struct LinearScratch {
   size_t gemm_ws_bytes = 0;
   // Gather buffers of the tensor-core outlier path (cuda/linear/outlier_tc.cu), 2-byte elements
   // of x's dtype, rows of outlier_gather_stride(K): (M, .) activations and (N, .) weights.
+  // Carved only where that path can run (CUDA, M > 16, 16-bit x, threshold > 0): non-null
+  // means "take it when the count asks for it".
   void* tc_x = nullptr;
   void* tc_w = nullptr;
 };
@@ -32,9 +34,10 @@ constexpr int kSmallBatchRows = 16;
 int small_batch_rows();
 // Outlier columns whose weights and activations the tensor-core path gathers once per call.
 constexpr int kStagedOutliers = 64;
-// Row length of the tensor-core outlier path's gather buffers: K rounded up to its k-tile (64).
+// k-tile of the tensor-core outlier GEMM; its gather buffers' rows are K rounded up to it.
+constexpr int kOutlierGatherTile = 64;
 inline int64_t outlier_gather_stride(int64_t K) {
-  return (K + 63) / 64 * 64;
+  return (K + kOutlierGatherTile - 1) / kOutlierGatherTile * kOutlierGatherTile;
 }
 // cuBLASLt workspace reserved in the fused op's scratch.
 constexpr size_t kGemmWorkspaceBytes = size_t{8} << 20;

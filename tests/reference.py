@@ -195,6 +195,14 @@ def linear_ref(x, CB, SCB, bias=None, threshold: float = 0.0) -> np.ndarray:
     return out.reshape(*x.shape[:-1], CB64.shape[0])
 
 
+def outlier_magnitude_ref(x, CB, SCB, threshold: float) -> np.ndarray:
+    """(M, N) sum over the outlier columns k of |x[m, k] * W[n, k]|: what float32 rounding of the
+    outlier terms is relative to, when the GPU sums them in its own order (docs/NUMERICS.md)."""
+    flat = _rows(np.asarray(x, dtype=np.float64))
+    mask = outlier_mask_ref(flat, threshold)
+    return np.abs(flat[:, mask]) @ np.abs(dequantize_weight_ref(CB, SCB)[:, mask]).T
+
+
 def weight_linear_ref(x, CB, SCB, bias=None) -> np.ndarray:
     """Weight-only int8 linear in float64: x @ (CB * SCB / 127).T + bias."""
     x = np.asarray(x, dtype=np.float64)

@@ -28,10 +28,11 @@ __global__ void __launch_bounds__(kThreads)
     stage_outlier_weights_kernel(const int8_t* __restrict__ CB, const float* __restrict__ SCB,
                                  const int32_t* __restrict__ outlier_idx,
                                  const int32_t* __restrict__ outlier_count, int64_t N, int64_t K,
-                                 float* __restrict__ Wo) {
+                                 int exact_max_count, float* __restrict__ Wo) {
   const int64_t n = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const int j = blockIdx.y;  // < kStagedOutliers
-  if (n >= N || j >= *outlier_count) return;
+  const int count = *outlier_count;
+  if (n >= N || j >= count || count > exact_max_count) return;  // (else: outlier_tc.cu's turn)
   Wo[j * N + n] = weight_value(CB[n * K + outlier_idx[j]], SCB[n]);
 }
 
@@ -41,7 +42,8 @@ __global__ void __launch_bounds__(kThreads)
     stage_outlier_activations_kernel(const T* __restrict__ x,
                                      const int32_t* __restrict__ outlier_idx,
                                      const int32_t* __restrict__ outlier_count, int64_t M,
-                                     int64_t K, float* __restrict__ Xo) {
+                                     int64_t K, int exact_max_count, float* __restrict__ Xo) {
+  if (*outlier_count > exact_max_count) return;  // outlier_tc.cu's turn
   const int count = min(*outlier_count, kStagedOutliers);
   const int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t m = t / kStagedOutliers;
@@ -144,31 +146,30 @@ bool launch_linear_tensor_core(cudaStream_t st, const T* x, const int8_t* CB, co
   if (s.acc == nullptr || ceil_div(M, int64_t{kEpiRows}) > 65535) return false;
   if (!cublaslt_int8_gemm(st, s.q, CB, M, N, K, s.acc, s.gemm_ws, s.gemm_ws_bytes, err))
     return false;
-  if (threshold > 0.0f) {
-    const dim3 grid(static_cast<unsigned>(ceil_div(N, int64_t{kThreads})), kStagedOutliers);
-    stage_outlier_weights_kernel<<<grid, kThreads, 0, st>>>(CB, SCB, s.outlier_idx, s.outlier_count,
-                                                            N, K, s.outlier_w);
-    const int64_t pairs = M * kStagedOutliers;
-    stage_outlier_activations_kernel<T>
-        <<<static_cast<unsigned>(ceil_div(pairs, int64_t{kThreads})), kThreads, 0, st>>>(
-            x, s.outlier_idx, s.outlier_count, M, K, s.outlier_x);
-    if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) {
-      *err = cuda_error(e, "stage_outlier_kernels");
-      return false;
-    }
-  }
-  // Many outlier columns go to tensor cores; the exact epilogue then stands aside (each of the
-  // two reads the count on the device and returns at once when the other one is in charge).
+  // Many outlier columns go to tensor cores; the exact epilogue and its staging then stand aside
+  // (each of the two reads the count on the device and returns at once when the other one is in
+  // charge).
   int exact_max_count = INT_MAX;
-  if (threshold > 0.0f && s.tc_x != nullptr && outlier_tc_supported(dtype_of<T>(), M, N)) {
-    const OutlierTcScratch tc{s.tc_x, s.tc_w};
-    Status ts = launch_outlier_tc(st, dtype_of<T>(), x, CB, SCB, s.acc, s.row_scale, s.outlier_idx,
-                                  s.outlier_count, bias_dtype, bias, M, N, K, tc, out);
+  if (s.tc_x != nullptr && outlier_tc_supported(M)) {
+    Status ts = launch_outlier_tc(st, dtype_of<T>(), x, CB, SCB, s, bias_dtype, bias, M, N, K, out);
     if (!ts.ok()) {
       *err = ts;
       return false;
     }
     exact_max_count = kOutlierTcMinCount;
+  }
+  if (threshold > 0.0f) {
+    const dim3 grid(static_cast<unsigned>(ceil_div(N, int64_t{kThreads})), kStagedOutliers);
+    stage_outlier_weights_kernel<<<grid, kThreads, 0, st>>>(CB, SCB, s.outlier_idx, s.outlier_count,
+                                                            N, K, exact_max_count, s.outlier_w);
+    const int64_t pairs = M * kStagedOutliers;
+    stage_outlier_activations_kernel<T>
+        <<<static_cast<unsigned>(ceil_div(pairs, int64_t{kThreads})), kThreads, 0, st>>>(
+            x, s.outlier_idx, s.outlier_count, M, K, exact_max_count, s.outlier_x);
+    if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) {
+      *err = cuda_error(e, "stage_outlier_kernels");
+      return false;
+    }
   }
   const dim3 grid(static_cast<unsigned>(ceil_div(N, int64_t{kEpiThreads})),
                   static_cast<unsigned>(ceil_div(M, int64_t{kEpiRows})));

@@ -20,7 +20,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <cstdlib>
 
 #include "linear/outlier_tc.cuh"
 
@@ -35,7 +34,8 @@ namespace gpu {
 namespace {
 
 constexpr int kBM = 128, kBN = 128;
-constexpr int kBK = kOutlierTcKTile;  // the widest k-tile: gathered rows are padded to it
+constexpr int kBK = kOutlierGatherTile;  // gathered rows are padded to it
+constexpr int kStages = 3;               // cp.async stages in flight
 constexpr int kTcThreads = 256;  // 8 warps: 4 along M (32 rows each) x 2 along N (64 columns each)
 constexpr int kGatherThreads = 256;
 
@@ -99,7 +99,8 @@ struct Wmma<__nv_bfloat16> {
 };
 
 // Pipeline shape of the tensor-core GEMM: k-tile width and cp.async stages in flight.
-// LT8_OUTLIER_TC_BK=32 selects the smaller 2-stage pipeline (static shared memory), for A/B runs.
+// (64-wide tiles in 3 stages measured 2-10% faster than 32-wide in 2 stages: benchmarks/NOTES.md
+// v4b.)
 template <int BK, int STAGES>
 struct TcShape {
   static constexpr int kLdS = BK + 8;  // shared row stride (elements): rows start in other banks
@@ -225,14 +226,6 @@ __global__ void __launch_bounds__(kTcThreads)
 #endif
 }
 
-bool small_pipeline() {
-  static const bool small = [] {
-    const char* v = std::getenv("LT8_OUTLIER_TC_BK");
-    return v != nullptr && std::atoi(v) == 32;
-  }();
-  return small;
-}
-
 // Launches one pipeline shape; its dynamic shared memory (over the default 48 KiB) is allowed
 // once per device.
 template <typename T, int BK, int STAGES>
@@ -260,55 +253,41 @@ Status launch_gemm(cudaStream_t st, dim3 grid, const T* xg, const T* wg, int64_t
 }
 
 template <typename T>
-Status launch(cudaStream_t st, const T* x, const int8_t* CB, const float* SCB, const int32_t* acc,
-              const float* row_scale, const int32_t* idx, const int32_t* count, DType bias_dtype,
-              const void* bias, int64_t M, int64_t N, int64_t K, const OutlierTcScratch& s,
-              T* out) {
-  const int64_t Kcap = outlier_tc_row_stride(K);
-  T* xg = static_cast<T*>(s.xg);
-  T* wg = static_cast<T*>(s.wg);
+Status launch(cudaStream_t st, const T* x, const int8_t* CB, const float* SCB,
+              const LinearScratch& s, DType bias_dtype, const void* bias, int64_t M, int64_t N,
+              int64_t K, T* out) {
+  const int64_t Kcap = outlier_gather_stride(K);
+  const int32_t* count = s.outlier_count;
+  T* xg = static_cast<T*>(s.tc_x);
+  T* wg = static_cast<T*>(s.tc_w);
   {
     const dim3 block(64, kGatherThreads / 64);
     const int64_t blocks = std::min<int64_t>((M + N + block.y - 1) / block.y, 4096);
     gather_outliers_kernel<T><<<static_cast<unsigned>(blocks), block, 0, st>>>(
-        x, CB, idx, count, kOutlierTcMinCount, M, N, K, Kcap, xg, wg);
+        x, CB, s.outlier_idx, count, kOutlierTcMinCount, M, N, K, Kcap, xg, wg);
     LT8_CHECK_LAUNCH("gather_outliers_kernel");
   }
   const dim3 grid(static_cast<unsigned>((N + kBN - 1) / kBN),
                   static_cast<unsigned>((M + kBM - 1) / kBM));
-  if (small_pipeline())
-    return launch_gemm<T, 32, 2>(st, grid, xg, wg, Kcap, count, acc, row_scale, SCB, bias_dtype,
-                                 bias, M, N, out);
-  return launch_gemm<T, kBK, 3>(st, grid, xg, wg, Kcap, count, acc, row_scale, SCB, bias_dtype,
-                                bias, M, N, out);
+  return launch_gemm<T, kBK, kStages>(st, grid, xg, wg, Kcap, count, s.acc, s.row_scale, SCB,
+                                      bias_dtype, bias, M, N, out);
 }
 
 }  // namespace
 
-int64_t outlier_tc_row_stride(int64_t K) {
-  static_assert(kBK == 64, "outlier_gather_stride (internal.h) pads rows to 64 elements");
-  return outlier_gather_stride(K);
-}
-
-bool outlier_tc_supported(DType x_dtype, int64_t M, int64_t N) {
-  if (x_dtype != DType::kF16 && x_dtype != DType::kBF16) return false;
-  if ((M + kBM - 1) / kBM > 65535) return false;
-  (void)N;
-  return current_device_cc_major() >= 8;
+bool outlier_tc_supported(int64_t M) {
+  return (M + kBM - 1) / kBM <= 65535 && current_device_cc_major() >= 8;
 }
 
 Status launch_outlier_tc(cudaStream_t st, DType x_dtype, const void* x, const int8_t* CB,
-                         const float* SCB, const int32_t* acc, const float* row_scale,
-                         const int32_t* outlier_idx, const int32_t* outlier_count, DType bias_dtype,
-                         const void* bias, int64_t M, int64_t N, int64_t K,
-                         const OutlierTcScratch& s, void* out) {
+                         const float* SCB, const LinearScratch& s, DType bias_dtype,
+                         const void* bias, int64_t M, int64_t N, int64_t K, void* out) {
   if (x_dtype == DType::kF16)
-    return launch<__half>(st, static_cast<const __half*>(x), CB, SCB, acc, row_scale, outlier_idx,
-                          outlier_count, bias_dtype, bias, M, N, K, s, static_cast<__half*>(out));
+    return launch<__half>(st, static_cast<const __half*>(x), CB, SCB, s, bias_dtype, bias, M, N, K,
+                          static_cast<__half*>(out));
   if (x_dtype == DType::kBF16)
-    return launch<__nv_bfloat16>(st, static_cast<const __nv_bfloat16*>(x), CB, SCB, acc, row_scale,
-                                 outlier_idx, outlier_count, bias_dtype, bias, M, N, K, s,
-                                 static_cast<__nv_bfloat16*>(out));
+    return launch<__nv_bfloat16>(st, static_cast<const __nv_bfloat16*>(x), CB, SCB, s, bias_dtype,
+                                 bias, M, N, K, static_cast<__nv_bfloat16*>(out));
   return Status::Invalid("launch_outlier_tc: x must be float16 or bfloat16");
 }
 

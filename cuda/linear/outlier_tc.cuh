@@ -14,29 +14,17 @@ namespace gpu {
 // Up to this many outlier columns the exact CUDA-core epilogue (bit-identical to the CPU) runs;
 // above it the tensor-core path. Equal to kStagedOutliers: the exact epilogue stages that many.
 constexpr int kOutlierTcMinCount = kStagedOutliers;
-// Widest k-tile of the tensor-core GEMM; the gather buffers' rows are padded to it.
-constexpr int kOutlierTcKTile = 64;
+// True when the current device (sm_80+) and the grid (M) can take the path. Whether the call
+// qualifies (16-bit x, outliers on) is decided where the scratch is carved: s.tc_x != nullptr.
+bool outlier_tc_supported(int64_t M);
 
-// Gather buffers in the fused op's scratch (LinearScratch::tc_x / tc_w): Xg (M, stride) and
-// Wg (N, stride), 2-byte elements of x's dtype.
-struct OutlierTcScratch {
-  void* xg = nullptr;
-  void* wg = nullptr;
-};
-
-// Row stride (elements) of the gather buffers: K rounded up to the GEMM's k-tile.
-int64_t outlier_tc_row_stride(int64_t K);
-// True when the current device (sm_80+) and x's dtype (float16, bfloat16) take the path.
-bool outlier_tc_supported(DType x_dtype, int64_t M, int64_t N);
-
-// Enqueues the gather and the tensor-core GEMM + epilogue. Both kernels return at once unless
-// *outlier_count > kOutlierTcMinCount, so the caller also enqueues the exact epilogue, told to
-// return at once in the opposite case.
+// Enqueues the gather into s.tc_x / s.tc_w and the tensor-core GEMM + epilogue reading s.acc,
+// s.row_scale and the compacted outlier columns. Both kernels return at once unless
+// *s.outlier_count > kOutlierTcMinCount, so the caller also enqueues the exact epilogue, told to
+// return at once in the opposite case. x_dtype: float16 or bfloat16.
 Status launch_outlier_tc(cudaStream_t st, DType x_dtype, const void* x, const int8_t* CB,
-                         const float* SCB, const int32_t* acc, const float* row_scale,
-                         const int32_t* outlier_idx, const int32_t* outlier_count, DType bias_dtype,
-                         const void* bias, int64_t M, int64_t N, int64_t K,
-                         const OutlierTcScratch& s, void* out);
+                         const float* SCB, const LinearScratch& s, DType bias_dtype,
+                         const void* bias, int64_t M, int64_t N, int64_t K, void* out);
 
 }  // namespace gpu
 }  // namespace lt8

@@ -10,7 +10,7 @@ import contextlib
 import numpy as np
 import pytest
 import torch
-from reference import linear_error_bound, linear_ref
+from reference import linear_error_bound, linear_ref, outlier_magnitude_ref
 from test_torch_ops import DTYPE_IDS, DTYPES, REL_EPS, activations, as_f64, weight
 
 import lt8.torch  # noqa: F401  (registers torch.ops.lt8)
@@ -71,9 +71,7 @@ def test_engines_agree_with_cpu(rng, dtype, M, K, N, n_outliers):
             # More than 64 outlier columns in float16/bfloat16: the cuBLASLt path sums the outlier
             # terms on tensor cores (docs/NUMERICS.md): float32 rounding of those sums, in
             # another order, then the output's own rounding.
-            cols = (np.abs(as_f64(x)) >= threshold).any(axis=0)
-            xo = np.abs(as_f64(x)) * cols[None, :]
-            mag = xo @ (np.abs(as_f64(CB)) * as_f64(SCB)[:, None] / 127.0).T
+            mag = outlier_magnitude_ref(as_f64(x), CB.numpy(), SCB.numpy(), threshold)
             bound = REL_EPS[dtype] * np.abs(as_f64(cpu)) + (n_outliers + 4) * 2.0**-23 * mag
             assert np.all(np.abs(as_f64(tc) - as_f64(cpu)) <= bound), "cuBLASLt path, many outliers"
         else:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import require_cuda
-from reference import quantize_rows_ref
+from reference import linear_ref, outlier_magnitude_ref, outlier_mask_ref
 
 import lt8.torch  # noqa: F401  (registers torch.ops.lt8)
 
@@ -32,19 +32,12 @@ def inputs_with_outliers(rng, M: int, K: int, n_out: int, dtype) -> tuple[torch.
 
 
 def reference(x: torch.Tensor, CB: torch.Tensor, SCB: torch.Tensor, bias: torch.Tensor):
-    """float64 LLM.int8(): int8 rows (exact reference quantizer) times CB for regular columns,
-    x times the dequantized weight for outlier columns, plus bias; and the magnitude sum that
-    bounds float32 rounding of the outlier terms."""
-    x64 = x.double().numpy()
-    q, scale, mask = quantize_rows_ref(x64, THRESHOLD)
-    cb = CB.double().numpy()
-    scb = SCB.double().numpy()
-    W = cb * (scb[:, None] / 127.0)
-    regular = (q.astype(np.float64) @ cb.T) * (scale[:, None] * scb[None, :] / 127.0**2)
-    xo = np.where(mask[None, :], x64, 0.0)
-    outl = xo @ W.T
-    mag = np.abs(xo) @ np.abs(W).T
-    return regular + outl + bias.double().numpy()[None, :], mag, int(mask.sum())
+    """float64 LLM.int8() (tests/reference.py), the magnitude sum that bounds float32 rounding of
+    the outlier terms, and the number of outlier columns."""
+    args = (x.double().numpy(), CB.numpy(), SCB.numpy())
+    ref = linear_ref(*args, bias.double().numpy(), THRESHOLD)
+    count = int(outlier_mask_ref(args[0], THRESHOLD).sum())
+    return ref, outlier_magnitude_ref(*args, THRESHOLD), count
 
 
 def weight(rng, N, K):
