@@ -173,14 +173,13 @@ def int8_linear(x, CB, SCB, bias=None, threshold=0.0):
     M, K = _rows(x)
     N = CB.shape[0]
     out = torch.empty((*x.shape[:-1], N), dtype=x.dtype, device=x.device)
-    ws_bytes = C.linear_workspace_size(
-        M, N, K, _DTYPE_CODES[x.dtype], threshold, DEVICE_CUDA if x.is_cuda else DEVICE_CPU
-    )
+    ex = _exec(x)
+    ws_bytes = C.linear_workspace_size(M, N, K, _DTYPE_CODES[x.dtype], float(threshold), ex[0])
     # Scratch comes from torch's caching allocator: no cudaMalloc, safe in graph capture.
     ws = torch.empty(ws_bytes, dtype=torch.uint8, device=x.device)
     bias, bias_code, bias_ptr = _bias_arg(bias)
     C.int8_linear(
-        *_exec(x),
+        *ex,
         _DTYPE_CODES[x.dtype],
         x.data_ptr(),
         CB.data_ptr(),
