@@ -219,6 +219,13 @@ class Lt8HfQuantizer(HfQuantizer):
     def is_trainable(self) -> bool:
         return True  # adapters (LoRA) train on the frozen int8 layers
 
+    @property
+    def is_compileable(self) -> bool:
+        # The lt8 ops have fake kernels and shapes that depend on input shapes only, so
+        # torch.compile(fullgraph=True) and CUDA graphs take them; transformers' static-cache
+        # generate compiles the forward only when the quantizer says so (else it runs eager).
+        return True
+
     def get_quantize_ops(self):
         return Lt8Quantize(self)
 

@@ -214,6 +214,31 @@ def test_convert_hf_model_matches_loading(rng, tmp_path):
     assert {m.state.threshold for m in over.modules() if isinstance(m, Linear8bitLt)} == {2.5}
 
 
+def test_static_cache_generate_compiles_the_lt8_model(rng, tmp_path):
+    """transformers' static-cache generate compiles the forward of an lt8 model (the quantizer
+    says it is compileable; without that, generate silently runs it eager) and the compiled
+    forward gives the eager model's greedy tokens."""
+    _, _, fp16_dir = _saved_fp16(_tiny_llama, rng, tmp_path)
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        fp16_dir, dtype=torch.float32, quantization_config=hf.Lt8Config(threshold=3.0)
+    )
+    ids = torch.from_numpy(rng.integers(3, VOCAB, size=(2, 7)))
+    eager = _generate(model, ids)
+    cfg = transformers.CompileConfig(fullgraph=True)
+    cfg._compile_all_devices = True  # transformers compiles on GPUs only unless told
+    static = model.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=6,
+        do_sample=False,
+        pad_token_id=0,
+        cache_implementation="static",
+        compile_config=cfg,
+    )
+    assert hasattr(model, "_compiled_call"), "generate did not compile the lt8 model"
+    assert torch.equal(static, eager)
+
+
 def test_skip_modules(rng, tmp_path):
     _, _, fp16_dir = _saved_fp16(_tiny_llama, rng, tmp_path)
     model = transformers.AutoModelForCausalLM.from_pretrained(
