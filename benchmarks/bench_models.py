@@ -8,12 +8,16 @@ Shapes: the linear layers of Llama-3-8B (4096->4096, 4096->1024, 4096->14336, 14
 Llama-3-70B (8192->8192, 8192->1024, 8192->28672, 28672->8192). Inputs are N(0, 1) in the
 activation dtype with ``n`` outlier columns: in each, every row holds a value of magnitude > 6
 (``all``: every column of the input holds one such value somewhere, the adversarial case a
-long prompt gives Llama's down_proj). Inputs rotate over several buffers so that the L2 cache
-flatters no one. Times are medians of CUDA-event timings (bench_linear's timers).
+long prompt gives Llama's down_proj). As in a model, where every layer's weight is read from
+HBM because the layers before it pushed it out of L2, the fp16, lt8 and bitsandbytes layers
+rotate over enough copies of the weight (and the inputs over as many buffers) that their bytes
+exceed three times the L2 cache (``--no-rotate``: one copy, the L2-warm numbers of earlier
+runs). Times are medians of CUDA-event timings (bench_linear's timers), per call.
 
 torchao (when installed): int8 dynamic-activation/int8-weight and int8 weight-only, each
 applied with ``quantize_`` and run under ``torch.compile`` as torchao documents; compiled once
-per (shape, M) and only for the outlier counts asked (they ignore outliers).
+per (shape, M) and only for the outlier counts asked (they ignore outliers); one copy of the
+weight (not rotated: compiling a copy per rotation slot would take minutes).
 
 Writes benchmarks/results/bench_models-<device>.csv (one row per shape, M, outlier count and
 dtype) and a .png of lt8/fp16 ratios when matplotlib is there.
@@ -60,6 +64,28 @@ def inputs(M: int, K: int, outliers: str, dtype, n: int = ROTATE, seed: int = 0)
             x[:, cols] = x[:, cols] * 2 + torch.sign(x[:, cols]) * 7
         out.append(x.to(dtype))
     return out
+
+
+def rotation(K: int, N: int, rotate: bool) -> int:
+    """Copies of a (K, N) layer whose int8 weights together exceed 3x the L2 cache."""
+    if not rotate:
+        return 1
+    l2 = torch.cuda.get_device_properties(torch.cuda.current_device()).L2_cache_size
+    return max(ROTATE, -(-3 * l2 // (K * N)))
+
+
+class Rotating(torch.nn.Module):
+    """Calls its layers in turn, one per call: each call reads a weight that is not in L2."""
+
+    def __init__(self, layers: list):
+        super().__init__()
+        self.layers = layers  # a plain list: no parameter registration, no copies
+        self.i = 0
+
+    def forward(self, x):
+        layer = self.layers[self.i]
+        self.i = (self.i + 1) % len(self.layers)
+        return layer(x)
 
 
 def lt8_layer(fp: torch.nn.Linear):
@@ -135,9 +161,13 @@ def run(args) -> None:
         for K, N in MODELS[model]:
             for dname in args.dtypes:
                 dt = dtypes[dname]
-                fp = torch.nn.Linear(K, N, device="cuda", dtype=dt)
-                q = lt8_layer(fp)
-                b = bnb_layer(fp, bnb) if bnb is not None and dname == "fp16" else None
+                n_rot = rotation(K, N, not args.no_rotate)
+                fps = [torch.nn.Linear(K, N, device="cuda", dtype=dt) for _ in range(n_rot)]
+                fp = Rotating(fps)
+                q = Rotating([lt8_layer(layer) for layer in fps])
+                b = None
+                if bnb is not None and dname == "fp16":
+                    b = Rotating([bnb_layer(layer, bnb) for layer in fps])
                 for M in args.ms:
                     ao = {}
                     for outl in args.outliers:
@@ -147,7 +177,7 @@ def run(args) -> None:
                             print("time budget spent: stopping", flush=True)
                             f.close()
                             return
-                        xs = inputs(M, K, outl, dt)
+                        xs = inputs(M, K, outl, dt, n=max(ROTATE, n_rot))
                         row = {"model": model, "in": K, "out": N, "M": M, "outliers": outl,
                                "dtype": dname}  # fmt: skip
                         with torch.no_grad():
@@ -159,7 +189,7 @@ def run(args) -> None:
                                 row["bnb_eager_us"] = cuda_time(b, xs, iters=10) * us
                             if have_ao and dname == "fp16" and outl in args.torchao_outliers:
                                 if not ao:
-                                    ao = torchao_layers(fp)
+                                    ao = torchao_layers(fps[0])
                                 for name, layer in ao.items():
                                     row[f"{name}_us"] = cuda_time(layer, xs) * us
                         row["lt8_graph_over_fp16_graph"] = (
@@ -180,7 +210,7 @@ def run(args) -> None:
                         )
                         del xs
                     del ao
-                del fp, q, b
+                del fp, fps, q, b
                 torch.cuda.empty_cache()
     f.close()
     print(f"wrote {path}")
@@ -197,6 +227,9 @@ def main() -> None:
                    help="outlier counts at which torchao is timed too (it ignores outliers)")  # fmt: skip
     p.add_argument("--dtypes", default="fp16,bf16", type=lambda s: s.split(","))
     p.add_argument("--no-torchao", action="store_true")
+    p.add_argument(
+        "--no-rotate", action="store_true", help="one copy of each weight (L2-warm timings)"
+    )
     p.add_argument(
         "--budget-s", type=float, default=float(os.environ.get("LT8_BENCH_BUDGET_S", 1e9))
     )

@@ -2,7 +2,7 @@
 # Run on the GPU machine from the repo root: build with CUDA, run the whole test suite on the
 # GPU (CUDA tests may not skip: LT8_REQUIRE_CUDA=1), optionally the memory checkers and the
 # benchmark, and print a summary last. Logs go to $OUT when it is set.
-#   STAGES="build tests sanitizer bench models e2e" (default: build tests)   PYTEST_ARGS="-k linear"
+#   STAGES="build tests gemv sanitizer bench models e2e" (default: build tests)   PYTEST_ARGS="-k linear"
 #   TESTS="tests/torch/test_x.py ..." (default: tests)   PYTEST_JOBS=8 (pytest-xdist workers)
 #   MODELS_ARGS="--models llama3-8b --ms 16,2048"   E2E_ARGS="--variants fp16,lt8"
 # Wheels in .whl/ (bitsandbytes, torchao; carried) are installed first; with bitsandbytes there,
@@ -37,6 +37,19 @@ fi
 if [[ " $STAGES " == *" tests "* ]]; then
   LT8_HYPOTHESIS_EXAMPLES=${LT8_HYPOTHESIS_EXAMPLES:-200} $PY -m pytest -q -p no:cacheprovider -rfE -n ${PYTEST_JOBS:-8} ${PYTEST_ARGS:-} ${TESTS:-tests} 2>&1 | tee "$OUT/pytest.log"
   note "tests: $(grep -E '[0-9]+ (passed|failed|error)' "$OUT/pytest.log" | tail -1)"
+fi
+
+if [[ " $STAGES " == *" gemv "* ]]; then
+  # Every decode GEMV variant against the CPU (the default picks one per shape), then their
+  # timings at decode sizes (benchmarks/bench_gemv.py).
+  for v in LT8_GEMV_TC=0 LT8_GEMV_TC=1 LT8_GEMV_TILES=1 LT8_GEMV_TILES=2 LT8_GEMV_TILES=4; do
+    env $v $PY -m pytest -q -p no:cacheprovider -k "decode or gemv" tests/torch/test_gemm_engines.py >"$OUT/gemv-tests-$v.log" 2>&1
+    note "gemv tests [$v]: $(grep -E '[0-9]+ (passed|failed|error)' "$OUT/gemv-tests-$v.log" | tail -1)"
+  done
+  for v in ${GEMV_VARIANTS:-LT8_GEMV_TC=0 LT8_GEMV_TC=1 LT8_GEMV_DEFAULT=1}; do
+    env $v $PY benchmarks/bench_gemv.py ${GEMV_ARGS:-} $([ $v = LT8_GEMV_DEFAULT=1 ] && echo --fp16) 2>&1 | tee -a "$OUT/bench_gemv.log"
+  done
+  note "bench_gemv: $(grep -c 'gemv \[' "$OUT/bench_gemv.log") rows"
 fi
 
 if [[ " $STAGES " == *" sanitizer "* ]]; then

@@ -11,20 +11,28 @@ namespace {
 // 0 = not read yet. Concurrent first calls store the same value.
 constexpr int kMaxCachedDevices = 64;
 std::atomic<int> g_cc_major[kMaxCachedDevices];
+std::atomic<int> g_sm_count[kMaxCachedDevices];
+
+int cached_attribute(std::atomic<int>* cache, cudaDeviceAttr attr) {
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return 0;
+  const bool cacheable = dev >= 0 && dev < kMaxCachedDevices;
+  int value = cacheable ? cache[dev].load(std::memory_order_relaxed) : 0;
+  if (value == 0) {
+    if (cudaDeviceGetAttribute(&value, attr, dev) != cudaSuccess) return 0;
+    if (cacheable) cache[dev].store(value, std::memory_order_relaxed);
+  }
+  return value;
+}
 
 }  // namespace
 
 int current_device_cc_major() {
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) return 0;
-  const bool cacheable = dev >= 0 && dev < kMaxCachedDevices;
-  int major = cacheable ? g_cc_major[dev].load(std::memory_order_relaxed) : 0;
-  if (major == 0) {
-    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess)
-      return 0;
-    if (cacheable) g_cc_major[dev].store(major, std::memory_order_relaxed);
-  }
-  return major;
+  return cached_attribute(g_cc_major, cudaDevAttrComputeCapabilityMajor);
+}
+
+int current_device_sm_count() {
+  return cached_attribute(g_sm_count, cudaDevAttrMultiProcessorCount);
 }
 
 }  // namespace gpu

@@ -8,5 +8,8 @@ namespace gpu {
 // Compute capability major of the current device (0 when it cannot be read).
 int current_device_cc_major();
 
+// Number of SMs of the current device (0 when it cannot be read).
+int current_device_sm_count();
+
 }  // namespace gpu
 }  // namespace lt8

@@ -29,7 +29,6 @@ __global__ void __launch_bounds__(256, 2)
                        const int32_t* __restrict__ outlier_count, DType bias_dtype,
                        const void* __restrict__ bias, int M, int64_t N, int64_t K,
                        int exact_max_count, T* __restrict__ out) {
-  if (*outlier_count > exact_max_count) return;  // the dense-outlier GEMV writes out
   __shared__ int4 sq[ROWS * kGemvChunk];
   const int lane = threadIdx.x & 31;
   const int warps = blockDim.x >> 5;
@@ -39,6 +38,7 @@ __global__ void __launch_bounds__(256, 2)
 #pragma unroll
   for (int c = 0; c < kGemvCols; ++c)
     wrow[c] = reinterpret_cast<const int4*>(CB + (n0 + c < N ? n0 + c : 0) * K);
+  if (*outlier_count > exact_max_count) return;  // the dense-outlier GEMV writes out
 
   int32_t acc[ROWS][kGemvCols];
 #pragma unroll
@@ -105,7 +105,7 @@ __global__ void __launch_bounds__(256, 2)
   }
   __syncthreads();
   gemv_epilogue<T, ROWS, kGemvCols>(sacc, x, CB, SCB, row_scale, outlier_idx, outlier_count,
-                                    bias_dtype, bias, M, N, K, out);
+                                    bias_dtype, bias, M, N, K, warps, out);
 }
 
 template <typename T, int ROWS>

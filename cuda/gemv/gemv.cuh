@@ -58,8 +58,13 @@ Status launch_dense_outlier_gemv(cudaStream_t st, const int8_t* q, const T* x, c
                                  const float* SCB, const LinearScratch& s, DType bias_dtype,
                                  const void* bias, int64_t M, int64_t N, int64_t K, T* out);
 
-// True when the current device runs mma.sync int8 (sm_80+) and LT8_GEMV_TC is not "0".
-bool tensor_core_gemv();
+// From this many rows on, the tensor-core GEMV beats the dp4a one (H200, weights out of L2:
+// benchmarks/NOTES.md, v5).
+constexpr int kGemvTcMinRows = 4;
+
+// True when the GEMV of M rows runs on tensor cores: sm_80+ (mma.sync int8), M >= kGemvTcMinRows,
+// and LT8_GEMV_TC not "0" ("1" forces tensor cores at every M).
+bool tensor_core_gemv(int64_t M);
 
 }  // namespace gpu
 }  // namespace lt8

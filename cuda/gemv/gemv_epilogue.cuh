@@ -16,30 +16,28 @@ namespace gpu {
 constexpr int kGemvChunk = 128;    // 16-byte words of K per staged chunk (2 KiB per row)
 constexpr int kGemvOutChunk = 64;  // outlier columns staged per step of the epilogue
 
-// Common epilogue of the GEMV kernels. sacc holds the block's int32 sums as [warp][r][col]
-// (COLS output columns per warp, ROWS rows); the block's outputs are spread over its threads.
+// Common epilogue of the GEMV kernels. sacc holds the block's int32 sums as [group][r][col]:
+// `groups` groups of COLS output columns (ROWS rows each; groups <= the block's warps), the block's
+// columns in order; the block's outputs are spread over its threads.
 // Outlier terms: per chunk of kGemvOutChunk outlier columns, the block gathers the weights of
 // its columns and the activations of its rows into shared memory in parallel (one load per
 // thread, instead of a chain of dependent gathers per output). Order as the CPU: dequant,
 // outlier terms in ascending k, bias.
 template <typename T, int ROWS, int COLS>
-__device__ __forceinline__ void gemv_epilogue(const int32_t* sacc, const T* __restrict__ x,
-                                              const int8_t* __restrict__ CB,
-                                              const float* __restrict__ SCB,
-                                              const float* __restrict__ row_scale,
-                                              const int32_t* __restrict__ outlier_idx,
-                                              const int32_t* __restrict__ outlier_count,
-                                              DType bias_dtype, const void* __restrict__ bias,
-                                              int M, int64_t N, int64_t K, T* __restrict__ out) {
+__device__ __forceinline__ void gemv_epilogue(
+    const int32_t* sacc, const T* __restrict__ x, const int8_t* __restrict__ CB,
+    const float* __restrict__ SCB, const float* __restrict__ row_scale,
+    const int32_t* __restrict__ outlier_idx, const int32_t* __restrict__ outlier_count,
+    DType bias_dtype, const void* __restrict__ bias, int M, int64_t N, int64_t K, int groups,
+    T* __restrict__ out) {
   constexpr int kPer = (ROWS * COLS + 31) / 32;  // outputs per thread
   constexpr int kMaxBlockCols = 32;
   // +1: the gathers below write along j (one row of CB or x per run of threads, so that runs of
   // adjacent outlier columns read adjacent bytes); the padding keeps those writes off one bank.
   __shared__ float s_w[kGemvOutChunk][kMaxBlockCols + 1];
   __shared__ float s_x[kGemvOutChunk][ROWS + 1];
-  const int warps = blockDim.x >> 5;
   const int count = *outlier_count;
-  const int block_cols = warps * COLS, outputs = warps * ROWS * COLS;
+  const int block_cols = groups * COLS, outputs = groups * ROWS * COLS;
   const int64_t block_n0 = static_cast<int64_t>(blockIdx.x) * block_cols;
   float v[kPer];
 #pragma unroll

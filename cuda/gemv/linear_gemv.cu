@@ -21,10 +21,10 @@ Status launch_linear_gemv(cudaStream_t st, const int8_t* q, const T* x, const in
   // epilogue whatever the count.)
   const bool dense = !std::is_same_v<T, float> && threshold > 0.0f && dense_outlier_gemv_fits(K);
   const int exact_max = dense ? kGemvExactMaxOutliers : INT_MAX;
-  // The tensor-core GEMV always computes 16 rows: measured on the H100 it wins over the dp4a
-  // GEMV from M = 9 on (M=16: -2% at 8192^2, -13% at 16384x4096, -22% at 4096^2) and loses below.
+  // Few rows: the dp4a GEMV; from kGemvTcMinRows on (sm_80+): the tensor-core GEMV, which splits
+  // K over its warps (gemv.cuh, tensor_core_gemv).
   Status st_gemv =
-      M > 8 && tensor_core_gemv()
+      tensor_core_gemv(M)
           ? launch_mma_gemv<T>(st, q, x, CB, SCB, s, bias_dtype, bias, M, N, K, exact_max, out)
           : launch_dp4a_gemv<T>(st, q, x, CB, SCB, s, bias_dtype, bias, M, N, K, exact_max, out);
   if (!st_gemv.ok() || !dense) return st_gemv;

@@ -1,5 +1,18 @@
-// Tensor-core GEMV of the decode path (sm_80+, 9 <= M <= 16): mma.sync m16n8k32 on int8, exact
-// int32 sums, then the GEMV epilogue shared with dp4a_gemv.cu.
+// Tensor-core GEMV of the decode path (sm_80+): mma.sync m16n8k32 on int8, exact int32 sums, then
+// the GEMV epilogue shared with dp4a_gemv.cu.
+//
+// Memory-bound: speed is the number of weight bytes in flight per SM. A block of kTcWarps warps
+// owns TILES groups of 8 output columns (the mma's n) and all 16 (zero-padded) rows; its warps
+// split K between them (warp w takes every kTcWarps-th chunk of 4 * STEPS 16-byte words), so even
+// a 1024-column layer gives every SM several blocks. The warps' int32 partial sums meet in shared
+// memory (integer sums: any order gives the same bits), then the epilogue runs once per block.
+//
+// Fragment trick: the integer sum over k does not depend on the order of k, so each lane
+// (g = lane / 4, t = lane % 4) feeds the mma 16 contiguous bytes of one weight row and of the two
+// activation rows it holds (g, g + 8) instead of the architectural k order: one 16-byte load of
+// the weight per lane, tile and step, two mmas. The activation words come straight from global
+// memory (L1/L2: q is at most 16 * K bytes and every block reads it), loaded once per step and
+// used for all TILES weight tiles.
 #include <cstdint>
 #include <cstdlib>
 
@@ -15,15 +28,14 @@ namespace lt8 {
 namespace gpu {
 namespace {
 
-// Tensor-core GEMV (sm_80+): mma.sync m16n8k32 on int8, exact int32 sums. A warp owns kTcCols
-// = 8 output columns (the mma's n) and all 16 (zero-padded) rows. The integer sum over k does not
-// depend on the order of k, so each lane (g = lane / 4, t = lane % 4) feeds the mma 16
-// contiguous bytes of one weight row and of the two activation rows it holds (g, g + 8) instead
-// of the architectural k order: one 16-byte load of the weight per lane and step, two mmas.
-constexpr int kTcWarps = 4;
-constexpr int kTcCols = 8;
-constexpr int kTcStride = kGemvChunk + 4;  // padded row stride in words: conflict-free reads
-constexpr int kTcUnroll = 8;               // weight loads in flight per lane
+constexpr int kTcWarps = 8;
+constexpr int kTcCols = 8;  // output columns per tile (the mma's n)
+// 4-word steps per chunk. Up to 8 rows (HI false): 16 weight loads of 16 bytes in flight per
+// lane (the dp4a GEMV's depth), 8 for one tile, whose activation words would cost too many
+// registers. 9-16 rows: 8 (their two activation words per step would spill at 16). Measured on
+// the H200 (benchmarks/NOTES.md, v5).
+template <int TILES, bool HI>
+constexpr int kTcSteps = HI || TILES == 1 ? 8 / TILES : 16 / TILES;
 
 __device__ __forceinline__ void mma_s8_16x8x32(int32_t (&c)[4], uint32_t a0, uint32_t a1,
                                                uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1) {
@@ -38,7 +50,8 @@ __device__ __forceinline__ void mma_s8_16x8x32(int32_t (&c)[4], uint32_t a0, uin
 #endif
 }
 
-template <typename T>
+// TILES: 8-column tiles per block; HI: rows 8..15 exist (M > 8), else their loads are skipped.
+template <typename T, int TILES, bool HI>
 __global__ void __launch_bounds__(kTcWarps * 32)
     linear_gemv_tc_kernel(const int8_t* __restrict__ q, const T* __restrict__ x,
                           const int8_t* __restrict__ CB, const float* __restrict__ SCB,
@@ -47,68 +60,105 @@ __global__ void __launch_bounds__(kTcWarps * 32)
                           const int32_t* __restrict__ outlier_count, DType bias_dtype,
                           const void* __restrict__ bias, int M, int64_t N, int64_t K,
                           int exact_max_count, T* __restrict__ out) {
-  if (*outlier_count > exact_max_count) return;  // the dense-outlier GEMV writes out
-  __shared__ int4 sq[kSmallBatchRows * kTcStride];
+  constexpr int STEPS = kTcSteps<TILES, HI>;
+  constexpr int kChunkWords = 4 * STEPS;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
-  const int64_t n = (static_cast<int64_t>(blockIdx.x) * kTcWarps + warp) * kTcCols + g;
-  const int4* wrow = reinterpret_cast<const int4*>(CB + (n < N ? n : 0) * K);
-  const int64_t words = K / 16;
-  int32_t c[4] = {0, 0, 0, 0}, c1[4] = {0, 0, 0, 0};
-  for (int64_t w0 = 0; w0 < words; w0 += kGemvChunk) {
-    const int len = static_cast<int>(words - w0 < kGemvChunk ? words - w0 : kGemvChunk);
-    __syncthreads();
-    for (int e = threadIdx.x; e < kSmallBatchRows * kGemvChunk; e += blockDim.x) {
-      const int r = e / kGemvChunk, cc = e % kGemvChunk;
-      int4 v = make_int4(0, 0, 0, 0);
-      if (r < M && cc < len) v = reinterpret_cast<const int4*>(q + r * K)[w0 + cc];
-      sq[r * kTcStride + cc] = v;
-    }
-    __syncthreads();
-    // Every lane runs the same number of steps (mma.sync needs the whole warp); words past the
-    // chunk's end read as zeros. kTcUnroll weight loads are issued before their mmas, which
-    // alternate between two accumulator sets (independent chains).
-    for (int i0 = 0; 4 * i0 < len; i0 += kTcUnroll) {
-      int4 wv[kTcUnroll];
+  const int64_t n_base = static_cast<int64_t>(blockIdx.x) * TILES * kTcCols + g;
+  const int4* wrow[TILES];
+  bool n_ok[TILES];
 #pragma unroll
-      for (int u = 0; u < kTcUnroll; ++u) {
-        const int cc = t + 4 * (i0 + u);
-        wv[u] = cc < len && n < N ? __ldcs(wrow + w0 + cc) : make_int4(0, 0, 0, 0);
-      }
-#pragma unroll
-      for (int u = 0; u < kTcUnroll; ++u) {
-        const int cc = t + 4 * (i0 + u);
-        const bool ok = cc < len;
-        const int4 xa = ok ? sq[g * kTcStride + cc] : make_int4(0, 0, 0, 0);
-        const int4 xb = ok ? sq[(g + 8) * kTcStride + cc] : make_int4(0, 0, 0, 0);
-        int32_t (&acc)[4] = (u & 1) ? c1 : c;
-        mma_s8_16x8x32(acc, xa.x, xb.x, xa.y, xb.y, wv[u].x, wv[u].y);
-        mma_s8_16x8x32(acc, xa.z, xb.z, xa.w, xb.w, wv[u].z, wv[u].w);
-      }
-    }
+  for (int i = 0; i < TILES; ++i) {
+    const int64_t n = n_base + i * kTcCols;
+    n_ok[i] = n < N;
+    wrow[i] = reinterpret_cast<const int4*>(CB + (n_ok[i] ? n : 0) * K);
   }
+  if (*outlier_count > exact_max_count) return;  // the dense-outlier GEMV writes out
+  const bool lo_ok = g < M, hi_ok = HI && g + 8 < M;
+  const int4* qlo = reinterpret_cast<const int4*>(q + (lo_ok ? g : 0) * K);
+  const int4* qhi = reinterpret_cast<const int4*>(q + (hi_ok ? g + 8 : 0) * K);
+  const int64_t words = K / 16;
+
+  int32_t c[TILES][4];
 #pragma unroll
-  for (int e = 0; e < 4; ++e) c[e] += c1[e];
-  // C fragment: c0, c1 -> row g, columns 2t, 2t + 1; c2, c3 -> row g + 8.
-  __shared__ int32_t sacc[kTcWarps * kSmallBatchRows * kTcCols];  // [warp][r][col]
-  int32_t* mine = sacc + warp * kSmallBatchRows * kTcCols;
-  mine[g * kTcCols + 2 * t] = c[0];
-  mine[g * kTcCols + 2 * t + 1] = c[1];
-  mine[(g + 8) * kTcCols + 2 * t] = c[2];
-  mine[(g + 8) * kTcCols + 2 * t + 1] = c[3];
+  for (int i = 0; i < TILES; ++i) c[i][0] = c[i][1] = c[i][2] = c[i][3] = 0;
+
+  const int4 zero = make_int4(0, 0, 0, 0);
+  for (int64_t w0 = static_cast<int64_t>(warp) * kChunkWords; w0 < words;
+       w0 += int64_t{kTcWarps} * kChunkWords) {
+    // Every load of the chunk is issued before its mmas (mma.sync needs the whole warp, so
+    // words past K read as zeros instead of branching).
+    int4 wv[STEPS][TILES], xa[STEPS], xb[STEPS];
+#pragma unroll
+    for (int u = 0; u < STEPS; ++u) {
+      const int64_t cc = w0 + t + 4 * u;
+      const bool ok = cc < words;
+#pragma unroll
+      for (int i = 0; i < TILES; ++i) wv[u][i] = ok && n_ok[i] ? __ldcs(wrow[i] + cc) : zero;
+      xa[u] = ok && lo_ok ? __ldg(qlo + cc) : zero;
+      xb[u] = ok && hi_ok ? __ldg(qhi + cc) : zero;
+    }
+#pragma unroll
+    for (int u = 0; u < STEPS; ++u)
+#pragma unroll
+      for (int i = 0; i < TILES; ++i) {
+        mma_s8_16x8x32(c[i], xa[u].x, xb[u].x, xa[u].y, xb[u].y, wv[u][i].x, wv[u][i].y);
+        mma_s8_16x8x32(c[i], xa[u].z, xb[u].z, xa[u].w, xb[u].w, wv[u][i].z, wv[u][i].w);
+      }
+  }
+
+  // C fragment: c0, c1 -> row g, columns 2t, 2t + 1; c2, c3 -> row g + 8. The warps' partial
+  // sums go to shared memory as [warp][tile][r][col], then every thread sums some outputs over
+  // the warps into sacc = [tile][r][col], the epilogue's layout.
+  constexpr int kTileOut = kSmallBatchRows * kTcCols;
+  __shared__ int32_t part[kTcWarps][TILES * kTileOut];
+  __shared__ int32_t sacc[TILES * kTileOut];
+#pragma unroll
+  for (int i = 0; i < TILES; ++i) {
+    int32_t* mine = part[warp] + i * kTileOut;
+    mine[g * kTcCols + 2 * t] = c[i][0];
+    mine[g * kTcCols + 2 * t + 1] = c[i][1];
+    mine[(g + 8) * kTcCols + 2 * t] = c[i][2];
+    mine[(g + 8) * kTcCols + 2 * t + 1] = c[i][3];
+  }
+  __syncthreads();
+  for (int e = threadIdx.x; e < TILES * kTileOut; e += blockDim.x) {
+    int32_t s = 0;
+#pragma unroll
+    for (int w = 0; w < kTcWarps; ++w) s += part[w][e];
+    sacc[e] = s;
+  }
   __syncthreads();
   gemv_epilogue<T, kSmallBatchRows, kTcCols>(sacc, x, CB, SCB, row_scale, outlier_idx,
-                                             outlier_count, bias_dtype, bias, M, N, K, out);
+                                             outlier_count, bias_dtype, bias, M, N, K, TILES, out);
+}
+
+template <typename T, int TILES>
+void launch_tiles(cudaStream_t st, const int8_t* q, const T* x, const int8_t* CB, const float* SCB,
+                  const LinearScratch& s, DType bias_dtype, const void* bias, int M, int64_t N,
+                  int64_t K, int exact_max_count, T* out) {
+  const unsigned blocks = static_cast<unsigned>(ceil_div(N, int64_t{TILES} * kTcCols));
+  if (M > 8)
+    linear_gemv_tc_kernel<T, TILES, true><<<blocks, kTcWarps * 32, 0, st>>>(
+        q, x, CB, SCB, s.row_scale, s.outlier_idx, s.outlier_count, bias_dtype, bias, M, N, K,
+        exact_max_count, out);
+  else
+    linear_gemv_tc_kernel<T, TILES, false><<<blocks, kTcWarps * 32, 0, st>>>(
+        q, x, CB, SCB, s.row_scale, s.outlier_idx, s.outlier_count, bias_dtype, bias, M, N, K,
+        exact_max_count, out);
 }
 
 }  // namespace
 
-bool tensor_core_gemv() {
-  static const bool allowed = [] {
+bool tensor_core_gemv(int64_t M) {
+  // LT8_GEMV_TC: "0" = the dp4a GEMV at every M, "1" = the tensor-core one at every M (for
+  // measurements); unset = the measured rule, tensor cores from M = kGemvTcMinRows on.
+  static const int mode = [] {
     const char* v = std::getenv("LT8_GEMV_TC");
-    return v == nullptr || v[0] != '0';
+    return v == nullptr || v[0] == '\0' ? -1 : (v[0] == '0' ? 0 : 1);
   }();
-  return allowed && current_device_cc_major() >= 8;
+  if (mode == 0 || current_device_cc_major() < 8) return false;
+  return mode == 1 || M >= kGemvTcMinRows;
 }
 
 template <typename T>
@@ -116,10 +166,29 @@ Status launch_mma_gemv(cudaStream_t st, const int8_t* q, const T* x, const int8_
                        const float* SCB, const LinearScratch& s, DType bias_dtype, const void* bias,
                        int64_t M, int64_t N, int64_t K, int exact_max_count, T* out) {
   const int m = static_cast<int>(M);
-  const unsigned tc_blocks = static_cast<unsigned>(ceil_div(N, int64_t{kTcWarps} * kTcCols));
-  linear_gemv_tc_kernel<T><<<tc_blocks, kTcWarps * 32, 0, st>>>(
-      q, x, CB, SCB, s.row_scale, s.outlier_idx, s.outlier_count, bias_dtype, bias, m, N, K,
-      exact_max_count, out);
+  // Tiles per block, measured on the H200 with weights out of L2 (benchmarks/NOTES.md, v5):
+  // wide tiles (fewer activation reads per weight byte) win on wide layers, one tile per block
+  // on narrow ones (every SM streams). Up to 8 rows (16 loads in flight) 4 tiles win from
+  // N = 8192 on; 9-16 rows (8 loads in flight) need N = 14336 for 4 tiles and take 2 at 8192.
+  // LT8_GEMV_TILES (1, 2, 4) overrides, for measurements.
+  static const int forced = [] {
+    const char* v = std::getenv("LT8_GEMV_TILES");
+    return v == nullptr ? 0 : std::atoi(v);
+  }();
+  const int64_t sms = current_device_sm_count() > 0 ? current_device_sm_count() : 132;
+  int tiles = 1;
+  if (forced == 1 || forced == 2 || forced == 4)
+    tiles = forced;
+  else if (M <= 8)
+    tiles = N >= 48 * sms ? 4 : 1;
+  else
+    tiles = N >= 96 * sms ? 4 : (N >= 48 * sms ? 2 : 1);
+  if (tiles == 4)
+    launch_tiles<T, 4>(st, q, x, CB, SCB, s, bias_dtype, bias, m, N, K, exact_max_count, out);
+  else if (tiles == 2)
+    launch_tiles<T, 2>(st, q, x, CB, SCB, s, bias_dtype, bias, m, N, K, exact_max_count, out);
+  else
+    launch_tiles<T, 1>(st, q, x, CB, SCB, s, bias_dtype, bias, m, N, K, exact_max_count, out);
   LT8_CHECK_LAUNCH("linear_gemv_tc_kernel");
   return Status::Ok();
 }

@@ -128,8 +128,9 @@ def test_offset_pointers_still_exact(rng, offset):
 )
 def test_decode_gemvs_agree_with_cpu(rng, dtype, M, K, N, n_outliers):
     """The decode path (M <= 16, K % 16 == 0): fused preparation kernel, then the dp4a GEMV
-    (M <= 8) or the mma.sync GEMV (M > 8); chunk tails in K, N not a multiple of the block's
-    columns, more outlier columns than one epilogue stage (32)."""
+    (M < 4) or the mma.sync GEMV (M >= 4; scripts/gpu_check.sh's gemv stage also runs this with
+    each engine and tile count forced); chunk tails in K, N not a multiple of the block's
+    columns, more outlier columns than one epilogue stage."""
     _, CB, SCB = weight(rng, N, K, "cpu")
     bias = torch.from_numpy(rng.standard_normal(N).astype(np.float32)).to(dtype)
     x = activations(rng, (M, K), 6.0, n_outlier_cols=n_outliers, dtype=dtype)

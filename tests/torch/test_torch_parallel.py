@@ -304,9 +304,15 @@ def check_bad_arguments(rng, device, mesh, rank, world):
         with pytest.raises(ValueError, match="divisible"):
             sharded(quantized_layer(rng, K + 1, N, 0.0, device), mesh, RowwiseParallel())
     fresh = Linear8bitLt(K, N, has_fp16_weights=False)
-    with pytest.raises(ValueError, match="not quantized"):
+    if torch.device(device).type == "cpu":
+        with pytest.raises(ValueError, match="not quantized"):
+            parallelize_module(fresh, mesh, ColwiseParallel())
+        assert type(fresh.weight) is lt8.torch.Int8Params  # a failed shard leaves it as it was
+    else:
+        # On a GPU mesh torch's distribute_tensor first moves the weight to the GPU, which
+        # quantizes a Linear8bitLt's weight as module.to(device) does: the layer then shards.
         parallelize_module(fresh, mesh, ColwiseParallel())
-    assert type(fresh.weight) is lt8.torch.Int8Params  # a failed shard leaves the layer as it was
+        assert isinstance(fresh.weight, DTensor) and fresh.weight.dtype == torch.int8
     with pytest.raises(ValueError, match="has_fp16_weights"):
         sharded(Linear8bitLt(K, N, has_fp16_weights=True).to(device), mesh, RowwiseParallel())
     col = sharded(layer, mesh, ColwiseParallel())
