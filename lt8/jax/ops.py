@@ -312,6 +312,12 @@ def _frozen_weight_bwd(res, g):
 
 _linear.defvjp(_linear_fwd, lambda threshold, res, g: _frozen_weight_bwd(res, g))
 
+# The public ops call their kernels through jax.jit: an eager call (no enclosing trace) then
+# costs one cached executable dispatch instead of re-tracing the custom_vjp, vmap-rule and
+# partitioning wrappers and lowering the FFI call every time (1.7 ms -> ~20 us per call on a
+# CPU for a small layer, benchmarks/NOTES.md). Inside a trace the nested jit is inlined.
+_linear_jit = jax.jit(_linear, static_argnums=(4,))
+
 
 def linear(
     x: jax.Array,
@@ -340,7 +346,7 @@ def linear(
     _check_float(x, "x")
     _check_rows(x, "x")
     _check_weight(CB, SCB, bias, x.shape[-1])
-    return _linear(x, CB, SCB, bias, _threshold(threshold))
+    return _linear_jit(x, CB, SCB, bias, _threshold(threshold))
 
 
 @jax.custom_vjp
@@ -357,6 +363,9 @@ _weight_linear.defvjp(
 )
 
 
+_weight_linear_jit = jax.jit(_weight_linear)  # see _linear_jit
+
+
 def weight_linear(
     x: jax.Array, CB: jax.Array, SCB: jax.Array, bias: jax.Array | None = None
 ) -> jax.Array:
@@ -368,7 +377,7 @@ def weight_linear(
     _check_float(x, "x")
     _check_rows(x, "x")
     _check_weight(CB, SCB, bias, x.shape[-1])
-    return _weight_linear(x, CB, SCB, bias)
+    return _weight_linear_jit(x, CB, SCB, bias)
 
 
 # --- training variant: float master weight, quantized in every forward -------------------------
