@@ -119,24 +119,31 @@ def _check_weight(CB: jax.Array, SCB: jax.Array, bias: jax.Array | None, K: int)
 
 
 # --- kernels with their vmap rules (cached per static parameter) -------------------------------
+# Each goes through jax.jit: an eager call (no enclosing trace) then dispatches one cached
+# executable instead of re-tracing the vmap-rule and partitioning wrappers and lowering the FFI
+# call every time (~0.4-1.7 ms -> tens of us per call, benchmarks/NOTES.md); inside a trace the
+# nested jit is inlined.
 
 
 @functools.cache
 def _quantize_rows(threshold: float):
     # With threshold 0 the mask is all zeros whatever the rows: it stays unbatched when folded.
-    return rowwise(
-        lambda x: _ffi.quantize_rows(x, threshold),
-        n_rows=1,
-        fold=threshold == 0.0,
-        folded_out_batched=(True, True, False),
+    return jax.jit(
+        rowwise(
+            lambda x: _ffi.quantize_rows(x, threshold),
+            n_rows=1,
+            fold=threshold == 0.0,
+            folded_out_batched=(True, True, False),
+        )
     )
 
 
 def _with_optional_bias(raw: Callable[..., Any], n_rows: int, **kw) -> Callable[..., Any]:
-    """Two vmap-ruled variants of ``raw(*arrays, bias)``: with a bias operand and without one.
-    An absent bias never travels as a (zero-size) operand: ``_ffi`` creates it at the call."""
-    with_bias = rowwise(raw, n_rows=n_rows, **kw)
-    without = rowwise(lambda *a: raw(*a, None), n_rows=n_rows, **kw)
+    """Two vmap-ruled, jitted variants of ``raw(*arrays, bias)``: with a bias operand and
+    without one. An absent bias never travels as a (zero-size) operand: ``_ffi`` creates it at
+    the call."""
+    with_bias = jax.jit(rowwise(raw, n_rows=n_rows, **kw))
+    without = jax.jit(rowwise(lambda *a: raw(*a, None), n_rows=n_rows, **kw))
     return lambda *args, bias: without(*args) if bias is None else with_bias(*args, bias)
 
 
@@ -150,8 +157,8 @@ def _linear_kernel(threshold: float):
 
 
 _weight_linear_kernel = _with_optional_bias(partitioning.int8_weight_linear, n_rows=1)
-_grad_input_kernel = rowwise(partitioning.int8_linear_grad_input, n_rows=1)
-_gemm_kernel = rowwise(_ffi.int8_gemm, n_rows=1)
+_grad_input_kernel = jax.jit(rowwise(partitioning.int8_linear_grad_input, n_rows=1))
+_gemm_kernel = jax.jit(rowwise(_ffi.int8_gemm, n_rows=1))
 
 
 @functools.cache
@@ -312,10 +319,8 @@ def _frozen_weight_bwd(res, g):
 
 _linear.defvjp(_linear_fwd, lambda threshold, res, g: _frozen_weight_bwd(res, g))
 
-# The public ops call their kernels through jax.jit: an eager call (no enclosing trace) then
-# costs one cached executable dispatch instead of re-tracing the custom_vjp, vmap-rule and
-# partitioning wrappers and lowering the FFI call every time (1.7 ms -> ~20 us per call on a
-# CPU for a small layer, benchmarks/NOTES.md). Inside a trace the nested jit is inlined.
+# The fused op's custom_vjp wrapper through jax.jit too (see the kernels above): an eager call
+# then dispatches one executable.
 _linear_jit = jax.jit(_linear, static_argnums=(4,))
 
 

@@ -442,7 +442,7 @@ def test_import_lt8_jax_does_not_import_torch():
 
 
 def test_eager_calls_reuse_one_compiled_kernel(platform, rng):
-    """Called eagerly (no enclosing jit), linear and weight_linear run a cached jax.jit: fresh
+    """Called eagerly (no enclosing jit), the ops run a cached jax.jit: fresh
     inputs of the same shapes reuse one executable (no re-tracing per call, which cost ~1.7 ms
     a call), a new static threshold adds one, and the results equal a jitted call's bit for bit."""
     _, CB, SCB = int8_weight(rng, 24, 40)
@@ -458,3 +458,14 @@ def test_eager_calls_reuse_one_compiled_kernel(platform, rng):
     assert ops._weight_linear_jit._cache_size() == 1
     ops.linear(x, CB, SCB, bias, 3.0)
     assert ops._linear_jit._cache_size() == 2
+    # The other ops' kernels too (quantize_weight's quantizer, the int8 GEMM).
+    ops._gemm_kernel.clear_cache()
+    ops._quantize_rows(0.0).clear_cache()
+    for _ in range(3):
+        A = jnp.asarray(rng.integers(-127, 128, (5, 40)), jnp.int8)
+        np.testing.assert_array_equal(
+            ops.int8_gemm(A, CB), np.asarray(A, np.int32) @ np.asarray(CB, np.int32).T
+        )
+        ops.quantize_weight(jnp.asarray(rng.standard_normal((24, 40)), jnp.float32))
+    assert ops._gemm_kernel._cache_size() == 1
+    assert ops._quantize_rows(0.0)._cache_size() == 1
