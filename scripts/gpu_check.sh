@@ -2,7 +2,7 @@
 # Run on the GPU machine from the repo root: build with CUDA, run the whole test suite on the
 # GPU (CUDA tests may not skip: LT8_REQUIRE_CUDA=1), optionally the memory checkers and the
 # benchmark, and print a summary last. Logs go to $OUT when it is set.
-#   STAGES="build tests gemv sanitizer bench models e2e" (default: build tests)   PYTEST_ARGS="-k linear"
+#   STAGES="build tests gemv sanitizer bench models e2e multi" (default: build tests)   PYTEST_ARGS="-k linear"
 #   TESTS="tests/torch/test_x.py ..." (default: tests)   PYTEST_JOBS=8 (pytest-xdist workers)
 #   MODELS_ARGS="--models llama3-8b --ms 16,2048"   E2E_ARGS="--variants fp16,lt8"
 # Wheels in .whl/ (bitsandbytes, torchao; carried) are installed first; with bitsandbytes there,
@@ -78,6 +78,15 @@ fi
 if [[ " $STAGES " == *" e2e "* ]]; then
   $PY benchmarks/bench_e2e.py --out "$OUT" ${E2E_ARGS:-} 2>&1 | tee "$OUT/bench_e2e.log"
   note "bench_e2e: $(grep -c 'variant=' "$OUT/bench_e2e.log") variants"
+fi
+
+if [[ " $STAGES " == *" multi "* ]]; then
+  # Tensor parallelism over this host's GPUs (1 up to LT8_GPUS): torch DTensor and JAX meshes.
+  widths=$(for w in 1 2 4 8; do [ "$w" -le "$LT8_GPUS" ] && printf '%s,' "$w"; done); widths=${widths%,}
+  $PY benchmarks/bench_multi_gpu.py --launch "$widths" --out "$OUT" ${MULTI_ARGS:-} 2>&1 | tee "$OUT/bench_multi_gpu.log"
+  note "bench_multi_gpu (torch, widths $widths): $(grep -c ',' "$OUT"/bench_multi_gpu-*.csv 2>/dev/null) csv lines"
+  $PY benchmarks/bench_multi_gpu_jax.py --widths "$widths" --out "$OUT" ${MULTI_JAX_ARGS:-} 2>&1 | tee "$OUT/bench_multi_gpu_jax.log"
+  note "bench_multi_gpu_jax (widths $widths): $(grep -c ',' "$OUT"/bench_multi_gpu_jax-*.csv 2>/dev/null) csv lines"
 fi
 
 echo; echo "===== summary ($(cat "$OUT/gpu.txt"))"; printf '%s\n' "${summary[@]}"
