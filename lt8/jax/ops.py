@@ -414,6 +414,7 @@ def _linear_fp_bwd(threshold, res, g):
 
 
 _linear_fp.defvjp(_linear_fp_fwd, _linear_fp_bwd)
+_linear_fp_jit = jax.jit(_linear_fp, static_argnums=(3,))  # see _linear_jit
 
 
 def linear_fp(
@@ -440,7 +441,7 @@ def linear_fp(
         _check_float(bias, "bias")
         if bias.shape != (w.shape[0],):
             raise ValueError(f"bias must have shape ({w.shape[0]},), got {bias.shape}")
-    return _linear_fp(x, w, bias, _threshold(threshold))
+    return _linear_fp_jit(x, w, bias, _threshold(threshold))
 
 
 # --- layouts ----------------------------------------------------------------------------------

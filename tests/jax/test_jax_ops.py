@@ -469,3 +469,11 @@ def test_eager_calls_reuse_one_compiled_kernel(platform, rng):
         ops.quantize_weight(jnp.asarray(rng.standard_normal((24, 40)), jnp.float32))
     assert ops._gemm_kernel._cache_size() == 1
     assert ops._quantize_rows(0.0)._cache_size() == 1
+    ops._linear_fp_jit.clear_cache()
+    W = jnp.asarray(rng.standard_normal((24, 40)), jnp.float32)
+    for _ in range(3):
+        x = activations(rng, (5, 40), 6.0)
+        np.testing.assert_array_equal(
+            ops.linear_fp(x, W, bias, 6.0), jax.jit(lambda x: ops.linear_fp(x, W, bias, 6.0))(x)
+        )
+    assert ops._linear_fp_jit._cache_size() == 1
