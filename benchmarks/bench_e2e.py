@@ -30,22 +30,22 @@ import time
 from pathlib import Path
 
 import torch
+from model_shapes import LLAMA_SHAPES, OUTLIER_CHANNELS, OUTLIER_GAIN, THRESHOLD
 
 VARIANTS = ["fp16", "fp16-static", "lt8", "lt8-static", "bnb", "torchao", "torchao-static"]
 FIELDS = ["variant", "prefill_ms", "decode_ms_b1", "decode_ms_b16", "weights_gib",
           "logits_relerr", "token_agreement"]  # fmt: skip
-THRESHOLD = 6.0
-OUTLIER_CHANNELS = 8
-OUTLIER_GAIN = 20.0
 
 
 def build_fp16_model(layers: int):
     """The config-built Llama with outlier channels, fp16 on the GPU, deterministic."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    dims = LLAMA_SHAPES["8b"]
     cfg = LlamaConfig(
-        hidden_size=4096, intermediate_size=14336, num_attention_heads=32, num_key_value_heads=8,
-        num_hidden_layers=layers, vocab_size=32000, max_position_embeddings=4096,
+        hidden_size=dims["hidden"], intermediate_size=dims["intermediate"],
+        num_attention_heads=dims["heads"], num_key_value_heads=dims["kv_heads"],
+        num_hidden_layers=layers, vocab_size=dims["vocab"], max_position_embeddings=4096,
         rms_norm_eps=1e-5, tie_word_embeddings=False,
     )  # fmt: skip
     torch.manual_seed(0)

@@ -70,7 +70,14 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_e2e import OUTLIER_CHANNELS, OUTLIER_GAIN, THRESHOLD, time_cuda  # noqa: E402
+from bench_e2e import time_cuda  # noqa: E402
+from model_shapes import (  # noqa: E402
+    LLAMA_SHAPES,
+    OUTLIER_CHANNELS,
+    OUTLIER_GAIN,
+    THRESHOLD,
+    TINY_SHAPES,
+)
 
 FIELDS = [
     "run", "model", "variant", "gpus", "device", "layers", "prefill_tokens", "new_tokens",
@@ -96,15 +103,8 @@ class Shape:
     vocab: int
 
 
-SHAPES = {
-    "8b": Shape(hidden=4096, intermediate=14336, heads=32, kv_heads=8, vocab=32000),
-    "70b": Shape(hidden=8192, intermediate=28672, heads=64, kv_heads=8, vocab=32000),
-}
-# --tiny: the same head ratios on 2-4 million parameters (CPU, gloo).
-TINY_SHAPES = {
-    "8b": Shape(hidden=128, intermediate=448, heads=8, kv_heads=4, vocab=512),
-    "70b": Shape(hidden=256, intermediate=896, heads=16, kv_heads=4, vocab=512),
-}
+SHAPES = {name: Shape(**dims) for name, dims in LLAMA_SHAPES.items()}
+TINY = {name: Shape(**dims) for name, dims in TINY_SHAPES.items()}  # --tiny (CPU, gloo)
 
 
 # --- the model ----------------------------------------------------------------------------------
@@ -265,7 +265,7 @@ def reference(model, prompt, decode_ids, new_tokens: int) -> dict:
 def bench_one(args, name: str, variant: str, ctx: dict, log: Log) -> dict | None:
     """Builds, shards and measures one model variant; returns rank 0's CSV row."""
     rank, world, device, mesh = ctx["rank"], ctx["world"], ctx["device"], ctx["mesh"]
-    shapes = TINY_SHAPES if args.tiny else SHAPES
+    shapes = TINY if args.tiny else SHAPES
     shape, layers = shapes[name], args.layers_8b if name == "8b" else args.layers_70b
     label = f"{'tiny-' if args.tiny else ''}{name}"
     if shape.kv_heads % world:

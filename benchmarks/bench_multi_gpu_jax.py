@@ -60,6 +60,7 @@ import math
 import os
 import re
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -77,9 +78,15 @@ from jax.sharding import PartitionSpec as P  # noqa: E402
 
 from lt8.jax import Dense8bit  # noqa: E402
 
-THRESHOLD = 6.0
-OUTLIER_CHANNELS = 8
-OUTLIER_GAIN = 20.0
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from model_shapes import (  # noqa: E402
+    LLAMA_SHAPES,
+    OUTLIER_CHANNELS,
+    OUTLIER_GAIN,
+    THRESHOLD,
+    TINY_SHAPES,
+)
+
 DECODE_BATCHES = (1, 16)
 VARIANTS = ("fp16", "lt8")
 FIELDS = [
@@ -119,17 +126,6 @@ class Shape:
     @property
     def head_dim(self) -> int:
         return self.hidden // self.heads
-
-
-SHAPES = {
-    "8b": dict(hidden=4096, intermediate=14336, heads=32, kv_heads=8, vocab=32000),
-    "70b": dict(hidden=8192, intermediate=28672, heads=64, kv_heads=8, vocab=32000),
-}
-# --tiny: bench_multi_gpu.py's tiny widths, 16 query / 8 KV heads (8 host devices split them).
-TINY_SHAPES = {
-    "8b": dict(hidden=128, intermediate=448, heads=16, kv_heads=8, vocab=512),
-    "70b": dict(hidden=256, intermediate=896, heads=16, kv_heads=8, vocab=512),
-}
 
 
 # --- the model ----------------------------------------------------------------------------------
@@ -595,7 +591,7 @@ def main() -> None:
         raise SystemExit("--new-tokens must be at least 1")
     layers = {"8b": args.layers_8b or (2 if args.tiny else 8)}
     layers["70b"] = args.layers_70b or (2 if args.tiny else 4)
-    table = TINY_SHAPES if args.tiny else SHAPES
+    table = TINY_SHAPES if args.tiny else LLAMA_SHAPES
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     for m in models:
         if m not in table:
