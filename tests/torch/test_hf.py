@@ -153,6 +153,45 @@ def test_quantize_while_loading_then_save_and_reload(arch, device_map, rng, tmp_
     assert torch.equal(_generate(back, ids), gen)
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize("how", ["auto", "explicit"])
+def test_device_map_splits_the_int8_model_over_two_gpus(how, rng, tmp_path):
+    """transformers + accelerate place the int8 model over two GPUs (``device_map="auto"`` with a
+    ``max_memory`` that cannot hold it on one, or a map naming each block's GPU); each layer
+    runs where its weight lives and ``generate`` gives the one-GPU model's tokens and logits."""
+    from conftest import require_gpus
+
+    require_gpus(2)
+    _, _, fp16_dir = _saved_fp16(_tiny_llama, rng, tmp_path)
+    load = dict(quantization_config=hf.Lt8Config(), dtype=torch.float16)
+    one = transformers.AutoModelForCausalLM.from_pretrained(fp16_dir, device_map="cuda:0", **load)
+    if how == "auto":
+        # Room on GPU 0 for about half of the int8 model: the rest must go to GPU 1.
+        int8_bytes = sum(t.numel() * t.element_size() for t in one.state_dict().values())
+        split = dict(device_map="auto", max_memory={0: int8_bytes // 2, 1: "4GiB"})
+    else:
+        split = dict(
+            device_map={
+                "model.embed_tokens": 0,
+                "model.layers.0": 0,
+                "model.layers.1": 1,
+                "model.norm": 1,
+                "model.rotary_emb": 1,
+                "lm_head": 1,
+            }
+        )
+    two = transformers.AutoModelForCausalLM.from_pretrained(fp16_dir, **split, **load)
+    placed = {str(m.weight.device) for m in two.modules() if isinstance(m, Linear8bitLt)}
+    assert placed == {"cuda:0", "cuda:1"}, two.hf_device_map
+    sd_one, sd_two = one.state_dict(), two.state_dict()
+    for k in sd_one:
+        assert torch.equal(sd_one[k], sd_two[k].to("cuda:0")), k
+    ids = torch.from_numpy(rng.integers(3, VOCAB, size=(2, 12))).to("cuda:0")
+    with torch.no_grad():
+        torch.testing.assert_close(two(ids).logits.to("cuda:0"), one(ids).logits, rtol=0, atol=0)
+    assert torch.equal(_generate(two, ids).to("cuda:0"), _generate(one, ids))
+
+
 def test_lora_trains_on_the_loaded_model(rng, tmp_path):
     peft = pytest.importorskip("peft")
     _, _, fp16_dir = _saved_fp16(_tiny_llama, rng, tmp_path)
