@@ -73,7 +73,9 @@ def test_bnb_checkpoint_loads_into_lt8(threshold):
         out_ours, out_theirs = ours(x), theirs(x)
     # Same int8 weights: the outputs differ only by int8 rounding of the activations.
     assert rel(out_ours, out_theirs) < 0.01
-    assert rel(out_ours, ref) < 0.03
+    # At threshold 0 the x12 outlier columns set each row's absmax, so the int8 step of the
+    # other columns is ~12x coarser than at threshold 6 (measured 0.031 on an H200).
+    assert rel(out_ours, ref) < (0.06 if threshold == 0 else 0.03)
 
 
 @pytest.mark.parametrize("threshold", [0.0, 6.0])
