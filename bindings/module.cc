@@ -198,6 +198,15 @@ NB_MODULE(_C, m) {
       nb::arg("device"),
       "Bytes of scratch the fused linear op needs for (M, N, K), x's dtype code, the threshold "
       "and the device code (Device.CUDA's size serves every device).");
+  m.def(
+      "outlier_terms_workspace_size",
+      [](int64_t M, int64_t N, int64_t K, int dtype, int device) {
+        return lt8::add_outlier_terms_workspace_size(
+            M, N, K, PyArg<DType>::from(dtype), checked_code<Device>(device, "device", "Device"));
+      },
+      nb::arg("M"), nb::arg("N"), nb::arg("K"), nb::arg("dtype"), nb::arg("device"),
+      "Bytes of scratch add_outlier_terms needs for (M, N, K), x's dtype code and the device "
+      "code (Device.CUDA's size serves every device).");
 
   m.def(
       "registrations",

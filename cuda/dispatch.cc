@@ -178,6 +178,36 @@ size_t carve_linear_scratch(void* base, int64_t M, int64_t N, int64_t K, DType x
   return off;
 }
 
+size_t carve_terms_scratch(void* base, int64_t M, int64_t N, int64_t K, DType x_dtype,
+                           Device device, TermsScratch* s) {
+  if (device != Device::kCUDA || (x_dtype != DType::kF16 && x_dtype != DType::kBF16)) return 0;
+  size_t off = 0;
+  auto take = [&](size_t bytes) {
+    size_t at = off;
+    off += align_up(bytes);
+    return at;
+  };
+  size_t idx = take(sizeof(int32_t) * K);
+  size_t cnt = take(sizeof(int32_t));
+  const size_t gather_row = 2 * static_cast<size_t>(outlier_gather_stride(K));
+  size_t tx = take(gather_row * M);
+  size_t tw = take(gather_row * N);
+  if (base != nullptr && s != nullptr) {
+    char* b = static_cast<char*>(base);
+    s->outlier_idx = reinterpret_cast<int32_t*>(b + idx);
+    s->outlier_count = reinterpret_cast<int32_t*>(b + cnt);
+    s->tc_x = b + tx;
+    s->tc_w = b + tw;
+  }
+  return off;
+}
+
+size_t add_outlier_terms_workspace_size(int64_t M, int64_t N, int64_t K, DType x_dtype,
+                                        Device device) {
+  if (M < 0 || N < 0 || K < 0) return 0;
+  return carve_terms_scratch(nullptr, M, N, K, x_dtype, device, nullptr);
+}
+
 size_t int8_linear_workspace_size(int64_t M, int64_t N, int64_t K, DType x_dtype, float threshold,
                                   Device device) {
   if (M < 0 || N < 0 || K < 0) return 0;
@@ -274,12 +304,24 @@ Status int8_linear_grad_input(const Exec& ex, DType g_dtype, const void* grad_ou
 
 Status add_outlier_terms(const Exec& ex, DType x_dtype, const void* x, const uint8_t* outlier_mask,
                          const int8_t* CB, const float* SCB, const float* base, int64_t M,
-                         int64_t N, int64_t K, float* out) {
+                         int64_t N, int64_t K, float* out, void* workspace,
+                         size_t workspace_bytes) {
   LT8_TRY(check_float(x_dtype, "x"));
   LT8_TRY(check_dims({{"M", M}, {"N", N}, {"K", K}}));
   LT8_TRY(check_ptrs({{"base", base}, {"out", out}, {"SCB", SCB}}, M * N > 0));
   LT8_TRY(check_ptrs({{"x", x}, {"outlier_mask", outlier_mask}, {"CB", CB}}, M * N * K > 0));
-  LT8_ROUTE(add_outlier_terms, (x_dtype, x, outlier_mask, CB, SCB, base, M, N, K, out));
+  if (!is_valid(ex.device)) return Status::Invalid("unknown device code");
+  const size_t need = add_outlier_terms_workspace_size(M, N, K, x_dtype, ex.device);
+  if (workspace_bytes < need || (need > 0 && workspace == nullptr))
+    return Status::Invalid("workspace too small: need " + std::to_string(need) + " bytes, got " +
+                           std::to_string(workspace_bytes));
+  if (ex.device == Device::kCUDA) {
+    TermsScratch s;
+    carve_terms_scratch(workspace, M, N, K, x_dtype, ex.device, &s);
+    return LT8_GPU_CALL(add_outlier_terms,
+                        (x_dtype, x, outlier_mask, CB, SCB, base, M, N, K, out, s));
+  }
+  return cpu::add_outlier_terms(x_dtype, x, outlier_mask, CB, SCB, base, M, N, K, out);
 }
 
 }  // namespace lt8

@@ -27,6 +27,16 @@ struct LinearScratch {
   void* tc_w = nullptr;
 };
 
+// Scratch of add_outlier_terms' tensor-core path (carve_terms_scratch): the compacted outlier
+// columns and the gather buffers of cuda/linear/outlier_tc.cu. All null where the path cannot
+// run (CPU, float32 x).
+struct TermsScratch {
+  int32_t* outlier_idx = nullptr;    // (K,)
+  int32_t* outlier_count = nullptr;  // (1,)
+  void* tc_x = nullptr;              // (M, outlier_gather_stride(K)) of x's dtype
+  void* tc_w = nullptr;              // (N, outlier_gather_stride(K)) of x's dtype
+};
+
 // Batches up to this many rows take the GPU's memory-bound GEMV; larger ones the int8 GEMM.
 constexpr int kSmallBatchRows = 16;
 // kSmallBatchRows, or less through the environment variable LT8_GEMV_MAX_ROWS (read once; a
@@ -48,6 +58,9 @@ constexpr size_t kGemmWorkspaceBytes = size_t{8} << 20;
 // threshold > 0 (the only calls that can take that path).
 size_t carve_linear_scratch(void* base, int64_t M, int64_t N, int64_t K, DType x_dtype,
                             float threshold, Device device, LinearScratch* s);
+// The same for add_outlier_terms: nothing unless device is kCUDA and x is 16-bit.
+size_t carve_terms_scratch(void* base, int64_t M, int64_t N, int64_t K, DType x_dtype,
+                           Device device, TermsScratch* s);
 
 // Host-side float <-> fp16/bf16 with round-to-nearest-even (matches torch/numpy/CUDA casts).
 float half_bits_to_float(uint16_t h);
@@ -112,7 +125,7 @@ Status int8_weight_linear(const Exec& ex, DType x_dtype, const void* x, const in
                           int64_t N, int64_t K, void* out);
 Status add_outlier_terms(const Exec& ex, DType x_dtype, const void* x, const uint8_t* outlier_mask,
                          const int8_t* CB, const float* SCB, const float* base, int64_t M,
-                         int64_t N, int64_t K, float* out);
+                         int64_t N, int64_t K, float* out, const TermsScratch& s);
 }  // namespace gpu
 #endif
 

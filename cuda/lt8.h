@@ -181,8 +181,16 @@ Status int8_linear_grad_input(const Exec& ex, DType g_dtype, const void* grad_ou
 //   outlier_mask[k] != 0, ascending, one rounding per multiply and per add.
 // With base = dequant_epilogue(int8_gemm(q, CB)) in float32, out + bias rounded to x's dtype is
 // the fused int8_linear. x (M, K) f32/f16/bf16; out may be base.
+// Above kStagedOutliers (64) outlier columns, 16-bit x on a CUDA device of sm_80+ takes the
+// fused op's tensor-core outlier path (float32 sums in the hardware's order, as the fused op
+// then does); `workspace` is caller-provided scratch of at least
+// add_outlier_terms_workspace_size(M, N, K, x_dtype, device) bytes (kCUDA's size serves a CPU
+// call too).
+size_t add_outlier_terms_workspace_size(int64_t M, int64_t N, int64_t K, DType x_dtype,
+                                        Device device);
 Status add_outlier_terms(const Exec& ex, DType x_dtype, const void* x, const uint8_t* outlier_mask,
                          const int8_t* CB, const float* SCB, const float* base, int64_t M,
-                         int64_t N, int64_t K, float* out);
+                         int64_t N, int64_t K, float* out, void* workspace,
+                         size_t workspace_bytes);
 
 }  // namespace lt8

@@ -270,7 +270,8 @@ auto BindInt8LinearGradInput(B b) {
 // --- add_outlier_terms: x (..., K), mask (K,) u8, CB (N, K), SCB (N,), base (..., N) f32 -------
 inline xffi::Error AddOutlierTermsImpl(const Exec& ex, AnyBuffer x, Buffer<xffi::U8, 1> mask,
                                        Buffer<xffi::S8, 2> cb, Buffer<xffi::F32, 1> scb,
-                                       Buffer<xffi::F32> base, Result<Buffer<xffi::F32>> out) {
+                                       Buffer<xffi::F32> base, Result<Buffer<xffi::F32>> out,
+                                       Result<Buffer<xffi::U8>> workspace) {
   DType dt;
   if (!float_dtype(x.element_type(), &dt)) return invalid("x must be float32, float16 or bfloat16");
   Rows r = as_rows(x.dimensions());
@@ -281,7 +282,8 @@ inline xffi::Error AddOutlierTermsImpl(const Exec& ex, AnyBuffer x, Buffer<xffi:
     return invalid("add_outlier_terms: shapes do not match");
   LT8_FFI_TRY(add_outlier_terms(ex, dt, x.untyped_data(), mask.typed_data(), cb.typed_data(),
                                 scb.typed_data(), base.typed_data(), r.M, N, r.K,
-                                out->typed_data()));
+                                out->typed_data(), workspace->untyped_data(),
+                                workspace->size_bytes()));
   return xffi::Error::Success();
 }
 template <typename B>
@@ -292,7 +294,8 @@ auto BindAddOutlierTerms(B b) {
       .template Arg<Buffer<xffi::S8, 2>>()
       .template Arg<Buffer<xffi::F32, 1>>()
       .template Arg<Buffer<xffi::F32>>()
-      .template Ret<Buffer<xffi::F32>>();
+      .template Ret<Buffer<xffi::F32>>()
+      .template Ret<Buffer<xffi::U8>>();
 }
 
 }  // namespace lt8::ffi

@@ -20,6 +20,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <type_traits>
 
 #include "linear/outlier_tc.cuh"
 
@@ -109,15 +110,25 @@ struct TcShape {
   static constexpr int kChunksPerRow = BK / 8;  // 16-byte chunks per tile row
 };
 
-// out[m, n] = dequant(acc[m, n]) + (sum_j Xg[m, j] * Wg[n, j]) * SCB[n] / 127 + bias[n].
-template <typename T, int BK, int STAGES>
+// The epilogue's two modes. Fused (the fused op): out (T) = dequant(acc[m, n]) + outlier sum
+// * SCB[n] / 127 + bias[n]. Terms (add_outlier_terms): out (float) = base[m, n] + outlier sum *
+// SCB[n] / 127; base may be out (each element is read, then written, by one thread).
+struct OutlierEpilogueArgs {
+  const int32_t* acc = nullptr;  // fused
+  const float* row_scale = nullptr;
+  DType bias_dtype = DType::kF32;
+  const void* bias = nullptr;
+  const float* base = nullptr;  // terms
+};
+
+// out[m, n] = (acc or base term) + (sum_j Xg[m, j] * Wg[n, j]) * SCB[n] / 127 (+ bias[n]).
+template <typename T, typename OutT, int BK, int STAGES>
 __global__ void __launch_bounds__(kTcThreads)
     outlier_gemm_epilogue_kernel(const T* __restrict__ xg, const T* __restrict__ wg, int64_t Kcap,
                                  const int32_t* __restrict__ count_p, int min_count,
-                                 const int32_t* __restrict__ acc,
-                                 const float* __restrict__ row_scale, const float* __restrict__ SCB,
-                                 DType bias_dtype, const void* __restrict__ bias, int64_t M,
-                                 int64_t N, T* __restrict__ out) {
+                                 OutlierEpilogueArgs epi, const float* __restrict__ SCB, int64_t M,
+                                 int64_t N, OutT* out) {
+  constexpr bool kTerms = std::is_same<OutT, float>::value;
 #if __CUDA_ARCH__ >= 800
   using namespace nvcuda;
   using S = TcShape<BK, STAGES>;
@@ -207,16 +218,20 @@ __global__ void __launch_bounds__(kTcThreads)
       const int r = lane / 2, c0 = (lane % 2) * 8;
       const int64_t m = m0 + wm * 32 + i * 16 + r;
       if (m < M) {
-        const float rs = row_scale[m];
+        const float rs = kTerms ? 0.0f : epi.row_scale[m];
 #pragma unroll
         for (int e = 0; e < 8; ++e) {
           const int64_t n = n0 + wn * 64 + j * 16 + c0 + e;
           if (n < N) {
             const float cs = SCB[n];
-            float v = dequant(acc[m * N + n], rs, cs);
+            float v = kTerms ? epi.base[m * N + n] : dequant(epi.acc[m * N + n], rs, cs);
             v = __fadd_rn(v, __fmul_rn(stage_c[r * 16 + c0 + e], cs * kInv127));
-            if (bias != nullptr) v = __fadd_rn(v, load_float_any(bias_dtype, bias, n));
-            out[m * N + n] = from_float<T>(v);
+            if constexpr (kTerms) {
+              out[m * N + n] = v;
+            } else {
+              if (epi.bias != nullptr) v = __fadd_rn(v, load_float_any(epi.bias_dtype, epi.bias, n));
+              out[m * N + n] = from_float<T>(v);
+            }
           }
         }
       }
@@ -228,13 +243,12 @@ __global__ void __launch_bounds__(kTcThreads)
 
 // Launches one pipeline shape; its dynamic shared memory (over the default 48 KiB) is allowed
 // once per device.
-template <typename T, int BK, int STAGES>
+template <typename T, typename OutT, int BK, int STAGES>
 Status launch_gemm(cudaStream_t st, dim3 grid, const T* xg, const T* wg, int64_t Kcap,
-                   const int32_t* count, const int32_t* acc, const float* row_scale,
-                   const float* SCB, DType bias_dtype, const void* bias, int64_t M, int64_t N,
-                   T* out) {
+                   const int32_t* count, const OutlierEpilogueArgs& epi, const float* SCB,
+                   int64_t M, int64_t N, OutT* out) {
   constexpr size_t kSmem = TcShape<BK, STAGES>::kSmemBytes;
-  auto kernel = outlier_gemm_epilogue_kernel<T, BK, STAGES>;
+  auto kernel = outlier_gemm_epilogue_kernel<T, OutT, BK, STAGES>;
   static std::atomic<uint64_t> allowed{0};  // bit d: set for device d (< 64)
   int dev = 0;
   LT8_CUDA_RETURN_IF_ERROR(cudaGetDevice(&dev), "cudaGetDevice");
@@ -246,31 +260,30 @@ Status launch_gemm(cudaStream_t st, dim3 grid, const T* xg, const T* wg, int64_t
         "cudaFuncSetAttribute(outlier_gemm_epilogue_kernel)");
     allowed.fetch_or(bit, std::memory_order_relaxed);
   }
-  kernel<<<grid, kTcThreads, kSmem, st>>>(xg, wg, Kcap, count, kOutlierTcMinCount, acc, row_scale,
-                                          SCB, bias_dtype, bias, M, N, out);
+  kernel<<<grid, kTcThreads, kSmem, st>>>(xg, wg, Kcap, count, kOutlierTcMinCount, epi, SCB, M, N,
+                                          out);
   LT8_CHECK_LAUNCH("outlier_gemm_epilogue_kernel");
   return Status::Ok();
 }
 
-template <typename T>
-Status launch(cudaStream_t st, const T* x, const int8_t* CB, const float* SCB,
-              const LinearScratch& s, DType bias_dtype, const void* bias, int64_t M, int64_t N,
-              int64_t K, T* out) {
+// Gathers the outlier columns (idx[0 .. *count)) into xg / wg, then the GEMM and the epilogue.
+template <typename T, typename OutT>
+Status launch(cudaStream_t st, const T* x, const int8_t* CB, const float* SCB, const int32_t* idx,
+              const int32_t* count, void* tc_x, void* tc_w, const OutlierEpilogueArgs& epi,
+              int64_t M, int64_t N, int64_t K, OutT* out) {
   const int64_t Kcap = outlier_gather_stride(K);
-  const int32_t* count = s.outlier_count;
-  T* xg = static_cast<T*>(s.tc_x);
-  T* wg = static_cast<T*>(s.tc_w);
+  T* xg = static_cast<T*>(tc_x);
+  T* wg = static_cast<T*>(tc_w);
   {
     const dim3 block(64, kGatherThreads / 64);
     const int64_t blocks = std::min<int64_t>((M + N + block.y - 1) / block.y, 4096);
     gather_outliers_kernel<T><<<static_cast<unsigned>(blocks), block, 0, st>>>(
-        x, CB, s.outlier_idx, count, kOutlierTcMinCount, M, N, K, Kcap, xg, wg);
+        x, CB, idx, count, kOutlierTcMinCount, M, N, K, Kcap, xg, wg);
     LT8_CHECK_LAUNCH("gather_outliers_kernel");
   }
   const dim3 grid(static_cast<unsigned>((N + kBN - 1) / kBN),
                   static_cast<unsigned>((M + kBM - 1) / kBM));
-  return launch_gemm<T, kBK, kStages>(st, grid, xg, wg, Kcap, count, s.acc, s.row_scale, SCB,
-                                      bias_dtype, bias, M, N, out);
+  return launch_gemm<T, OutT, kBK, kStages>(st, grid, xg, wg, Kcap, count, epi, SCB, M, N, out);
 }
 
 }  // namespace
@@ -282,13 +295,35 @@ bool outlier_tc_supported(int64_t M) {
 Status launch_outlier_tc(cudaStream_t st, DType x_dtype, const void* x, const int8_t* CB,
                          const float* SCB, const LinearScratch& s, DType bias_dtype,
                          const void* bias, int64_t M, int64_t N, int64_t K, void* out) {
+  OutlierEpilogueArgs epi;
+  epi.acc = s.acc;
+  epi.row_scale = s.row_scale;
+  epi.bias_dtype = bias_dtype;
+  epi.bias = bias;
   if (x_dtype == DType::kF16)
-    return launch<__half>(st, static_cast<const __half*>(x), CB, SCB, s, bias_dtype, bias, M, N, K,
+    return launch<__half>(st, static_cast<const __half*>(x), CB, SCB, s.outlier_idx,
+                          s.outlier_count, s.tc_x, s.tc_w, epi, M, N, K,
                           static_cast<__half*>(out));
   if (x_dtype == DType::kBF16)
-    return launch<__nv_bfloat16>(st, static_cast<const __nv_bfloat16*>(x), CB, SCB, s, bias_dtype,
-                                 bias, M, N, K, static_cast<__nv_bfloat16*>(out));
+    return launch<__nv_bfloat16>(st, static_cast<const __nv_bfloat16*>(x), CB, SCB,
+                                 s.outlier_idx, s.outlier_count, s.tc_x, s.tc_w, epi, M, N, K,
+                                 static_cast<__nv_bfloat16*>(out));
   return Status::Invalid("launch_outlier_tc: x must be float16 or bfloat16");
+}
+
+Status launch_outlier_tc_terms(cudaStream_t st, DType x_dtype, const void* x, const int8_t* CB,
+                               const float* SCB, const TermsScratch& s, const float* base,
+                               int64_t M, int64_t N, int64_t K, float* out) {
+  OutlierEpilogueArgs epi;
+  epi.base = base;
+  if (x_dtype == DType::kF16)
+    return launch<__half>(st, static_cast<const __half*>(x), CB, SCB, s.outlier_idx,
+                          s.outlier_count, s.tc_x, s.tc_w, epi, M, N, K, out);
+  if (x_dtype == DType::kBF16)
+    return launch<__nv_bfloat16>(st, static_cast<const __nv_bfloat16*>(x), CB, SCB,
+                                 s.outlier_idx, s.outlier_count, s.tc_x, s.tc_w, epi, M, N, K,
+                                 out);
+  return Status::Invalid("launch_outlier_tc_terms: x must be float16 or bfloat16");
 }
 
 }  // namespace gpu

@@ -26,5 +26,13 @@ Status launch_outlier_tc(cudaStream_t st, DType x_dtype, const void* x, const in
                          const float* SCB, const LinearScratch& s, DType bias_dtype,
                          const void* bias, int64_t M, int64_t N, int64_t K, void* out);
 
+// The same gather and tensor-core GEMM for add_outlier_terms (x 16-bit): out (M, N) float32 =
+// base + the outlier terms, with s.outlier_idx / s.outlier_count compacted by the caller. Both
+// kernels return at once unless *s.outlier_count > kOutlierTcMinCount (the caller's exact
+// kernel covers the other case). out may be base.
+Status launch_outlier_tc_terms(cudaStream_t st, DType x_dtype, const void* x, const int8_t* CB,
+                               const float* SCB, const TermsScratch& s, const float* base,
+                               int64_t M, int64_t N, int64_t K, float* out);
+
 }  // namespace gpu
 }  // namespace lt8

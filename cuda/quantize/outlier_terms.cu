@@ -7,6 +7,12 @@
 // the outlier columns of the mask in ordered chunks into shared memory (no scratch, no host sync)
 // and each thread accumulates its column for the block's rows. Cost: M * N * (outlier columns)
 // multiply-adds, like the fused epilogue's outlier terms.
+//
+// With 16-bit x and more than kOutlierTcMinCount outlier columns (tc_count says so, read on
+// the device) this kernel returns at once and the fused op's tensor-core path
+// (linear/outlier_tc.cu, terms mode) sums them instead, as the fused op itself does: a
+// row-parallel shard of Llama's down_proj has every column flagged over a long prompt, and
+// M * N * K multiply-adds on CUDA cores with the weight read along k took ~69 ms a layer.
 #include <algorithm>
 #include <cstdint>
 
@@ -15,6 +21,8 @@
 #include "common/launch_shape.cuh"
 #include "common/numerics.h"
 #include "internal.h"
+#include "linear/outlier_tc.cuh"
+#include "quantize/quantize.cuh"
 #include "quantize/outlier_compaction.cuh"
 
 namespace lt8 {
@@ -29,7 +37,9 @@ template <typename T>
 __global__ void __launch_bounds__(kThreads)
     add_outlier_terms_kernel(const T* __restrict__ x, const uint8_t* __restrict__ mask,
                              const int8_t* __restrict__ CB, const float* __restrict__ SCB,
-                             const float* base, int64_t M, int64_t N, int64_t K, float* out) {
+                             const float* base, int64_t M, int64_t N, int64_t K, float* out,
+                             const int32_t* __restrict__ tc_count) {
+  if (tc_count != nullptr && *tc_count > kOutlierTcMinCount) return;  // the tensor cores' call
   __shared__ int32_t s_idx[kTermChunk];
   __shared__ int warp_total[kThreads / 32];
   const int64_t n = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
@@ -69,18 +79,28 @@ __global__ void __launch_bounds__(kThreads)
 
 Status add_outlier_terms(const Exec& ex, DType x_dtype, const void* x, const uint8_t* outlier_mask,
                          const int8_t* CB, const float* SCB, const float* base, int64_t M,
-                         int64_t N, int64_t K, float* out) {
+                         int64_t N, int64_t K, float* out, const TermsScratch& s) {
   return dispatch_float(x_dtype, [&](auto tag) -> Status {
     using T = decltype(tag);
     if (M == 0 || N == 0) return Status::Ok();
     DeviceGuard guard(ex);
     if (!guard.ok()) return guard.status();
+    cudaStream_t st = stream_of(ex);
+    // The tensor-core path exists for 16-bit x (scratch carved) on sm_80+; which of the two
+    // kernels does the work is decided on the device from the outlier count.
+    const bool tc = s.tc_x != nullptr && K > 0 && outlier_tc_supported(M);
+    if (tc) {
+      Status cs = launch_compact_outliers(st, outlier_mask, K, s.outlier_idx, s.outlier_count);
+      if (!cs.ok()) return cs;
+    }
     dim3 grid(static_cast<unsigned>(ceil_div(N, kThreads)),
               static_cast<unsigned>(std::min(ceil_div(M, kTermRows), kMaxGridYZ)));
-    add_outlier_terms_kernel<T><<<grid, kThreads, 0, stream_of(ex)>>>(
-        static_cast<const T*>(x), outlier_mask, CB, SCB, base, M, N, K, out);
+    add_outlier_terms_kernel<T><<<grid, kThreads, 0, st>>>(
+        static_cast<const T*>(x), outlier_mask, CB, SCB, base, M, N, K, out,
+        tc ? s.outlier_count : nullptr);
     LT8_CHECK_LAUNCH("add_outlier_terms_kernel");
-    return Status::Ok();
+    if (!tc) return Status::Ok();
+    return launch_outlier_tc_terms(st, x_dtype, x, CB, SCB, s, base, M, N, K, out);
   });
 }
 

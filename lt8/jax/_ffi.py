@@ -178,11 +178,18 @@ def add_outlier_terms(
     x: jax.Array, outlier_mask: jax.Array, cb: jax.Array, scb: jax.Array, base: jax.Array
 ) -> jax.Array:
     """base (..., N) float32 plus the outlier columns' terms of x (..., K) @ W^T, W = CB * SCB /
-    127, in the fused op's order: the float32 result (..., N) before the bias."""
+    127, in the fused op's order: the float32 result (..., N) before the bias. The kernel's
+    scratch (the tensor-core path's gather buffers) is a second, discarded output."""
+    N, K = cb.shape
+    M = int(np.prod(x.shape[:-1], dtype=np.int64))
+    ws = int(C.outlier_terms_workspace_size(M, N, K, _dtype_code(x.dtype), DEVICE_CUDA))
     call = jax.ffi.ffi_call(
-        "lt8_add_outlier_terms", _sds(base.shape, np.float32), vmap_method="sequential"
+        "lt8_add_outlier_terms",
+        (_sds(base.shape, np.float32), _sds((ws,), np.uint8)),
+        vmap_method="sequential",
     )
-    return call(x, outlier_mask, cb, scb, base)
+    out, _workspace = call(x, outlier_mask, cb, scb, base)
+    return out
 
 
 _missing = [name for name in C.ops() if name not in globals()]

@@ -247,8 +247,12 @@ def add_outlier_terms(x, outlier_mask, CB, SCB, base):
     M, K = _rows(x)
     N = CB.shape[0]
     out = torch.empty_like(base)
+    ex = _exec(x)
+    # Gather scratch of the tensor-core path (16-bit x on a GPU), from torch's caching allocator.
+    ws_bytes = C.outlier_terms_workspace_size(M, N, K, _DTYPE_CODES[x.dtype], ex[0])
+    ws = torch.empty(ws_bytes, dtype=torch.uint8, device=x.device)
     C.add_outlier_terms(
-        *_exec(x),
+        *ex,
         _DTYPE_CODES[x.dtype],
         x.data_ptr(),
         mask.data_ptr(),
@@ -259,6 +263,8 @@ def add_outlier_terms(x, outlier_mask, CB, SCB, base):
         N,
         K,
         out.data_ptr(),
+        ws.data_ptr(),
+        ws_bytes,
     )
     return out
 

@@ -65,6 +65,10 @@ from lt8.torch.nn import Linear8bitLt
 
 __all__ = ["adopt_sharded_weight", "int8_weight"]
 
+#: Rows up to which a row-parallel shard with outliers runs the fused op (its decode GEMV) on a
+#: float32 copy of x; larger ones run its pieces (cuda/internal.h's kSmallBatchRows).
+_FUSED_PARTIAL_MAX_ROWS = 16
+
 
 # --- checks -------------------------------------------------------------------------------------
 
@@ -175,8 +179,19 @@ class _RowLocal(torch.autograd.Function):
             dist.all_reduce(acc, group=group)  # int32: exact
             out = torch.ops.lt8.dequant_epilogue(acc, row_scale, SCB, bias, x_r.dtype)
         else:
-            x_ext = torch.cat([x_r.float(), scale_col], dim=-1)
-            partial = torch.ops.lt8.int8_linear(x_ext, CB_padded, SCB, None, threshold)
+            if x_r.numel() // max(x_r.shape[-1], 1) <= _FUSED_PARTIAL_MAX_ROWS:
+                # Decode sizes: the fused op on a float32 copy (its GEMV; a float32 result).
+                x_ext = torch.cat([x_r.float(), scale_col], dim=-1)
+                partial = torch.ops.lt8.int8_linear(x_ext, CB_padded, SCB, None, threshold)
+            else:
+                # The fused op's pieces in its order, with a float32 result: the outlier terms
+                # of 16-bit x take the tensor cores when there are many (a shard of Llama's
+                # down_proj over a long prompt has every column flagged), as the fused op does.
+                x_ext = torch.cat([x_r, scale_col.to(x_r.dtype)], dim=-1)
+                q, row_scale, mask = torch.ops.lt8.quantize_rows(x_ext, threshold)
+                acc = torch.ops.lt8.int8_gemm(q, CB_padded)
+                partial = torch.ops.lt8.dequant_epilogue(acc, row_scale, SCB, None, torch.float32)
+                partial = torch.ops.lt8.add_outlier_terms(x_ext, mask, CB_padded, SCB, partial)
             dist.all_reduce(partial, group=group)
             if bias is not None:
                 partial = partial + bias.float()

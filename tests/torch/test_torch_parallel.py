@@ -205,6 +205,36 @@ def check_row_parallel(rng, device, mesh, rank, world):
                 assert torch.equal(gb, gb_ref), case
 
 
+def check_row_parallel_many_outliers(rng, device, mesh, rank, world):
+    """A prefill-sized shard (more rows than the decode GEMV's 16) with most columns outliers:
+    the row-parallel layer runs the fused op's pieces, and on a GPU with 16-bit x the outlier
+    terms of a shard with more than 64 outlier columns are summed on tensor cores. Either way:
+    the unsharded layer's result up to float32 sums in any order, and LLM.int8() of the whole x."""
+    K2 = 320  # 160 columns per rank at world 2 (most of them outliers: > 64), 80 at world 4
+    k = K2 // world
+    own = slice(rank * k, (rank + 1) * k)
+    for name, dtype in DTYPES.items():
+        layer = quantized_layer(rng, K2, N, THRESHOLD, device)
+        x = activations(rng, (24, K2), world, dtype, device)
+        cols = rng.random(K2) < 0.75  # outlier columns: one entry above the threshold each
+        rows = torch.from_numpy(rng.integers(24, size=int(cols.sum()))).to(device)
+        x[rows, torch.from_numpy(np.flatnonzero(cols)).to(device)] = 2.0 * THRESHOLD
+        CB, SCB, bias = layer.weight.data, layer.weight.SCB, layer.bias
+        with torch.no_grad():
+            y_ref = layer(x)
+            y = sharded(layer, mesh, RowwiseParallel())(x[..., own])
+        n_outlier_cols = int(quantize_rows_ref(f64(x), THRESHOLD)[2].sum())
+        slack = float32_bound(x, dequantized(CB, SCB).T, n_outlier_cols + world + 4, bias)
+        assert_close_rounding(y, y_ref, dtype, slack)
+        q, _, _ = torch.ops.lt8.quantize_rows(x, THRESHOLD)
+        ref = linear_ref(f64(x), CB.cpu().numpy(), f64(SCB), f64(bias), THRESHOLD)
+        bound = linear_error_bound(
+            f64(x), CB.cpu().numpy(), f64(SCB), ref, UNIT_ROUNDOFF[dtype], threshold=THRESHOLD,
+            q=q.cpu().numpy(),
+        )  # fmt: skip
+        assert np.all(np.abs(f64(y) - ref) <= bound + slack), name
+
+
 def check_nonfinite_rows(rng, device, mesh, rank, world):
     """A NaN in one rank's slice makes that row NaN on every rank, as in the unsharded layer
     (NaN must survive the MAX all-reduce, which gloo's does not guarantee)."""
@@ -330,6 +360,7 @@ def check_bad_arguments(rng, device, mesh, rank, world):
 CHECKS = [
     check_column_parallel,
     check_row_parallel,
+    check_row_parallel_many_outliers,
     check_nonfinite_rows,
     check_sharded_mlp,
     check_bad_arguments,
