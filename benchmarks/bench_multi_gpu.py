@@ -146,7 +146,7 @@ def _local(t: torch.Tensor) -> torch.Tensor:
 def weights_gib_per_device(module: torch.nn.Module, device: torch.device) -> float:
     """GiB of the distinct storages on ``device`` behind ``module``'s parameters, buffers and
     int8 scales (``SCB`` beside an int8 weight), local shards for DTensors. Storages, not
-    tensor sizes: a row-parallel lt8 weight is a view into a buffer one column wider, and a
+    tensor sizes: a row-parallel lt8 weight is a view into a buffer 16 columns wider, and a
     shard that kept a whole tensor alive would show here."""
     seen, total = set(), 0
     tensors = list(module.parameters()) + list(module.buffers())

@@ -42,9 +42,12 @@ Numerics (each rank holds one contiguous chunk of the sharded dimension):
 
 Why a padded weight in the row layer: the fused kernel takes a row's scale from the data it is
 given. The row layer appends one column holding the group's row absmax to its slice of ``x``
-and multiplies with its ``CB`` slice plus one zero column, so the kernel quantizes with the
-group's scale while that column adds nothing. The weight's local shard is a view into that
-padded buffer (``out`` bytes more than the shard), so no call copies the weight.
+(then zero columns up to ``_PAD``) and multiplies with its ``CB`` slice plus ``_PAD`` zero
+columns, so the kernel quantizes with the group's scale while those columns add nothing. The
+weight's local shard is a view into that padded buffer (``16 * out`` bytes more than the
+shard), so no call copies the weight; 16 columns keep the padded K a multiple of 4, which
+cuBLASLt's int8 GEMM needs (cuda/gemm/cublaslt_gemm.cu), and rows 16-byte aligned (with one
+column every row-parallel call fell back to lt8's own GEMM).
 
 Only int8 layers (``has_fp16_weights=False``, moved to their device) on the LLM.int8() path
 (not ``force_no_igemmlt``) are sharded; gradients reach the input and the bias, the int8
@@ -68,6 +71,8 @@ __all__ = ["adopt_sharded_weight", "int8_weight"]
 #: Rows up to which a row-parallel shard with outliers runs the fused op (its decode GEMV) on a
 #: float32 copy of x; larger ones run its pieces (cuda/internal.h's kSmallBatchRows).
 _FUSED_PARTIAL_MAX_ROWS = 16
+#: Zero columns past a row-parallel weight shard (see the module doc).
+_PAD = 16
 
 
 # --- checks -------------------------------------------------------------------------------------
@@ -173,7 +178,7 @@ class _RowLocal(torch.autograd.Function):
         scale_col = torch.where(torch.isinf(absmax), torch.nan, absmax).unsqueeze(-1)
         CB_padded = _padded(CB)
         if threshold == 0.0:
-            x_ext = torch.cat([x_r, scale_col.to(x_r.dtype)], dim=-1)
+            x_ext = _extended(x_r, scale_col, x_r.dtype)
             q, row_scale, _ = torch.ops.lt8.quantize_rows(x_ext, 0.0)
             acc = torch.ops.lt8.int8_gemm(q, CB_padded)
             dist.all_reduce(acc, group=group)  # int32: exact
@@ -181,13 +186,13 @@ class _RowLocal(torch.autograd.Function):
         else:
             if x_r.numel() // max(x_r.shape[-1], 1) <= _FUSED_PARTIAL_MAX_ROWS:
                 # Decode sizes: the fused op on a float32 copy (its GEMV; a float32 result).
-                x_ext = torch.cat([x_r.float(), scale_col], dim=-1)
+                x_ext = _extended(x_r, scale_col, torch.float32)
                 partial = torch.ops.lt8.int8_linear(x_ext, CB_padded, SCB, None, threshold)
             else:
                 # The fused op's pieces in its order, with a float32 result: the outlier terms
                 # of 16-bit x take the tensor cores when there are many (a shard of Llama's
                 # down_proj over a long prompt has every column flagged), as the fused op does.
-                x_ext = torch.cat([x_r, scale_col.to(x_r.dtype)], dim=-1)
+                x_ext = _extended(x_r, scale_col, x_r.dtype)
                 q, row_scale, mask = torch.ops.lt8.quantize_rows(x_ext, threshold)
                 acc = torch.ops.lt8.int8_gemm(q, CB_padded)
                 partial = torch.ops.lt8.dequant_epilogue(acc, row_scale, SCB, None, torch.float32)
@@ -245,7 +250,7 @@ def adopt_sharded_weight(module: Linear8bitLt, weight: DTensor) -> nn.Parameter:
     styles send the weight by default), and the layer's ``forward`` runs on the local shard
     (see the module doc). Raises, leaving the layer as it was, for a layer or a weight that
     cannot be sharded so. Returns the weight to register (the row layer's keeps its shard in a
-    buffer one zero column wider, which the kernel needs). :mod:`lt8.torch.parallel` calls it
+    buffer ``_PAD`` zero columns wider, which the kernel needs). :mod:`lt8.torch.parallel` calls it
     from a parameter-registration hook, so that the stock styles need no lt8 subclass."""
     CB, SCB = int8_weight(module)
     mesh = weight.device_mesh
@@ -276,12 +281,19 @@ def adopt_sharded_weight(module: Linear8bitLt, weight: DTensor) -> nn.Parameter:
     return weight
 
 
+def _extended(x_r: torch.Tensor, scale_col: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``x_r`` in ``dtype`` with the group's row absmax as one more column, then zero columns up
+    to ``_PAD`` more (zeros are neither outliers nor above any absmax)."""
+    zeros = x_r.new_zeros((*x_r.shape[:-1], _PAD - 1), dtype=dtype)
+    return torch.cat([x_r.to(dtype), scale_col.to(dtype), zeros], dim=-1)
+
+
 def _padded_row_weight(weight: DTensor) -> nn.Parameter:
-    """The row-parallel weight with its local shard a view into a buffer one zero column wider
-    (the kernel's padded operand, see the module doc), so that no call copies the weight."""
+    """The row-parallel weight with its local shard a view into a buffer ``_PAD`` zero columns
+    wider (the kernel's padded operand, see the module doc), so that no call copies the weight."""
     local = weight.to_local()
-    padded = torch.nn.functional.pad(local, (0, 1))
-    view = padded[:, :-1]
+    padded = torch.nn.functional.pad(local, (0, _PAD))
+    view = padded[:, :-_PAD]
     return nn.Parameter(
         DTensor.from_local(
             view,
@@ -296,14 +308,15 @@ def _padded_row_weight(weight: DTensor) -> nn.Parameter:
 
 
 def _padded(CB: torch.Tensor) -> torch.Tensor:
-    """``CB`` plus one zero column: the buffer it is a view of when it is one, else a copy."""
+    """``CB`` plus ``_PAD`` zero columns: the buffer it is a view of when it is one, else a
+    copy."""
     rows, k = CB.shape
     storage = CB.untyped_storage()
     if (
-        CB.stride() == (k + 1, 1)
+        CB.stride() == (k + _PAD, 1)
         and CB.storage_offset() == 0
-        and storage.nbytes() == rows * (k + 1) * CB.element_size()
+        and storage.nbytes() == rows * (k + _PAD) * CB.element_size()
     ):
-        # The column past the view is the zero padding: nothing can write it through the view.
-        return CB.as_strided((rows, k + 1), (k + 1, 1))
-    return torch.nn.functional.pad(CB, (0, 1))
+        # The columns past the view are the zero padding: nothing can write them through it.
+        return CB.as_strided((rows, k + _PAD), (k + _PAD, 1))
+    return torch.nn.functional.pad(CB, (0, _PAD))
