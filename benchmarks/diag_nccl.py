@@ -1,7 +1,7 @@
 """All-reduce latency and bandwidth between this host's GPUs through torch + NCCL, one process a
 GPU (what torchrun and DTensor use). Diagnostic for the multi-GPU benchmarks:
 
-    torchrun --standalone --nproc-per-node=2 scripts/nccl_probe.py
+    torchrun --standalone --nproc-per-node=2 benchmarks/diag_nccl.py
 """
 
 import os

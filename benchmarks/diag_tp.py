@@ -2,7 +2,7 @@
 Llama-3-8B MLP sharded with ColwiseParallel/RowwiseParallel, timed per forward at M=1 and
 M=2048, wall clock and CUDA events, with a profiler table of rank 0's M=1 forward.
 
-    torchrun --standalone --nproc-per-node=2 scripts/tp_probe.py
+    torchrun --standalone --nproc-per-node=2 benchmarks/diag_tp.py
 """
 
 import os
