@@ -28,8 +28,11 @@ def main() -> None:
         dt = (time.perf_counter() - t0) / n
         if rank == 0:
             mb = numel * 2 / 1e6
-            print(f"world {world} {os.environ.get('PROBE_TAG', '')}: all_reduce {mb:8.3f} MB "
-                  f"{dt * 1e6:9.1f} us  ({mb / 1e3 / dt:7.1f} GB/s algbw)", flush=True)
+            print(
+                f"world {world} {os.environ.get('PROBE_TAG', '')}: all_reduce {mb:8.3f} MB "
+                f"{dt * 1e6:9.1f} us  ({mb / 1e3 / dt:7.1f} GB/s algbw)",
+                flush=True,
+            )
     dist.destroy_process_group()
 
 

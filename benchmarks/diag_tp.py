@@ -50,8 +50,11 @@ def main():
         tp = {m: timed(lambda: mlp(x)) for m, x in xs.items()}
         ar = {m: timed(lambda: dist.all_reduce(x.clone())) for m, x in xs.items()}
         if rank == 0:
-            print(f"world {world} OMP={os.environ.get('OMP_NUM_THREADS')}: ms per forward "
-                  f"unsharded {plain}, TP {tp}, all_reduce alone {ar}", flush=True)
+            print(
+                f"world {world} OMP={os.environ.get('OMP_NUM_THREADS')}: ms per forward "
+                f"unsharded {plain}, TP {tp}, all_reduce alone {ar}",
+                flush=True,
+            )
         from torch.profiler import ProfilerActivity, profile
 
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:

@@ -190,7 +190,6 @@ size_t add_outlier_terms_workspace_size(int64_t M, int64_t N, int64_t K, DType x
                                         Device device);
 Status add_outlier_terms(const Exec& ex, DType x_dtype, const void* x, const uint8_t* outlier_mask,
                          const int8_t* CB, const float* SCB, const float* base, int64_t M,
-                         int64_t N, int64_t K, float* out, void* workspace,
-                         size_t workspace_bytes);
+                         int64_t N, int64_t K, float* out, void* workspace, size_t workspace_bytes);
 
 }  // namespace lt8

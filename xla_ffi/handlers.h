@@ -281,9 +281,8 @@ inline xffi::Error AddOutlierTermsImpl(const Exec& ex, AnyBuffer x, Buffer<xffi:
       out->element_count() != size_t(r.M * N))
     return invalid("add_outlier_terms: shapes do not match");
   LT8_FFI_TRY(add_outlier_terms(ex, dt, x.untyped_data(), mask.typed_data(), cb.typed_data(),
-                                scb.typed_data(), base.typed_data(), r.M, N, r.K,
-                                out->typed_data(), workspace->untyped_data(),
-                                workspace->size_bytes()));
+                                scb.typed_data(), base.typed_data(), r.M, N, r.K, out->typed_data(),
+                                workspace->untyped_data(), workspace->size_bytes()));
   return xffi::Error::Success();
 }
 template <typename B>

@@ -229,7 +229,8 @@ __global__ void __launch_bounds__(kTcThreads)
             if constexpr (kTerms) {
               out[m * N + n] = v;
             } else {
-              if (epi.bias != nullptr) v = __fadd_rn(v, load_float_any(epi.bias_dtype, epi.bias, n));
+              if (epi.bias != nullptr)
+                v = __fadd_rn(v, load_float_any(epi.bias_dtype, epi.bias, n));
               out[m * N + n] = from_float<T>(v);
             }
           }
@@ -302,11 +303,10 @@ Status launch_outlier_tc(cudaStream_t st, DType x_dtype, const void* x, const in
   epi.bias = bias;
   if (x_dtype == DType::kF16)
     return launch<__half>(st, static_cast<const __half*>(x), CB, SCB, s.outlier_idx,
-                          s.outlier_count, s.tc_x, s.tc_w, epi, M, N, K,
-                          static_cast<__half*>(out));
+                          s.outlier_count, s.tc_x, s.tc_w, epi, M, N, K, static_cast<__half*>(out));
   if (x_dtype == DType::kBF16)
-    return launch<__nv_bfloat16>(st, static_cast<const __nv_bfloat16*>(x), CB, SCB,
-                                 s.outlier_idx, s.outlier_count, s.tc_x, s.tc_w, epi, M, N, K,
+    return launch<__nv_bfloat16>(st, static_cast<const __nv_bfloat16*>(x), CB, SCB, s.outlier_idx,
+                                 s.outlier_count, s.tc_x, s.tc_w, epi, M, N, K,
                                  static_cast<__nv_bfloat16*>(out));
   return Status::Invalid("launch_outlier_tc: x must be float16 or bfloat16");
 }
@@ -320,9 +320,8 @@ Status launch_outlier_tc_terms(cudaStream_t st, DType x_dtype, const void* x, co
     return launch<__half>(st, static_cast<const __half*>(x), CB, SCB, s.outlier_idx,
                           s.outlier_count, s.tc_x, s.tc_w, epi, M, N, K, out);
   if (x_dtype == DType::kBF16)
-    return launch<__nv_bfloat16>(st, static_cast<const __nv_bfloat16*>(x), CB, SCB,
-                                 s.outlier_idx, s.outlier_count, s.tc_x, s.tc_w, epi, M, N, K,
-                                 out);
+    return launch<__nv_bfloat16>(st, static_cast<const __nv_bfloat16*>(x), CB, SCB, s.outlier_idx,
+                                 s.outlier_count, s.tc_x, s.tc_w, epi, M, N, K, out);
   return Status::Invalid("launch_outlier_tc_terms: x must be float16 or bfloat16");
 }
 

@@ -95,9 +95,9 @@ Status add_outlier_terms(const Exec& ex, DType x_dtype, const void* x, const uin
     }
     dim3 grid(static_cast<unsigned>(ceil_div(N, kThreads)),
               static_cast<unsigned>(std::min(ceil_div(M, kTermRows), kMaxGridYZ)));
-    add_outlier_terms_kernel<T><<<grid, kThreads, 0, st>>>(
-        static_cast<const T*>(x), outlier_mask, CB, SCB, base, M, N, K, out,
-        tc ? s.outlier_count : nullptr);
+    add_outlier_terms_kernel<T><<<grid, kThreads, 0, st>>>(static_cast<const T*>(x), outlier_mask,
+                                                           CB, SCB, base, M, N, K, out,
+                                                           tc ? s.outlier_count : nullptr);
     LT8_CHECK_LAUNCH("add_outlier_terms_kernel");
     if (!tc) return Status::Ok();
     return launch_outlier_tc_terms(st, x_dtype, x, CB, SCB, s, base, M, N, K, out);

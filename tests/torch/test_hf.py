@@ -184,7 +184,7 @@ def test_device_map_splits_the_int8_model_over_two_gpus(how, rng, tmp_path):
         )
     two = transformers.AutoModelForCausalLM.from_pretrained(fp16_dir, **split, **load)
     assert set(two.hf_device_map.values()) == {0, 1}, two.hf_device_map
-    for name, m in two.named_modules():
+    for m in two.modules():
         if isinstance(m, Linear8bitLt):  # quantized on the GPU its block was mapped to
             assert m.weight.device == m.weight.SCB.device and m.weight.device.type == "cuda"
     if how == "explicit":
