@@ -311,12 +311,15 @@ def _padded(CB: torch.Tensor) -> torch.Tensor:
     """``CB`` plus ``_PAD`` zero columns: the buffer it is a view of when it is one, else a
     copy."""
     rows, k = CB.shape
-    storage = CB.untyped_storage()
-    if (
-        CB.stride() == (k + _PAD, 1)
-        and CB.storage_offset() == 0
-        and storage.nbytes() == rows * (k + _PAD) * CB.element_size()
-    ):
+    padded_view = CB.stride() == (k + _PAD, 1)
+    if padded_view and not torch.compiler.is_compiling():
+        # Eagerly the storage is checked too (torch.compile cannot trace storage queries; the
+        # stride alone is what adopt_sharded_weight's view has).
+        padded_view = (
+            CB.storage_offset() == 0
+            and CB.untyped_storage().nbytes() == rows * (k + _PAD) * CB.element_size()
+        )
+    if padded_view:
         # The columns past the view are the zero padding: nothing can write them through it.
         return CB.as_strided((rows, k + _PAD), (k + _PAD, 1))
     return torch.nn.functional.pad(CB, (0, _PAD))

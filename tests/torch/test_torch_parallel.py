@@ -326,6 +326,29 @@ def check_sharded_mlp(rng, device, mesh, rank, world):
         )
 
 
+def check_compiled_sharded_mlp(rng, device, mesh, rank, world):
+    """A tensor-parallel int8 MLP compiles whole (torch.compile(fullgraph=True): DTensor, lt8's
+    shard forwards and their collectives trace without a graph break) and gives the eager
+    sharded model's bits: eager DTensor costs more host time per layer than a GPU layer takes
+    (benchmarks/NOTES.md v6), so compiled or graph-captured is how tensor parallelism is run.
+    Prefill-sized (more than 16 rows) and decode-sized inputs take different row-layer paths.
+    Two ranks only: four compiling processes on CI's two cores cost a minute for no new path."""
+    if world > 2:
+        return
+    model = MLP(rng, THRESHOLD, device).half()
+    tp = parallelize_module(
+        model,
+        mesh,
+        {"up": ColwiseParallel(), "down": RowwiseParallel(), "head": ColwiseParallel()},
+    )
+    compiled = torch.compile(tp, fullgraph=True)
+    with torch.no_grad():
+        for rows in (24, 3):
+            x = activations(rng, (rows, K), world, torch.float16, device)
+            assert torch.equal(local(compiled(x)), local(tp(x))), f"{rows} rows"
+    torch._dynamo.reset()
+
+
 def check_bad_arguments(rng, device, mesh, rank, world):
     layer = quantized_layer(rng, K, N, THRESHOLD, device)
     if world > 1:  # one rank divides everything
@@ -363,6 +386,7 @@ CHECKS = [
     check_row_parallel_many_outliers,
     check_nonfinite_rows,
     check_sharded_mlp,
+    check_compiled_sharded_mlp,
     check_bad_arguments,
 ]
 
