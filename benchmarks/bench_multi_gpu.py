@@ -25,6 +25,12 @@ projections with ``-1`` heads), so the world size must divide the KV head count 
 embedding, the norms and the output head are replicated (broadcast from rank 0). With one
 process nothing is sharded: that is the 1-GPU baseline.
 
+``fp16-static`` and ``lt8-static`` (opt-in ``--variants``) are the same models run as a deployment
+runs them: the prefill through ``torch.compile(model)``, greedy decode with transformers' static
+cache (``cache_implementation="static"``, which compiles the decoding forward). Eager DTensor
+spends more host time per sharded layer than the GPUs spend on it. After sharding, each rank's
+config says its local head counts (``heads / world``), which the static cache is sized by.
+
 Measured per model and variant (rank 0 writes one row): prefill of ``--prefill-tokens`` (2048)
 tokens at batch 1 (median of ``--prefill-iters`` timings of one forward after one warm-up),
 eager and (GPUs) replayed from a CUDA graph (``prefill_graph_ms``: DTensor's eager dispatch
@@ -165,8 +171,13 @@ def weights_gib_per_device(module: torch.nn.Module, device: torch.device) -> flo
     return total / 2**30
 
 
+VARIANTS = ("fp16", "lt8", "fp16-static", "lt8-static")
+
+
 def make_variant(variant: str, model, threshold: float):
-    """The model of ``variant``: ``fp16`` as built, ``lt8`` converted in place."""
+    """The model of ``variant``: ``fp16`` as built, ``lt8`` converted in place (a ``-static``
+    variant is the same model, run compiled)."""
+    variant = variant.removesuffix("-static")
     if variant == "fp16":
         return model
     if variant == "lt8":
@@ -241,26 +252,34 @@ def graph_ms(fn: Callable[[], object], iters: int) -> float:
     return ms
 
 
-def greedy(model, ids: torch.Tensor, new_tokens: int) -> torch.Tensor:
-    """Exactly ``new_tokens`` greedy tokens after ``ids`` (the new tokens only)."""
+def greedy(model, ids: torch.Tensor, new_tokens: int, static: bool = False) -> torch.Tensor:
+    """Exactly ``new_tokens`` greedy tokens after ``ids`` (the new tokens only); with
+    ``static``, transformers' static cache (a compiled decoding forward)."""
+    kw = {"cache_implementation": "static"} if static else {}
     out = model.generate(
-        ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0
+        ids,
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        do_sample=False,
+        pad_token_id=0,
+        **kw,
     )
     return out[:, ids.shape[1] :]
 
 
-def decode_ms(model, ids, new_tokens: int, iters: int, device: torch.device):
+def decode_ms(model, ids, new_tokens: int, iters: int, device: torch.device, static: bool):
     """Milliseconds per new token of greedy ``generate`` (median of ``iters`` runs after a
-    warm-up of a few tokens, which meets every kernel shape of the decode), and the tokens of
-    the last run."""
-    greedy(model, ids, min(new_tokens, 4))
+    warm-up of a few tokens, which meets every kernel shape of the decode; the whole length
+    with ``static``, whose cache size is part of the compiled graph), and the tokens of the
+    last run."""
+    greedy(model, ids, new_tokens if static else min(new_tokens, 4), static)
     times = []
     for _ in range(max(iters, 1)):
         if dist.is_initialized():
             dist.barrier()  # the ranks start together: the time is the slowest rank's
         _sync(device)
         t0 = time.perf_counter()
-        tokens = greedy(model, ids, new_tokens)
+        tokens = greedy(model, ids, new_tokens, static)
         _sync(device)
         times.append((time.perf_counter() - t0) * 1e3 / new_tokens)
     return statistics.median(times), tokens
@@ -315,6 +334,9 @@ def bench_one(args, name: str, variant: str, ctx: dict, log: Log) -> dict | None
     if world > 1:
         dist.barrier()
         shard_blocks(model, mesh)
+        # Each rank's attention now has heads / world heads: what a static cache is sized by.
+        model.config.num_attention_heads = shape.heads // world
+        model.config.num_key_value_heads = shape.kv_heads // world
         log(f"{label} {variant}: sharded over {world} ranks")
     gc.collect()
     if device.type == "cuda":
@@ -328,21 +350,23 @@ def bench_one(args, name: str, variant: str, ctx: dict, log: Log) -> dict | None
         "weights_gib_per_gpu": weights_gib_per_device(model, device),
         "block_weights_gib_per_gpu": weights_gib_per_device(model.model.layers, device),
     }  # fmt: skip
+    static = variant.endswith("-static")
+    forward = torch.compile(model) if static else model
     with torch.no_grad():
-        logits = model(prompt).logits
+        logits = forward(prompt).logits
         if dist.is_initialized():
             dist.barrier()
-        row["prefill_ms"] = time_ms(lambda: model(prompt), args.prefill_iters, device)
+        row["prefill_ms"] = time_ms(lambda: forward(prompt), args.prefill_iters, device)
         log(f"{label} {variant}: prefill {row['prefill_ms']:.2f} ms")
         if device.type == "cuda":
             row["prefill_graph_ms"] = graph_ms(
-                lambda: model(prompt, use_cache=False), args.prefill_iters
+                lambda: forward(prompt, use_cache=False), args.prefill_iters
             )
             log(f"{label} {variant}: prefill under a CUDA graph {row['prefill_graph_ms']:.2f} ms")
         tokens = {}
         for b, ids in decode_ids.items():
             row[f"decode_ms_b{b}"], tokens[b] = decode_ms(
-                model, ids, args.new_tokens, args.decode_iters, device
+                model, ids, args.new_tokens, args.decode_iters, device, static
             )
             log(f"{label} {variant}: decode b{b} {row[f'decode_ms_b{b}']:.2f} ms/token")
     if rank != 0:
@@ -458,7 +482,7 @@ def print_table(path: Path, run_id: str | None) -> None:
         "(same width); weights = GiB per GPU (whole model | decoder blocks)"
     )
     head = (
-        f"{'model':<9} {'variant':<7} {'gpus':>4} {'prefill ms':>10} {'speedup':>7} "
+        f"{'model':<9} {'variant':<11} {'gpus':>4} {'prefill ms':>10} {'speedup':>7} "
         f"{'b1 ms/tok':>9} {'speedup':>7} {'b16 ms/tok':>10} {'speedup':>7} "
         f"{'weights':>7} {'blocks':>7} {'max|dlogit|':>11} {'tokens=':>7}"
     )
@@ -467,7 +491,7 @@ def print_table(path: Path, run_id: str | None) -> None:
     for (model, variant, gpus), r in sorted(latest.items()):
         one = latest.get((model, variant, 1), {})
         print(
-            f"{model:<9} {variant:<7} {gpus:>4} {r['prefill_ms']:>10} "
+            f"{model:<9} {variant:<11} {gpus:>4} {r['prefill_ms']:>10} "
             f"{_ratio(one.get('prefill_ms'), r['prefill_ms']):>7} {r['decode_ms_b1']:>9} "
             f"{_ratio(one.get('decode_ms_b1'), r['decode_ms_b1']):>7} {r['decode_ms_b16']:>10} "
             f"{_ratio(one.get('decode_ms_b16'), r['decode_ms_b16']):>7} "
@@ -476,17 +500,17 @@ def print_table(path: Path, run_id: str | None) -> None:
         )
     print("\nlt8 / fp16 at each width (time: < 1 means lt8 is faster)")
     head = (
-        f"{'model':<9} {'gpus':>4} {'prefill':>7} {'b1':>5} {'b16':>5} "
+        f"{'model':<9} {'variant':<10} {'gpus':>4} {'prefill':>7} {'b1':>5} {'b16':>5} "
         f"{'weights/GPU':>11} {'blocks/GPU':>10}"
     )
     print(head)
     print("-" * len(head))
     for (model, variant, gpus), r in sorted(latest.items()):
-        f16 = latest.get((model, "fp16", gpus))
-        if variant != "lt8" or f16 is None:
+        f16 = latest.get((model, variant.replace("lt8", "fp16"), gpus))
+        if not variant.startswith("lt8") or f16 is None:
             continue
         print(
-            f"{model:<9} {gpus:>4} {_ratio(r['prefill_ms'], f16['prefill_ms']):>7} "
+            f"{model:<9} {variant:<10} {gpus:>4} {_ratio(r['prefill_ms'], f16['prefill_ms']):>7} "
             f"{_ratio(r['decode_ms_b1'], f16['decode_ms_b1']):>5} "
             f"{_ratio(r['decode_ms_b16'], f16['decode_ms_b16']):>5} "
             f"{_ratio(r['weights_gib_per_gpu'], f16['weights_gib_per_gpu']):>11} "
@@ -503,8 +527,8 @@ def print_table(path: Path, run_id: str | None) -> None:
                 f"graphs (target >= 1.7)"
             )
     for (model, variant, gpus), r in sorted(latest.items()):
-        f16 = latest.get((model, "fp16", gpus))
-        if variant == "lt8" and f16:
+        f16 = latest.get((model, variant.replace("lt8", "fp16"), gpus))
+        if variant.startswith("lt8") and f16:
             print(
                 f"  {model} {gpus} GPU(s): lt8/fp16 weights per GPU = "
                 f"{_ratio(r['weights_gib_per_gpu'], f16['weights_gib_per_gpu'])} "
@@ -587,7 +611,7 @@ def main() -> None:
     p.add_argument("--run-id", default=None, help="tag of the rows (default: the start time)")
     args = p.parse_args()
     bad = [m for m in args.models if m not in SHAPES] + [
-        v for v in args.variants if v not in ("fp16", "lt8")
+        v for v in args.variants if v not in VARIANTS
     ]
     if bad:
         p.error(f"unknown model or variant: {bad}")
