@@ -5,6 +5,7 @@
 #   STAGES="build tests gemv sanitizer bench models e2e multi" (default: build tests)   PYTEST_ARGS="-k linear"
 #   TESTS="tests/torch/test_x.py ..." (default: tests)   PYTEST_JOBS=8 (pytest-xdist workers)
 #   MODELS_ARGS="--models llama3-8b --ms 16,2048"   E2E_ARGS="--variants fp16,lt8"
+#   MULTI_ARGS="--models 8b --variants fp16,lt8,fp16-static,lt8-static" (compiled TP: minutes)
 # Wheels in .whl/ (bitsandbytes, torchao; carried) are installed first; with bitsandbytes there,
 # its interop tests may not skip (LT8_REQUIRE_BNB=1).
 set -uo pipefail
