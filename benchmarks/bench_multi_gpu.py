@@ -22,8 +22,13 @@ then each decoder block is sharded with the plan of docs/multi_gpu.md: q/k/v/gat
 ``ColwiseParallel``, o/down ``RowwiseParallel``. Attention then runs on ``heads / world`` query
 and KV heads per rank with no change to the model (transformers' Llama attention reshapes the
 projections with ``-1`` heads), so the world size must divide the KV head count (8). The
-embedding, the norms and the output head are replicated (broadcast from rank 0). With one
-process nothing is sharded: that is the 1-GPU baseline.
+embedding and the output head are split over the vocabulary as Megatron splits them
+(``--replicate-vocab`` keeps them whole, as runs 1-3 of NOTES v6 did); the norms are replicated
+(broadcast from rank 0). With one process nothing is sharded: that is the 1-GPU baseline.
+
+``lt8-int8head`` (opt-in) also quantizes the output head (``skip_modules=[]``): the vocabulary-
+sized fp16 embedding and head are what keep lt8's weights above half of fp16's (0.57x for these
+shapes with a float head).
 
 ``fp16-static`` and ``lt8-static`` (opt-in ``--variants``) are the same models run as a deployment
 runs them: the prefill through ``torch.compile(model)``, greedy decode with transformers' static
@@ -171,27 +176,33 @@ def weights_gib_per_device(module: torch.nn.Module, device: torch.device) -> flo
     return total / 2**30
 
 
-VARIANTS = ("fp16", "lt8", "fp16-static", "lt8-static")
+BASE_VARIANTS = ("fp16", "lt8", "lt8-int8head")
+VARIANTS = BASE_VARIANTS + tuple(f"{v}-static" for v in BASE_VARIANTS)
 
 
 def make_variant(variant: str, model, threshold: float):
-    """The model of ``variant``: ``fp16`` as built, ``lt8`` converted in place (a ``-static``
-    variant is the same model, run compiled)."""
+    """The model of ``variant``: ``fp16`` as built; ``lt8`` converted in place with the output
+    head kept in fp16 (bitsandbytes' and lt8's default); ``lt8-int8head`` with the head in int8
+    too (``skip_modules=[]``); a ``-static`` variant is the same model, run compiled."""
     variant = variant.removesuffix("-static")
     if variant == "fp16":
         return model
-    if variant == "lt8":
+    if variant in ("lt8", "lt8-int8head"):
         import lt8.hf
 
-        return lt8.hf.convert_hf_model(model, threshold=threshold).eval()
+        skip = [] if variant == "lt8-int8head" else None
+        return lt8.hf.convert_hf_model(model, threshold=threshold, skip_modules=skip).eval()
     raise ValueError(f"unknown variant {variant!r}")
 
 
-def shard_blocks(model, mesh) -> None:
-    """Shards every decoder block with torch's stock styles (the plan of docs/multi_gpu.md),
-    then broadcasts the replicated tensors (embedding, norms, output head, rotary buffers) from
-    rank 0, so that every rank runs rank 0's weights whatever its own random init gave."""
-    from torch.distributed.tensor import DTensor
+def shard_blocks(model, mesh, vocab: bool) -> None:
+    """Shards every decoder block with torch's stock styles (the plan of docs/multi_gpu.md)
+    and, with ``vocab``, the embedding and the output head over the vocabulary as Megatron does
+    (embedding rows ``RowwiseParallel``, its partial sums all-reduced; head columns
+    ``ColwiseParallel``, the logits all-gathered), then broadcasts the replicated tensors
+    (norms, rotary buffers; embedding and head without ``vocab``) from rank 0, so that every
+    rank runs rank 0's weights whatever its own random init gave."""
+    from torch.distributed.tensor import DTensor, Replicate
     from torch.distributed.tensor.parallel import (
         ColwiseParallel,
         RowwiseParallel,
@@ -201,6 +212,12 @@ def shard_blocks(model, mesh) -> None:
     styles = {"column": ColwiseParallel, "row": RowwiseParallel}
     for block in model.model.layers:
         parallelize_module(block, mesh, {n: styles[s]() for n, s in TP_PLAN_NAMES.items()})
+    if vocab:
+        plan = {
+            "model.embed_tokens": RowwiseParallel(input_layouts=Replicate()),
+            "lm_head": ColwiseParallel(output_layouts=Replicate()),
+        }
+        parallelize_module(model, mesh, plan)
     with torch.no_grad():
         for t in list(model.parameters()) + list(model.buffers()):
             if not isinstance(t, DTensor):
@@ -333,7 +350,7 @@ def bench_one(args, name: str, variant: str, ctx: dict, log: Log) -> dict | None
         ref = reference(model, prompt, decode_ids, args.new_tokens)
     if world > 1:
         dist.barrier()
-        shard_blocks(model, mesh)
+        shard_blocks(model, mesh, vocab=not args.replicate_vocab)
         # Each rank's attention now has heads / world heads: what a static cache is sized by.
         model.config.num_attention_heads = shape.heads // world
         model.config.num_key_value_heads = shape.kv_heads // world
@@ -462,6 +479,11 @@ def _ratio(a, b) -> str:
         return "-"
 
 
+def _fp16_partner(variant: str) -> str:
+    """The fp16 variant an lt8 variant is compared with (run the same way)."""
+    return "fp16-static" if variant.endswith("-static") else "fp16"
+
+
 def print_table(path: Path, run_id: str | None) -> None:
     """The scaling table of the CSV's rows of ``run_id`` (every run when None; the newest row
     per model, variant and width wins)."""
@@ -506,7 +528,7 @@ def print_table(path: Path, run_id: str | None) -> None:
     print(head)
     print("-" * len(head))
     for (model, variant, gpus), r in sorted(latest.items()):
-        f16 = latest.get((model, variant.replace("lt8", "fp16"), gpus))
+        f16 = latest.get((model, _fp16_partner(variant), gpus))
         if not variant.startswith("lt8") or f16 is None:
             continue
         print(
@@ -527,10 +549,10 @@ def print_table(path: Path, run_id: str | None) -> None:
                 f"graphs (target >= 1.7)"
             )
     for (model, variant, gpus), r in sorted(latest.items()):
-        f16 = latest.get((model, variant.replace("lt8", "fp16"), gpus))
+        f16 = latest.get((model, _fp16_partner(variant), gpus))
         if variant.startswith("lt8") and f16:
             print(
-                f"  {model} {gpus} GPU(s): lt8/fp16 weights per GPU = "
+                f"  {model} {variant} {gpus} GPU(s): weights per GPU / fp16 = "
                 f"{_ratio(r['weights_gib_per_gpu'], f16['weights_gib_per_gpu'])} "
                 f"(blocks {_ratio(r['block_weights_gib_per_gpu'], f16['block_weights_gib_per_gpu'])}"
                 f"; target <= 0.55), time prefill/prefill graph/b1/b16 = "
@@ -607,6 +629,11 @@ def main() -> None:
     p.add_argument("--threshold", type=float, default=THRESHOLD)
     p.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
     p.add_argument("--tiny", action="store_true", help="tiny shapes on the CPU over gloo")
+    p.add_argument(
+        "--replicate-vocab",
+        action="store_true",
+        help="keep the embedding and the output head whole on every rank (runs 1-3 of v6)",
+    )
     p.add_argument("--out", default=None, help="folder for the CSV (default benchmarks/results)")
     p.add_argument("--run-id", default=None, help="tag of the rows (default: the start time)")
     args = p.parse_args()
