@@ -25,7 +25,8 @@ the norms and the output head stay float and are shared.
 
 Per width W the mesh is (data=1, model=W) over the first W devices, and the logical rules place
 q/k/v/gate/up column-parallel (heads, kv_heads, mlp -> model), o/down row-parallel, the head
-column-parallel over the vocabulary, the rest replicated; lt8's partitioning rules
+column-parallel and the embedding's rows over the vocabulary, the rest replicated (the runs of
+NOTES v6 kept the embedding whole); lt8's partitioning rules
 (lt8/jax/partitioning.py) then run its kernels on each device's shard. Measured per model,
 variant and width (one process sees every local device):
 
@@ -301,8 +302,10 @@ class Decoder(nn.Module):
             dtype=dtype,
             param_dtype=dtype,
             # Unit-scale rows, so that the residual stream starts at the scale of its updates.
+            # Rows split over the vocabulary like the head's columns (Megatron's embedding):
+            # each device holds 1/W of it; XLA partitions the lookup.
             embedding_init=nn.with_logical_partitioning(
-                nn.initializers.normal(1.0), (None, "embed")
+                nn.initializers.normal(1.0), ("vocab", "embed")
             ),
             name="embed_tokens",
         )
