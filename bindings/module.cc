@@ -125,6 +125,8 @@ NB_MODULE(_C, m) {
 #undef LT8_VALUE
 
   m.def("has_cuda", &lt8::cuda_built, "True when this build contains CUDA kernels.");
+  m.def("small_batch_rows", &lt8::small_batch_rows,
+        "Rows up to which the fused linear op takes the GPU's decode GEMV.");
   m.def(
       "cuda_archs", [] { return std::string(lt8::cuda_archs()); },
       "CUDA architectures compiled in, e.g. '75,80,86,89,90' ('' without CUDA).");

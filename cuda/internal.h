@@ -38,10 +38,8 @@ struct TermsScratch {
 };
 
 // Batches up to this many rows take the GPU's memory-bound GEMV; larger ones the int8 GEMM.
+// small_batch_rows() (lt8.h) is it, or less through LT8_GEMV_MAX_ROWS (a benchmark knob).
 constexpr int kSmallBatchRows = 16;
-// kSmallBatchRows, or less through the environment variable LT8_GEMV_MAX_ROWS (read once; a
-// tuning knob for benchmarks).
-int small_batch_rows();
 // Outlier columns whose weights and activations the tensor-core path gathers once per call.
 constexpr int kStagedOutliers = 64;
 // k-tile of the tensor-core outlier GEMM; its gather buffers' rows are K rounded up to it.

@@ -97,6 +97,10 @@ struct Exec {
 bool cuda_built();
 const char* cuda_archs();
 
+// Rows up to which the fused linear op takes the GPU's memory-bound decode GEMV (16, or less
+// through the environment variable LT8_GEMV_MAX_ROWS, read once); larger batches the int8 GEMM.
+int small_batch_rows();
+
 // The int8 GEMM engine of the CUDA kernels for batches of more than 16 rows: cuBLASLt's
 // tensor-core kernels when a libcublasLt can be loaded at run time (the default), else lt8's
 // own dp4a GEMM. Both are exact (int32 accumulation), so results are identical either way.

@@ -63,14 +63,15 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor
 
+from lt8._native import C
 from lt8.torch import _ops
 from lt8.torch.nn import Linear8bitLt
 
 __all__ = ["adopt_sharded_weight", "int8_weight"]
 
 #: Rows up to which a row-parallel shard with outliers runs the fused op (its decode GEMV) on a
-#: float32 copy of x; larger ones run its pieces (cuda/internal.h's kSmallBatchRows).
-_FUSED_PARTIAL_MAX_ROWS = 16
+#: float32 copy of x; larger ones run its pieces. The kernel library's own GEMV bound.
+_FUSED_PARTIAL_MAX_ROWS = C.small_batch_rows()
 #: Zero columns past a row-parallel weight shard (see the module doc).
 _PAD = 16
 

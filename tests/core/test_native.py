@@ -81,6 +81,22 @@ def test_linear_workspace_size_follows_the_call():
         size(M, N, K, f16, 6.0, 7)
 
 
+def test_outlier_terms_workspace_size_follows_the_call():
+    """add_outlier_terms' scratch: the compacted columns and the tensor-core gather buffers,
+    only where that path can run (CUDA, 16-bit x); none on the CPU or for float32 x."""
+    size, C = _native.C.outlier_terms_workspace_size, _native.C
+    f32, f16, bf16 = int(C.DType.float32), int(C.DType.float16), int(C.DType.bfloat16)
+    cpu, cuda = int(C.Device.cpu), int(C.Device.cuda)
+    M, N, K = 70, 96, 200
+    gather = 2 * (M + N) * ((K + 63) // 64 * 64)
+    for dt in (f16, bf16):
+        assert gather + 4 * K + 4 <= size(M, N, K, dt, cuda) < gather + 4 * K + 4 + 4 * 256
+        assert size(M, N, K, dt, cpu) == 0
+    assert size(M, N, K, f32, cuda) == 0
+    with pytest.raises(ValueError, match="dtype"):
+        size(M, N, K, 99, cuda)
+
+
 def test_native_errors_are_python_exceptions():
     C = _native.C
     with pytest.raises(ValueError, match="device must be"):
