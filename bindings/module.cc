@@ -125,6 +125,8 @@ NB_MODULE(_C, m) {
 #undef LT8_VALUE
 
   m.def("has_cuda", &lt8::cuda_built, "True when this build contains CUDA kernels.");
+  m.def("cutlass_sm90_built", &lt8::cutlass_sm90_built,
+        "True when this build carries the Hopper outlier GEMM built from CUTLASS's headers.");
   m.def("small_batch_rows", &lt8::small_batch_rows,
         "Rows up to which the fused linear op takes the GPU's decode GEMV.");
   m.def(

@@ -15,6 +15,10 @@ int cpu_threads() {
   return cpu::cpu_threads();
 }
 
+bool cutlass_sm90_built() {
+  return kWithOutlierGemmSm90;
+}
+
 #ifdef LT8_WITH_CUDA
 bool cuda_built() {
   return true;
@@ -156,6 +160,9 @@ size_t carve_linear_scratch(void* base, int64_t M, int64_t N, int64_t K, DType x
   const size_t gather_row = 2 * static_cast<size_t>(outlier_gather_stride(K));
   size_t tx = gather ? take(gather_row * M) : 0;
   size_t tw = gather ? take(gather_row * N) : 0;
+  const bool sm90 = gather && kWithOutlierGemmSm90;
+  size_t td = sm90 ? take(sizeof(float) * M * N) : 0;
+  size_t tg = sm90 ? take(kOutlierGemmSm90WorkspaceBytes) : 0;
   if (base != nullptr && s != nullptr) {
     char* b = static_cast<char*>(base);
     s->q = reinterpret_cast<int8_t*>(b + q);
@@ -173,6 +180,10 @@ size_t carve_linear_scratch(void* base, int64_t M, int64_t N, int64_t K, DType x
     if (gather) {
       s->tc_x = b + tx;
       s->tc_w = b + tw;
+    }
+    if (sm90) {
+      s->tc_d = reinterpret_cast<float*>(b + td);
+      s->tc_gemm_ws = b + tg;
     }
   }
   return off;
@@ -192,12 +203,18 @@ size_t carve_terms_scratch(void* base, int64_t M, int64_t N, int64_t K, DType x_
   const size_t gather_row = 2 * static_cast<size_t>(outlier_gather_stride(K));
   size_t tx = take(gather_row * M);
   size_t tw = take(gather_row * N);
+  size_t td = kWithOutlierGemmSm90 ? take(sizeof(float) * M * N) : 0;
+  size_t tg = kWithOutlierGemmSm90 ? take(kOutlierGemmSm90WorkspaceBytes) : 0;
   if (base != nullptr && s != nullptr) {
     char* b = static_cast<char*>(base);
     s->outlier_idx = reinterpret_cast<int32_t*>(b + idx);
     s->outlier_count = reinterpret_cast<int32_t*>(b + cnt);
     s->tc_x = b + tx;
     s->tc_w = b + tw;
+    if (kWithOutlierGemmSm90) {
+      s->tc_d = reinterpret_cast<float*>(b + td);
+      s->tc_gemm_ws = b + tg;
+    }
   }
   return off;
 }

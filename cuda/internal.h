@@ -25,6 +25,10 @@ struct LinearScratch {
   // means "take it when the count asks for it".
   void* tc_x = nullptr;
   void* tc_w = nullptr;
+  // Builds with CUTLASS's sm_90a outlier GEMM (LT8_WITH_CUTLASS_SM90) only, beside tc_x / tc_w:
+  // its (M, N) float32 result and its workspace (kOutlierGemmSm90WorkspaceBytes).
+  float* tc_d = nullptr;
+  void* tc_gemm_ws = nullptr;
 };
 
 // Scratch of add_outlier_terms' tensor-core path (carve_terms_scratch): the compacted outlier
@@ -35,6 +39,8 @@ struct TermsScratch {
   int32_t* outlier_count = nullptr;  // (1,)
   void* tc_x = nullptr;              // (M, outlier_gather_stride(K)) of x's dtype
   void* tc_w = nullptr;              // (N, outlier_gather_stride(K)) of x's dtype
+  float* tc_d = nullptr;             // as LinearScratch::tc_d
+  void* tc_gemm_ws = nullptr;        // as LinearScratch::tc_gemm_ws
 };
 
 // Batches up to this many rows take the GPU's memory-bound GEMV; larger ones the int8 GEMM.
@@ -49,6 +55,15 @@ inline int64_t outlier_gather_stride(int64_t K) {
 }
 // cuBLASLt workspace reserved in the fused op's scratch.
 constexpr size_t kGemmWorkspaceBytes = size_t{8} << 20;
+// Workspace of the sm_90a outlier GEMM (its device-written arguments and CUTLASS's tensor maps,
+// a few per SM): checked against CUTLASS's own figure at every launch.
+constexpr size_t kOutlierGemmSm90WorkspaceBytes = size_t{1} << 20;
+// Whether this build carries that GEMM (then the gather scratch includes its result and workspace).
+#ifdef LT8_WITH_CUTLASS_SM90
+constexpr bool kWithOutlierGemmSm90 = true;
+#else
+constexpr bool kWithOutlierGemmSm90 = false;
+#endif
 
 // Returns the number of bytes needed; when `base` is non-null also fills `s`.
 // The GPU's large-batch pieces (acc, staging, cuBLASLt workspace) only for device kCUDA and

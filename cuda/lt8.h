@@ -96,6 +96,8 @@ struct Exec {
 // True when this build contains CUDA kernels; `cuda_archs` lists them ("75;80;...", "" if none).
 bool cuda_built();
 const char* cuda_archs();
+// True when this build carries the Hopper (sm_90a) outlier GEMM built from CUTLASS's headers.
+bool cutlass_sm90_built();
 
 // Rows up to which the fused linear op takes the GPU's memory-bound decode GEMV (16, or less
 // through the environment variable LT8_GEMV_MAX_ROWS, read once); larger batches the int8 GEMM.

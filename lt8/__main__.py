@@ -35,6 +35,9 @@ def info() -> int:
     print(
         f"  CUDA kernels built: {'yes, for sm_' + ', sm_'.join(archs) if archs else 'no (CPU-only build)'}"
     )
+    if archs:
+        sm90 = _native.C.cutlass_sm90_built()
+        print(f"  Hopper outlier GEMM (CUTLASS, sm_90a): {'yes' if sm90 else 'no'}")
     print(f"  XLA FFI handlers built: {'yes' if _native.has_ffi() else 'no'}")
     for name in ("numpy", "torch", "jax", "jaxlib", "flax", "safetensors"):
         print(f"  {name}: {_version_of(name) or 'not installed'}")

@@ -2,7 +2,7 @@
 # Run on the GPU machine from the repo root: build with CUDA, run the whole test suite on the
 # GPU (CUDA tests may not skip: LT8_REQUIRE_CUDA=1), optionally the memory checkers and the
 # benchmark, and print a summary last. Logs go to $OUT when it is set.
-#   STAGES="build tests gemv sanitizer bench models e2e multi" (default: build tests)   PYTEST_ARGS="-k linear"
+#   STAGES="build tests gemv outlier sanitizer bench models e2e multi" (default: build tests)   PYTEST_ARGS="-k linear"
 #   TESTS="tests/torch/test_x.py ..." (default: tests)   PYTEST_JOBS=8 (pytest-xdist workers)
 #   MODELS_ARGS="--models llama3-8b --ms 16,2048"   E2E_ARGS="--variants fp16,lt8"
 #   MULTI_ARGS="--models 8b --variants fp16,lt8,fp16-static,lt8-static" (compiled TP: minutes)
@@ -51,6 +51,20 @@ if [[ " $STAGES " == *" gemv "* ]]; then
     env $v $PY benchmarks/bench_gemv.py ${GEMV_ARGS:-} $([ $v = LT8_GEMV_DEFAULT=1 ] && echo --fp16) 2>&1 | tee -a "$OUT/bench_gemv.log"
   done
   note "bench_gemv: $(grep -c 'gemv \[' "$OUT/bench_gemv.log") rows"
+fi
+
+if [[ " $STAGES " == *" outlier "* ]]; then
+  # The many-outlier GEMM both ways: CUTLASS's sm_90a kernel (the default on Hopper when built)
+  # and lt8's WMMA kernel (LT8_OUTLIER_TC_WMMA=1): its tests, then the layer benchmark at
+  # many-outlier sizes, under each.
+  for v in 0 1; do
+    LT8_OUTLIER_TC_WMMA=$v $PY -m pytest -q -p no:cacheprovider -n ${PYTEST_JOBS:-8} \
+      tests/torch/test_outlier_tensor_cores.py tests/jax/test_jax_outlier_terms.py >"$OUT/outlier-tests-wmma$v.log" 2>&1
+    note "outlier tests [LT8_OUTLIER_TC_WMMA=$v]: $(grep -E '[0-9]+ (passed|failed|error)' "$OUT/outlier-tests-wmma$v.log" | tail -1)"
+    mkdir -p "$OUT/outlier-wmma$v"
+    LT8_OUTLIER_TC_WMMA=$v $PY benchmarks/bench_models.py --overwrite --out "$OUT/outlier-wmma$v" \
+      ${OUTLIER_ARGS:---models llama3-8b --ms 2048 --outliers 0,512,all --dtypes fp16 --no-torchao} 2>&1 | tee "$OUT/outlier-bench-wmma$v.log"
+  done
 fi
 
 if [[ " $STAGES " == *" sanitizer "* ]]; then

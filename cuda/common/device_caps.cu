@@ -12,6 +12,7 @@ namespace {
 constexpr int kMaxCachedDevices = 64;
 std::atomic<int> g_cc_major[kMaxCachedDevices];
 std::atomic<int> g_sm_count[kMaxCachedDevices];
+std::atomic<int> g_cc_minor_plus_1[kMaxCachedDevices];
 
 int cached_attribute(std::atomic<int>* cache, cudaDeviceAttr attr) {
   int dev = 0;
@@ -29,6 +30,23 @@ int cached_attribute(std::atomic<int>* cache, cudaDeviceAttr attr) {
 
 int current_device_cc_major() {
   return cached_attribute(g_cc_major, cudaDevAttrComputeCapabilityMajor);
+}
+
+int current_device_cc() {
+  const int major = current_device_cc_major();
+  // Minor versions are cached plus one: 0 means "not read yet" in the cache.
+  int dev = 0;
+  if (major == 0 || cudaGetDevice(&dev) != cudaSuccess) return 0;
+  const bool cacheable = dev >= 0 && dev < kMaxCachedDevices;
+  int minor1 = cacheable ? g_cc_minor_plus_1[dev].load(std::memory_order_relaxed) : 0;
+  if (minor1 == 0) {
+    int minor = 0;
+    if (cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess)
+      return 0;
+    minor1 = minor + 1;
+    if (cacheable) g_cc_minor_plus_1[dev].store(minor1, std::memory_order_relaxed);
+  }
+  return major * 10 + (minor1 - 1);
 }
 
 int current_device_sm_count() {

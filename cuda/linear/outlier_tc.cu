@@ -20,9 +20,12 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <type_traits>
 
 #include "linear/outlier_tc.cuh"
+
+#include "linear/outlier_gemm_sm90.h"
 
 #include "common/cuda_check.cuh"
 #include "common/device_caps.cuh"
@@ -267,20 +270,70 @@ Status launch_gemm(cudaStream_t st, dim3 grid, const T* xg, const T* wg, int64_t
   return Status::Ok();
 }
 
+// The epilogue after the sm_90a GEMM (outlier_gemm_sm90.cu), which leaves the outlier sums in
+// d: the same float operations as outlier_gemm_epilogue_kernel's epilogue, one output per thread.
+template <typename OutT>
+__global__ void __launch_bounds__(kThreads)
+    outlier_combine_kernel(const float* __restrict__ d, const int32_t* __restrict__ count_p,
+                           int min_count, OutlierEpilogueArgs epi, const float* __restrict__ SCB,
+                           int64_t M, int64_t N, OutT* out) {
+  constexpr bool kTerms = std::is_same<OutT, float>::value;
+  if (*count_p <= min_count) return;
+  // Grid: x over column blocks of kThreads, y strides over the rows.
+  const int64_t n = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (n >= N) return;
+  const float cs = SCB[n];
+  for (int64_t m = blockIdx.y; m < M; m += gridDim.y) {
+    const int64_t i = m * N + n;
+    float v = kTerms ? epi.base[i] : dequant(epi.acc[i], epi.row_scale[m], cs);
+    v = __fadd_rn(v, __fmul_rn(d[i], cs * kInv127));
+    if constexpr (kTerms) {
+      out[i] = v;
+    } else {
+      if (epi.bias != nullptr) v = __fadd_rn(v, load_float_any(epi.bias_dtype, epi.bias, n));
+      out[i] = from_float<OutT>(v);
+    }
+  }
+}
+
+// LT8_OUTLIER_TC_WMMA=1 keeps the WMMA GEMM on Hopper too (tests and benchmarks compare them).
+bool force_wmma() {
+  static const bool force = [] {
+    const char* v = std::getenv("LT8_OUTLIER_TC_WMMA");
+    return v != nullptr && v[0] == '1';
+  }();
+  return force;
+}
+
 // Gathers the outlier columns (idx[0 .. *count)) into xg / wg, then the GEMM and the epilogue.
-template <typename T, typename OutT>
-Status launch(cudaStream_t st, const T* x, const int8_t* CB, const float* SCB, const int32_t* idx,
-              const int32_t* count, void* tc_x, void* tc_w, const OutlierEpilogueArgs& epi,
-              int64_t M, int64_t N, int64_t K, OutT* out) {
+template <typename T, typename OutT, typename Scratch>
+Status launch(cudaStream_t st, const T* x, const int8_t* CB, const float* SCB, const Scratch& s,
+              const OutlierEpilogueArgs& epi, int64_t M, int64_t N, int64_t K, OutT* out) {
+  const int32_t* idx = s.outlier_idx;
+  const int32_t* count = s.outlier_count;
   const int64_t Kcap = outlier_gather_stride(K);
-  T* xg = static_cast<T*>(tc_x);
-  T* wg = static_cast<T*>(tc_w);
+  T* xg = static_cast<T*>(s.tc_x);
+  T* wg = static_cast<T*>(s.tc_w);
   {
     const dim3 block(64, kGatherThreads / 64);
     const int64_t blocks = std::min<int64_t>((M + N + block.y - 1) / block.y, 4096);
     gather_outliers_kernel<T><<<static_cast<unsigned>(blocks), block, 0, st>>>(
         x, CB, idx, count, kOutlierTcMinCount, M, N, K, Kcap, xg, wg);
     LT8_CHECK_LAUNCH("gather_outliers_kernel");
+  }
+  // Hopper with CUTLASS built in: wgmma GEMM into d, then the epilogue as its own pass.
+  if constexpr (kWithOutlierGemmSm90) {
+    if (s.tc_d != nullptr && !force_wmma() && outlier_gemm_sm90_supported(M, N)) {
+      Status gs = launch_outlier_gemm_sm90(st, dtype_of<T>(), xg, wg, Kcap, count,
+                                           kOutlierTcMinCount, M, N, s.tc_d, s.tc_gemm_ws);
+      if (!gs.ok()) return gs;
+      const dim3 grid(static_cast<unsigned>((N + kThreads - 1) / kThreads),
+                      static_cast<unsigned>(std::min<int64_t>(M, 1024)));
+      outlier_combine_kernel<OutT><<<grid, kThreads, 0, st>>>(s.tc_d, count, kOutlierTcMinCount,
+                                                              epi, SCB, M, N, out);
+      LT8_CHECK_LAUNCH("outlier_combine_kernel");
+      return Status::Ok();
+    }
   }
   const dim3 grid(static_cast<unsigned>((N + kBN - 1) / kBN),
                   static_cast<unsigned>((M + kBM - 1) / kBM));
@@ -302,12 +355,11 @@ Status launch_outlier_tc(cudaStream_t st, DType x_dtype, const void* x, const in
   epi.bias_dtype = bias_dtype;
   epi.bias = bias;
   if (x_dtype == DType::kF16)
-    return launch<__half>(st, static_cast<const __half*>(x), CB, SCB, s.outlier_idx,
-                          s.outlier_count, s.tc_x, s.tc_w, epi, M, N, K, static_cast<__half*>(out));
+    return launch<__half>(st, static_cast<const __half*>(x), CB, SCB, s, epi, M, N, K,
+                          static_cast<__half*>(out));
   if (x_dtype == DType::kBF16)
-    return launch<__nv_bfloat16>(st, static_cast<const __nv_bfloat16*>(x), CB, SCB, s.outlier_idx,
-                                 s.outlier_count, s.tc_x, s.tc_w, epi, M, N, K,
-                                 static_cast<__nv_bfloat16*>(out));
+    return launch<__nv_bfloat16>(st, static_cast<const __nv_bfloat16*>(x), CB, SCB, s, epi, M, N,
+                                 K, static_cast<__nv_bfloat16*>(out));
   return Status::Invalid("launch_outlier_tc: x must be float16 or bfloat16");
 }
 
@@ -317,11 +369,10 @@ Status launch_outlier_tc_terms(cudaStream_t st, DType x_dtype, const void* x, co
   OutlierEpilogueArgs epi;
   epi.base = base;
   if (x_dtype == DType::kF16)
-    return launch<__half>(st, static_cast<const __half*>(x), CB, SCB, s.outlier_idx,
-                          s.outlier_count, s.tc_x, s.tc_w, epi, M, N, K, out);
+    return launch<__half>(st, static_cast<const __half*>(x), CB, SCB, s, epi, M, N, K, out);
   if (x_dtype == DType::kBF16)
-    return launch<__nv_bfloat16>(st, static_cast<const __nv_bfloat16*>(x), CB, SCB, s.outlier_idx,
-                                 s.outlier_count, s.tc_x, s.tc_w, epi, M, N, K, out);
+    return launch<__nv_bfloat16>(st, static_cast<const __nv_bfloat16*>(x), CB, SCB, s, epi, M, N,
+                                 K, out);
   return Status::Invalid("launch_outlier_tc_terms: x must be float16 or bfloat16");
 }
 

@@ -55,6 +55,7 @@ def weight(rng, N, K):
         (64, 512, 256, 200),
         (33, 1000, 130, 1000),  # every column an outlier column
         (257, 4096, 384, 4096),
+        (300, 2048, 520, 1500),  # several tiles along M, N and k on every GEMM kernel
         (48, 96, 40, 70),
         # M <= 16: the decode path's dense-outlier GEMV (K % 16 == 0) or, for odd K, the
         # large-batch path
