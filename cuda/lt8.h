@@ -106,7 +106,8 @@ int small_batch_rows();
 // The int8 GEMM engine of the CUDA kernels for batches of more than 16 rows: cuBLASLt's
 // tensor-core kernels when a libcublasLt can be loaded at run time (the default), else lt8's
 // own dp4a GEMM. Both are exact (int32 accumulation), so results are identical either way.
-// Disabling is for tests and benchmarks (also: environment LT8_DISABLE_CUBLASLT=1).
+// Disabling is for tests and benchmarks (also: environment LT8_DISABLE_CUBLASLT=1); it also
+// keeps the Hopper CUTLASS int8 GEMM of the many-outlier path off.
 void set_cublaslt_enabled(bool enabled);
 bool cublaslt_available();  // false on CPU-only builds and where no libcublasLt loads
 

@@ -199,6 +199,9 @@ uint32_t log2_of(uint32_t a) {
 void set_cublaslt_enabled(bool enabled) {
   g_enabled.store(enabled);
 }
+bool cublaslt_enabled() {
+  return g_enabled.load(std::memory_order_relaxed);
+}
 bool cublaslt_available() {
   return api().ok;
 }

@@ -19,6 +19,9 @@ namespace gpu {
 // Lets (default) or stops the kernels using cuBLASLt; false when no libcublasLt could be loaded.
 void set_cublaslt_enabled(bool enabled);
 bool cublaslt_available();
+// The flag set_cublaslt_enabled sets: also whether the Hopper CUTLASS int8 GEMM may run (off: the
+// dp4a GEMM, which tests compare with the CPU bit for bit).
+bool cublaslt_enabled();
 
 // Enqueues C (M, N) int32 = A (M, K) int8 @ B (N, K) int8 ^T (both row-major, exact) on `stream`
 // and returns true; returns false (nothing enqueued, *err untouched) when cuBLASLt is unavailable,

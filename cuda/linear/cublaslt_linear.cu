@@ -7,12 +7,14 @@
 
 #include <climits>
 #include <cstdint>
+#include <cstdlib>
 
 #include "common/cuda_check.cuh"
 #include "common/device_types.cuh"
 #include "common/launch_shape.cuh"
 #include "common/numerics.h"
 #include "gemm/cublaslt_gemm.h"
+#include "linear/outlier_gemm_sm90.h"
 #include "linear/outlier_tc.cuh"
 
 namespace lt8 {
@@ -22,6 +24,7 @@ namespace {
 constexpr int kEpiThreads = 256;  // one output column per thread
 constexpr int kEpiRows = 32;      // rows per block
 constexpr int kEpiChunk = 8;      // outlier columns per shared-memory stage
+constexpr int64_t kInt8Sm90MinK = 12288;  // see launch_linear_tensor_core
 
 // One thread per (n, j): independent gathers instead of a chain of count dependent ones.
 __global__ void __launch_bounds__(kThreads)
@@ -144,13 +147,32 @@ bool launch_linear_tensor_core(cudaStream_t st, const T* x, const int8_t* CB, co
                                const void* bias, int64_t M, int64_t N, int64_t K, T* out,
                                Status* err) {
   if (s.acc == nullptr || ceil_div(M, int64_t{kEpiRows}) > 65535) return false;
-  if (!cublaslt_int8_gemm(st, s.q, CB, M, N, K, s.acc, s.gemm_ws, s.gemm_ws_bytes, err))
+  const bool tc = s.tc_x != nullptr && outlier_tc_supported(M);
+  // On the Hopper many-outlier path with wide inputs (K >= kInt8Sm90MinK) the int8 GEMM is
+  // CUTLASS's, which stands aside on the device when every column is an outlier column (an
+  // MLP's down projection over a long prompt: benchmarks/NOTES.md v7). There it measured as fast
+  // as cuBLASLt's or faster at 0 outliers (14336->4096, 28672->8192), and 10-30% slower on
+  // narrower inputs, which keep cuBLASLt. LT8_INT8_GEMM_CUBLASLT=1: cuBLASLt's everywhere.
+  static const bool force_cublaslt = [] {
+    const char* v = std::getenv("LT8_INT8_GEMM_CUBLASLT");
+    return v != nullptr && v[0] == '1';
+  }();
+  if (tc && K >= kInt8Sm90MinK && cublaslt_enabled() && !force_cublaslt &&
+      outlier_tc_takes_sm90(s.tc_d, M, N) && int8_gemm_sm90_supported(s.q, CB, M, N, K)) {
+    Status gs = launch_int8_gemm_sm90(st, s.q, CB, M, N, K, s.outlier_count, kOutlierTcMinCount,
+                                      s.acc, s.tc_gemm_ws);
+    if (!gs.ok()) {
+      *err = gs;
+      return false;
+    }
+  } else if (!cublaslt_int8_gemm(st, s.q, CB, M, N, K, s.acc, s.gemm_ws, s.gemm_ws_bytes, err)) {
     return false;
+  }
   // Many outlier columns go to tensor cores; the exact epilogue and its staging then stand aside
   // (each of the two reads the count on the device and returns at once when the other one is in
   // charge).
   int exact_max_count = INT_MAX;
-  if (s.tc_x != nullptr && outlier_tc_supported(M)) {
+  if (tc) {
     Status ts = launch_outlier_tc(st, dtype_of<T>(), x, CB, SCB, s, bias_dtype, bias, M, N, K, out);
     if (!ts.ok()) {
       *err = ts;

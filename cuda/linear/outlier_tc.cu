@@ -61,32 +61,75 @@ __device__ __forceinline__ void cp_async_wait() {
 #endif
 
 // Xg[m, j] = x[m, idx[j]], Wg[n, j] = CB[n, idx[j]] for j < count, zeros up to the next multiple
-// of kBK. Grid-stride over (row, j) so that the grid is fixed whatever the count.
+// of kBK. One warp per matrix row (grid-stride over the M + N rows, so the grid is fixed whatever
+// the count); each lane fills 8 consecutive j with one 16-byte store. Where those 8 outlier
+// columns are 8 adjacent, 8-aligned columns (runs of outliers: with every column flagged, all
+// of them) the lane reads them with one vector load instead of 8 gathers.
 template <typename T>
 __global__ void __launch_bounds__(kGatherThreads)
     gather_outliers_kernel(const T* __restrict__ x, const int8_t* __restrict__ CB,
                            const int32_t* __restrict__ idx, const int32_t* __restrict__ count_p,
                            int min_count, int64_t M, int64_t N, int64_t K, int64_t Kcap,
-                           T* __restrict__ xg, T* __restrict__ wg) {
+                           bool x_direct, T* __restrict__ xg, T* __restrict__ wg) {
   const int count = *count_p;
   if (count <= min_count) return;
   const int kp = (count + kBK - 1) / kBK * kBK;
-  const int64_t rows = M + N;
+  // Every column an outlier column and the GEMM reads x itself (x_direct): only Wg to fill.
+  const int64_t skip = x_direct && count == K ? M : 0;
+  const int64_t rows = M + N - skip;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.y;
-  // One block row (blockDim.x threads) walks one matrix row along j: coalesced writes.
-  for (int64_t r = static_cast<int64_t>(blockIdx.x) * blockDim.y + threadIdx.y; r < rows;
-       r += stride) {
-    if (r < M) {
-      const T* xr = x + r * K;
-      T* o = xg + r * Kcap;
-      for (int j = threadIdx.x; j < kp; j += blockDim.x)
-        o[j] = j < count ? xr[idx[j]] : from_float<T>(0.0f);
-    } else {
-      const int64_t n = r - M;
-      const int8_t* cr = CB + n * K;
-      T* o = wg + n * Kcap;
-      for (int j = threadIdx.x; j < kp; j += blockDim.x)
-        o[j] = from_float<T>(j < count ? static_cast<float>(cr[idx[j]]) : 0.0f);
+  // Vector reads need the rows 16-byte (x) / 8-byte (CB) aligned: K % 8 == 0 and aligned bases.
+  const bool row_vec = K % 8 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0 &&
+                       reinterpret_cast<uintptr_t>(CB) % 8 == 0;
+  for (int64_t r = static_cast<int64_t>(blockIdx.x) * blockDim.y + threadIdx.y + skip;
+       r < rows + skip; r += stride) {
+    const bool is_x = r < M;
+    const int64_t row = is_x ? r : r - M;
+    T* o = (is_x ? xg : wg) + row * Kcap;
+    for (int j0 = threadIdx.x * 8; j0 < kp; j0 += 32 * 8) {
+      int col[8];
+      if (j0 + 8 <= count) {
+        const int4 a = *reinterpret_cast<const int4*>(idx + j0);
+        const int4 b = *reinterpret_cast<const int4*>(idx + j0 + 4);
+        col[0] = a.x, col[1] = a.y, col[2] = a.z, col[3] = a.w;
+        col[4] = b.x, col[5] = b.y, col[6] = b.z, col[7] = b.w;
+      } else {
+#pragma unroll
+        for (int e = 0; e < 8; ++e) col[e] = j0 + e < count ? idx[j0 + e] : -1;
+      }
+      // idx is ascending, so 8 valid entries spanning 7 are 8 adjacent columns.
+      const bool run = row_vec && col[7] >= 0 && col[7] - col[0] == 7 && col[0] % 8 == 0;
+      uint4 packed;
+      if (is_x) {
+        const T* xr = x + row * K;
+        if (run) {
+          packed = *reinterpret_cast<const uint4*>(xr + col[0]);
+        } else {
+          unsigned short h[8];
+#pragma unroll
+          for (int e = 0; e < 8; ++e)
+            h[e] = col[e] >= 0 ? to_bits16(xr[col[e]]) : to_bits16(from_float<T>(0.0f));
+          packed = make_uint4(h[0] | (uint32_t{h[1]} << 16), h[2] | (uint32_t{h[3]} << 16),
+                              h[4] | (uint32_t{h[5]} << 16), h[6] | (uint32_t{h[7]} << 16));
+        }
+      } else {
+        const int8_t* cr = CB + row * K;
+        int8_t c[8];
+        if (run) {
+          const uint2 v = *reinterpret_cast<const uint2*>(cr + col[0]);
+#pragma unroll
+          for (int e = 0; e < 4; ++e) c[e] = byte_of(v.x, e), c[4 + e] = byte_of(v.y, e);
+        } else {
+#pragma unroll
+          for (int e = 0; e < 8; ++e) c[e] = col[e] >= 0 ? cr[col[e]] : int8_t{0};
+        }
+        unsigned short h[8];
+#pragma unroll
+        for (int e = 0; e < 8; ++e) h[e] = to_bits16(from_float<T>(static_cast<float>(c[e])));
+        packed = make_uint4(h[0] | (uint32_t{h[1]} << 16), h[2] | (uint32_t{h[3]} << 16),
+                            h[4] | (uint32_t{h[5]} << 16), h[6] | (uint32_t{h[7]} << 16));
+      }
+      *reinterpret_cast<uint4*>(o + j0) = packed;
     }
   }
 }
@@ -271,38 +314,68 @@ Status launch_gemm(cudaStream_t st, dim3 grid, const T* xg, const T* wg, int64_t
 }
 
 // The epilogue after the sm_90a GEMM (outlier_gemm_sm90.cu), which leaves the outlier sums in
-// d: the same float operations as outlier_gemm_epilogue_kernel's epilogue, one output per thread.
-template <typename OutT>
+// d: the same float operations as outlier_gemm_epilogue_kernel's epilogue. Each thread finishes
+// VEC adjacent columns (VEC = 4: N % 4 == 0 and out / base aligned for it) down a stride of rows.
+// When every column is an outlier column the int8 activations are all zeros, so acc is exactly
+// 0 and is not read.
+template <typename OutT, int VEC>
 __global__ void __launch_bounds__(kThreads)
     outlier_combine_kernel(const float* __restrict__ d, const int32_t* __restrict__ count_p,
                            int min_count, OutlierEpilogueArgs epi, const float* __restrict__ SCB,
-                           int64_t M, int64_t N, OutT* out) {
+                           int64_t M, int64_t N, int64_t K, OutT* out) {
   constexpr bool kTerms = std::is_same<OutT, float>::value;
-  if (*count_p <= min_count) return;
-  // Grid: x over column blocks of kThreads, y strides over the rows.
-  const int64_t n = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (n >= N) return;
-  const float cs = SCB[n];
+  const int count = *count_p;
+  if (count <= min_count) return;
+  const bool acc_zero = count == K;
+  const int64_t n0 = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * VEC;
+  if (n0 >= N) return;
+  float cs[VEC], b[VEC];
+#pragma unroll
+  for (int e = 0; e < VEC; ++e) {
+    cs[e] = SCB[n0 + e];
+    b[e] = (!kTerms && epi.bias != nullptr) ? load_float_any(epi.bias_dtype, epi.bias, n0 + e)
+                                             : 0.0f;
+  }
   for (int64_t m = blockIdx.y; m < M; m += gridDim.y) {
-    const int64_t i = m * N + n;
-    float v = kTerms ? epi.base[i] : dequant(epi.acc[i], epi.row_scale[m], cs);
-    v = __fadd_rn(v, __fmul_rn(d[i], cs * kInv127));
-    if constexpr (kTerms) {
-      out[i] = v;
+    const int64_t i = m * N + n0;
+    float dv[VEC], v[VEC];
+    if constexpr (VEC == 4) {
+      const float4 d4 = *reinterpret_cast<const float4*>(d + i);
+      dv[0] = d4.x, dv[1] = d4.y, dv[2] = d4.z, dv[3] = d4.w;
     } else {
-      if (epi.bias != nullptr) v = __fadd_rn(v, load_float_any(epi.bias_dtype, epi.bias, n));
-      out[i] = from_float<OutT>(v);
+      dv[0] = d[i];
+    }
+    if constexpr (kTerms) {
+      if constexpr (VEC == 4) {
+        load4(epi.base + i, v);
+      } else {
+        v[0] = epi.base[i];
+      }
+    } else {
+      int32_t a[VEC] = {};
+      if (!acc_zero) {
+        if constexpr (VEC == 4) {
+          const int4 a4 = *reinterpret_cast<const int4*>(epi.acc + i);
+          a[0] = a4.x, a[1] = a4.y, a[2] = a4.z, a[3] = a4.w;
+        } else {
+          a[0] = epi.acc[i];
+        }
+      }
+      const float rs = epi.row_scale[m];
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) v[e] = dequant(a[e], rs, cs[e]);
+    }
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) {
+      v[e] = __fadd_rn(v[e], __fmul_rn(dv[e], cs[e] * kInv127));
+      if (!kTerms && epi.bias != nullptr) v[e] = __fadd_rn(v[e], b[e]);
+    }
+    if constexpr (VEC == 4) {
+      store4(out + i, v);
+    } else {
+      out[i] = from_float<OutT>(v[0]);
     }
   }
-}
-
-// LT8_OUTLIER_TC_WMMA=1 keeps the WMMA GEMM on Hopper too (tests and benchmarks compare them).
-bool force_wmma() {
-  static const bool force = [] {
-    const char* v = std::getenv("LT8_OUTLIER_TC_WMMA");
-    return v != nullptr && v[0] == '1';
-  }();
-  return force;
 }
 
 // Gathers the outlier columns (idx[0 .. *count)) into xg / wg, then the GEMM and the epilogue.
@@ -314,23 +387,33 @@ Status launch(cudaStream_t st, const T* x, const int8_t* CB, const float* SCB, c
   const int64_t Kcap = outlier_gather_stride(K);
   T* xg = static_cast<T*>(s.tc_x);
   T* wg = static_cast<T*>(s.tc_w);
+  const bool sm90 = outlier_tc_takes_sm90(s.tc_d, M, N);
+  const bool x_direct = sm90 && outlier_gemm_x_direct(x, K);
   {
-    const dim3 block(64, kGatherThreads / 64);
+    const dim3 block(32, kGatherThreads / 32);  // a warp per row
     const int64_t blocks = std::min<int64_t>((M + N + block.y - 1) / block.y, 4096);
     gather_outliers_kernel<T><<<static_cast<unsigned>(blocks), block, 0, st>>>(
-        x, CB, idx, count, kOutlierTcMinCount, M, N, K, Kcap, xg, wg);
+        x, CB, idx, count, kOutlierTcMinCount, M, N, K, Kcap, x_direct, xg, wg);
     LT8_CHECK_LAUNCH("gather_outliers_kernel");
   }
   // Hopper with CUTLASS built in: wgmma GEMM into d, then the epilogue as its own pass.
-  if constexpr (kWithOutlierGemmSm90) {
-    if (s.tc_d != nullptr && !force_wmma() && outlier_gemm_sm90_supported(M, N)) {
-      Status gs = launch_outlier_gemm_sm90(st, dtype_of<T>(), xg, wg, Kcap, count,
-                                           kOutlierTcMinCount, M, N, s.tc_d, s.tc_gemm_ws);
+  {
+    if (sm90) {
+      Status gs =
+          launch_outlier_gemm_sm90(st, dtype_of<T>(), xg, wg, Kcap, count, kOutlierTcMinCount, M,
+                                   N, x_direct ? x : nullptr, K, s.tc_d, s.tc_gemm_ws);
       if (!gs.ok()) return gs;
-      const dim3 grid(static_cast<unsigned>((N + kThreads - 1) / kThreads),
+      const bool vec = N % 4 == 0 && is_aligned(out, 4 * sizeof(OutT)) &&
+                       (epi.base == nullptr || is_aligned(epi.base, 16));
+      const int64_t threads_n = vec ? N / 4 : N;
+      const dim3 grid(static_cast<unsigned>((threads_n + kThreads - 1) / kThreads),
                       static_cast<unsigned>(std::min<int64_t>(M, 1024)));
-      outlier_combine_kernel<OutT><<<grid, kThreads, 0, st>>>(s.tc_d, count, kOutlierTcMinCount,
-                                                              epi, SCB, M, N, out);
+      if (vec)
+        outlier_combine_kernel<OutT, 4><<<grid, kThreads, 0, st>>>(
+            s.tc_d, count, kOutlierTcMinCount, epi, SCB, M, N, K, out);
+      else
+        outlier_combine_kernel<OutT, 1><<<grid, kThreads, 0, st>>>(
+            s.tc_d, count, kOutlierTcMinCount, epi, SCB, M, N, K, out);
       LT8_CHECK_LAUNCH("outlier_combine_kernel");
       return Status::Ok();
     }
@@ -341,6 +424,34 @@ Status launch(cudaStream_t st, const T* x, const int8_t* CB, const float* SCB, c
 }
 
 }  // namespace
+
+#ifndef LT8_WITH_CUTLASS_SM90
+// Builds without CUTLASS's headers: the sm_90a GEMMs do not exist and are never chosen.
+bool outlier_gemm_sm90_supported(int64_t, int64_t) {
+  return false;
+}
+bool int8_gemm_sm90_supported(const int8_t*, const int8_t*, int64_t, int64_t, int64_t) {
+  return false;
+}
+Status launch_outlier_gemm_sm90(cudaStream_t, DType, const void*, const void*, int64_t,
+                                const int32_t*, int, int64_t, int64_t, const void*, int64_t, float*,
+                                void*) {
+  return Status::Unsupported("this build has no CUTLASS sm_90a GEMMs");
+}
+Status launch_int8_gemm_sm90(cudaStream_t, const int8_t*, const int8_t*, int64_t, int64_t, int64_t,
+                             const int32_t*, int, int32_t*, void*) {
+  return Status::Unsupported("this build has no CUTLASS sm_90a GEMMs");
+}
+#endif
+
+bool outlier_tc_takes_sm90(const float* tc_d, int64_t M, int64_t N) {
+  // LT8_OUTLIER_TC_WMMA=1 keeps the WMMA GEMM on Hopper too (tests and benchmarks compare them).
+  static const bool force_wmma = [] {
+    const char* v = std::getenv("LT8_OUTLIER_TC_WMMA");
+    return v != nullptr && v[0] == '1';
+  }();
+  return tc_d != nullptr && !force_wmma && outlier_gemm_sm90_supported(M, N);
+}
 
 bool outlier_tc_supported(int64_t M) {
   return (M + kBM - 1) / kBM <= 65535 && current_device_cc_major() >= 8;

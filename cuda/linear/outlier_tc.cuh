@@ -17,6 +17,10 @@ constexpr int kOutlierTcMinCount = kStagedOutliers;
 // True when the current device (sm_80+) and the grid (M) can take the path. Whether the call
 // qualifies (16-bit x, outliers on) is decided where the scratch is carved: s.tc_x != nullptr.
 bool outlier_tc_supported(int64_t M);
+// True when the path runs its GEMMs on CUTLASS's sm_90a kernels (linear/outlier_gemm_sm90.h):
+// a build with them, a Hopper device, the scratch carved for them (tc_d), N % 4 == 0, and
+// LT8_OUTLIER_TC_WMMA not "1". Then the int8 GEMM may be CUTLASS's too (cublaslt_linear.cu).
+bool outlier_tc_takes_sm90(const float* tc_d, int64_t M, int64_t N);
 
 // Enqueues the gather into s.tc_x / s.tc_w and the tensor-core GEMM + epilogue reading s.acc,
 // s.row_scale and the compacted outlier columns. Both kernels return at once unless

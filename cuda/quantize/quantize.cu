@@ -50,6 +50,96 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// The same mask for 16-bit x with K % 8 == 0 and x 16-byte aligned: each thread tests 8 adjacent
+// columns with one 16-byte load per row (the scalar kernel's 2-byte loads left it at a quarter of
+// the memory bandwidth), blockIdx.y (grid-stride) = chunk of kMaskVecRows rows.
+constexpr int kMaskVecRows = 8;
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    outlier_mask_vec_kernel(const T* __restrict__ x, int64_t M, int64_t K, float threshold,
+                            uint8_t* __restrict__ mask) {
+  const int64_t k0 = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * 8;
+  if (k0 >= K) return;
+  const int64_t chunks = (M + kMaskVecRows - 1) / kMaskVecRows;
+  unsigned hit = 0;  // bit e: column k0 + e
+  for (int64_t c = blockIdx.y; c < chunks && hit != 0xffu; c += gridDim.y) {
+    const int64_t m1 = (c + 1) * kMaskVecRows < M ? (c + 1) * kMaskVecRows : M;
+    for (int64_t m = c * kMaskVecRows; m < m1; ++m) {
+      float v[8];
+      load8(x + m * K + k0, v);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) hit |= is_outlier(v[e], threshold) ? 1u << e : 0u;
+    }
+  }
+#pragma unroll
+  for (int e = 0; e < 8; ++e)
+    if (hit & (1u << e)) mask[k0 + e] = 1;
+}
+
+// Row quantization for 16-bit x with K % 8 == 0, x 16-byte aligned and K <= kThreads * 8 *
+// CHUNKS: a block per row (grid-stride), each thread keeps its CHUNKS 8-element pieces of the
+// row in registers between the absmax and the rounding, so x is read from memory once, with
+// CHUNKS independent 16-byte loads in flight per thread. Same values as quantize_rows_kernel
+// (the absmax is a max: its order does not matter).
+template <typename T, int CHUNKS>
+__global__ void __launch_bounds__(kThreads)
+    quantize_rows_reg_kernel(const T* __restrict__ x, int64_t M, int64_t K,
+                             const uint8_t* __restrict__ mask, int8_t* __restrict__ q,
+                             float* __restrict__ row_scale) {
+  __shared__ float warp_amax[kThreads / 32];
+  for (int64_t m = blockIdx.x; m < M; m += gridDim.x) {
+    const T* row = x + m * K;
+    uint4 raw[CHUNKS];
+    uint2 mk[CHUNKS];
+#pragma unroll
+    for (int c = 0; c < CHUNKS; ++c) {
+      const int64_t k = (static_cast<int64_t>(c) * kThreads + threadIdx.x) * 8;
+      raw[c] = k < K ? *reinterpret_cast<const uint4*>(row + k) : make_uint4(0, 0, 0, 0);
+      mk[c] = k < K ? *reinterpret_cast<const uint2*>(mask + k) : make_uint2(~0u, ~0u);
+    }
+    float amax = 0.0f;
+#pragma unroll
+    for (int c = 0; c < CHUNKS; ++c) {
+      const uint32_t w[4] = {raw[c].x, raw[c].y, raw[c].z, raw[c].w};
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        const uint32_t mword = e < 4 ? mk[c].x : mk[c].y;
+        if (!((mword >> (8 * (e % 4))) & 0xffu)) {
+          const unsigned short bits = static_cast<unsigned short>(w[e / 2] >> (16 * (e % 2)));
+          amax = absmax_step(amax, to_float(from_bits16<T>(bits)));
+        }
+      }
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1)
+      amax = absmax_combine(amax, __shfl_xor_sync(0xffffffffu, amax, off));
+    if (threadIdx.x % 32 == 0) warp_amax[threadIdx.x / 32] = amax;
+    __syncthreads();
+    amax = warp_amax[0];
+#pragma unroll
+    for (int w = 1; w < kThreads / 32; ++w) amax = absmax_combine(amax, warp_amax[w]);
+    __syncthreads();  // warp_amax is reused by the next row
+    if (threadIdx.x == 0) row_scale[m] = amax;
+#pragma unroll
+    for (int c = 0; c < CHUNKS; ++c) {
+      const int64_t k = (static_cast<int64_t>(c) * kThreads + threadIdx.x) * 8;
+      if (k >= K) continue;
+      const uint32_t w[4] = {raw[c].x, raw[c].y, raw[c].z, raw[c].w};
+      uint32_t packed[2] = {0, 0};
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        const uint32_t mword = e < 4 ? mk[c].x : mk[c].y;
+        const unsigned short bits = static_cast<unsigned short>(w[e / 2] >> (16 * (e % 2)));
+        const int8_t qe = ((mword >> (8 * (e % 4))) & 0xffu)
+                              ? int8_t{0}
+                              : quantize_value(to_float(from_bits16<T>(bits)), amax);
+        packed[e / 4] |= static_cast<uint32_t>(static_cast<uint8_t>(qe)) << (8 * (e % 4));
+      }
+      *reinterpret_cast<uint2*>(q + m * K + k) = make_uint2(packed[0], packed[1]);
+    }
+  }
+}
+
 // One group of TPR threads per row (TPR = 32: a warp per row, TPR = 256: a block per row),
 // grid-stride over rows. VEC: K % 4 == 0 and x / q / mask aligned for 4-element accesses.
 template <typename T, int TPR, bool VEC>
@@ -191,7 +281,14 @@ Status launch_quantize(cudaStream_t st, const T* x, int64_t M, int64_t K, float 
   if (K > 0) {
     LT8_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(mask, 0, static_cast<size_t>(K), st),
                              "cudaMemsetAsync(outlier_mask)");
-    if (threshold > 0.0f && M > 0) {
+    const bool vec16 = sizeof(T) == 2 && K % 8 == 0 && is_aligned(x, 16);
+    if (threshold > 0.0f && M > 0 && vec16) {
+      const int64_t chunks = ceil_div(M, int64_t{kMaskVecRows});
+      dim3 grid(static_cast<unsigned>(ceil_div(K / 8, kThreads)),
+                static_cast<unsigned>(std::min(chunks, kMaxGridYZ)));
+      outlier_mask_vec_kernel<T><<<grid, kThreads, 0, st>>>(x, M, K, threshold, mask);
+      LT8_CHECK_LAUNCH("outlier_mask_vec_kernel");
+    } else if (threshold > 0.0f && M > 0) {
       const int64_t chunks = ceil_div(M, kMaskRowsPerChunk);
       dim3 grid(static_cast<unsigned>(ceil_div(K, kThreads)),
                 static_cast<unsigned>(std::min(chunks, kMaxGridYZ)));
@@ -200,6 +297,19 @@ Status launch_quantize(cudaStream_t st, const T* x, int64_t M, int64_t K, float 
     }
   }
   if (M == 0) return Status::Ok();
+  // 16-bit rows of 1K-16K elements: the one-read register kernel.
+  if constexpr (sizeof(T) == 2) {
+    if (K % 8 == 0 && is_aligned(x, 16) && is_aligned(q, 8) && is_aligned(mask, 8) && K > 1024 &&
+        K <= int64_t{kThreads} * 8 * 8) {
+      const unsigned blocks = static_cast<unsigned>(std::min(M, int64_t{1} << 24));
+      if (K <= int64_t{kThreads} * 8 * 2)
+        quantize_rows_reg_kernel<T, 2><<<blocks, kThreads, 0, st>>>(x, M, K, mask, q, row_scale);
+      else
+        quantize_rows_reg_kernel<T, 8><<<blocks, kThreads, 0, st>>>(x, M, K, mask, q, row_scale);
+      LT8_CHECK_LAUNCH("quantize_rows_reg_kernel");
+      return Status::Ok();
+    }
+  }
   const bool vec =
       K % 4 == 0 && is_aligned(x, 4 * sizeof(T)) && is_aligned(q, 4) && is_aligned(mask, 4);
   const bool warp_per_row = K <= 1024;
