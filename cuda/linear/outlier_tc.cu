@@ -391,7 +391,8 @@ Status launch(cudaStream_t st, const T* x, const int8_t* CB, const float* SCB, c
   const bool x_direct = sm90 && outlier_gemm_x_direct(x, K);
   {
     const dim3 block(32, kGatherThreads / 32);  // a warp per row
-    const int64_t blocks = std::min<int64_t>((M + N + block.y - 1) / block.y, 4096);
+    // At most 1024 blocks: they return at once unless the count asks for the gather.
+    const int64_t blocks = std::min<int64_t>((M + N + block.y - 1) / block.y, 1024);
     gather_outliers_kernel<T><<<static_cast<unsigned>(blocks), block, 0, st>>>(
         x, CB, idx, count, kOutlierTcMinCount, M, N, K, Kcap, x_direct, xg, wg);
     LT8_CHECK_LAUNCH("gather_outliers_kernel");
@@ -406,8 +407,11 @@ Status launch(cudaStream_t st, const T* x, const int8_t* CB, const float* SCB, c
       const bool vec = N % 4 == 0 && is_aligned(out, 4 * sizeof(OutT)) &&
                        (epi.base == nullptr || is_aligned(epi.base, 16));
       const int64_t threads_n = vec ? N / 4 : N;
-      const dim3 grid(static_cast<unsigned>((threads_n + kThreads - 1) / kThreads),
-                      static_cast<unsigned>(std::min<int64_t>(M, 1024)));
+      // About 2048 blocks in all: enough to stream M x N, few enough that the launch costs
+      // little when the count sends them home at once (a 1024-row grid cost 35 us there).
+      const int64_t gx = (threads_n + kThreads - 1) / kThreads;
+      const dim3 grid(static_cast<unsigned>(gx),
+                      static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(M, 2048 / gx))));
       if (vec)
         outlier_combine_kernel<OutT, 4><<<grid, kThreads, 0, st>>>(
             s.tc_d, count, kOutlierTcMinCount, epi, SCB, M, N, K, out);
