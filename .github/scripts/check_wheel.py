@@ -1,6 +1,7 @@
 """Smoke test of an installed lt8 wheel (cibuildwheel's test-command), from outside the source
 tree: the native module loads, the build variant is the one asked for (LT8_CUDA=ON: CUDA
-kernels for sm_75..sm_90; OFF: none), and lt8's quantization through JAX's FFI matches a float64
+kernels for sm_75..sm_90, with the CUTLASS sm_90a GEMMs when LT8_CUTLASS_INCLUDE is set; OFF:
+none), and lt8's quantization through JAX's FFI matches a float64
 numpy reference of the rounding (round half to even of w * 127 / absmax, within one step at
 rounding ties).
 """
@@ -17,6 +18,8 @@ if variant == "ON":
     assert lt8.has_cuda() and _native.cuda_archs() == ["75", "80", "86", "89", "90"], (
         _native.cuda_archs()
     )
+    # LT8_CUTLASS_INCLUDE is set for the cu12 variant: Hopper's CUTLASS GEMMs must be in it.
+    assert _native.C.cutlass_sm90_built() == bool(os.environ.get("LT8_CUTLASS_INCLUDE"))
 elif variant == "OFF":
     assert not lt8.has_cuda()
 assert _native.has_ffi(), "built without jaxlib's XLA FFI headers: lt8.jax is unusable"
