@@ -21,9 +21,9 @@ namespace lt8 {
 namespace gpu {
 namespace {
 
-constexpr int kEpiThreads = 256;  // one output column per thread
-constexpr int kEpiRows = 32;      // rows per block
-constexpr int kEpiChunk = 8;      // outlier columns per shared-memory stage
+constexpr int kEpiThreads = 256;          // one output column per thread
+constexpr int kEpiRows = 32;              // rows per block
+constexpr int kEpiChunk = 8;              // outlier columns per shared-memory stage
 constexpr int64_t kInt8Sm90MinK = 12288;  // see launch_linear_tensor_core
 
 // One thread per (n, j): independent gathers instead of a chain of count dependent ones.

@@ -1,7 +1,8 @@
 // The GEMMs of the many-outlier path on Hopper (sm_90a), with CUTLASS 3's TMA + wgmma
 // warp-specialized kernel: the outlier GEMM, D (M, N) float32 = Xg @ Wg^T over the gathered
-// outlier columns, and the int8 GEMM (in place of cuBLASLt's on that path, so that it can stand
-// aside on the device when every column is an outlier column and the int8 operand is all zeros). Built only when CUTLASS's headers are found at build time and sm_90 is a target
+// outlier columns, and the int8 GEMM (in place of cuBLASLt's on that path for wide inputs, so that
+// it can stand aside on the device when every column is an outlier column and the int8 operand is
+// all zeros). Built only when CUTLASS's headers are found at build time and sm_90 is a target
 // (CMakeLists.txt: LT8_WITH_CUTLASS_SM90); elsewhere outlier_tc.cu's WMMA kernel does the job.
 //
 // Why the *grouped* kernel for one GEMM: its problem shapes are read from device memory, so the
@@ -108,8 +109,8 @@ struct Plan {
 };
 
 template <typename G>
-__global__ void args_kernel(typename G::DeviceArgs* args, Plan p, const int32_t* __restrict__ count_p,
-                            int min_count) {
+__global__ void args_kernel(typename G::DeviceArgs* args, Plan p,
+                            const int32_t* __restrict__ count_p, int min_count) {
   const int count = *count_p;
   int M = p.M, K = p.K;
   const void* a = p.a;
@@ -184,16 +185,26 @@ Status run(cudaStream_t st, const Plan& plan, const int32_t* count, int min_coun
 
 bool outlier_gemm_sm90_supported(int64_t M, int64_t N) {
   // sm_90a code runs on compute capability 9.0 only; TMA stores D rows 16-byte aligned.
-  return current_device_cc() == 90 && N % 4 == 0 &&
-         M < (int64_t{1} << 31) && N < (int64_t{1} << 31);
+  return current_device_cc() == 90 && N % 4 == 0 && M < (int64_t{1} << 31) &&
+         N < (int64_t{1} << 31);
 }
 
 Status launch_outlier_gemm_sm90(cudaStream_t st, DType dtype, const void* xg, const void* wg,
                                 int64_t Kcap, const int32_t* count, int min_count, int64_t M,
                                 int64_t N, const void* x, int64_t K, float* d, void* workspace) {
-  Plan p{xg, Kcap, wg, Kcap, d, static_cast<int>(M), static_cast<int>(N), static_cast<int>(K),
-         true, x, x != nullptr && outlier_gemm_x_direct(x, K)};
-  if (dtype == DType::kF16) return run<OutlierGemm<cutlass::half_t>>(st, p, count, min_count, workspace);
+  Plan p{xg,
+         Kcap,
+         wg,
+         Kcap,
+         d,
+         static_cast<int>(M),
+         static_cast<int>(N),
+         static_cast<int>(K),
+         true,
+         x,
+         x != nullptr && outlier_gemm_x_direct(x, K)};
+  if (dtype == DType::kF16)
+    return run<OutlierGemm<cutlass::half_t>>(st, p, count, min_count, workspace);
   if (dtype == DType::kBF16)
     return run<OutlierGemm<cutlass::bfloat16_t>>(st, p, count, min_count, workspace);
   return Status::Invalid("launch_outlier_gemm_sm90: x must be float16 or bfloat16");
@@ -209,8 +220,9 @@ bool int8_gemm_sm90_supported(const int8_t* q, const int8_t* CB, int64_t M, int6
 Status launch_int8_gemm_sm90(cudaStream_t st, const int8_t* q, const int8_t* CB, int64_t M,
                              int64_t N, int64_t K, const int32_t* count, int min_count,
                              int32_t* acc, void* workspace) {
-  Plan p{q, K, CB, K, acc, static_cast<int>(M), static_cast<int>(N), static_cast<int>(K),
-         false, nullptr, false};
+  Plan p{
+      q,     K,       CB,   K, acc, static_cast<int>(M), static_cast<int>(N), static_cast<int>(K),
+      false, nullptr, false};
   return run<Int8Gemm>(st, p, count, min_count, static_cast<char*>(workspace) + kHalfWorkspace);
 }
 

@@ -333,8 +333,8 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
   for (int e = 0; e < VEC; ++e) {
     cs[e] = SCB[n0 + e];
-    b[e] = (!kTerms && epi.bias != nullptr) ? load_float_any(epi.bias_dtype, epi.bias, n0 + e)
-                                             : 0.0f;
+    b[e] =
+        (!kTerms && epi.bias != nullptr) ? load_float_any(epi.bias_dtype, epi.bias, n0 + e) : 0.0f;
   }
   for (int64_t m = blockIdx.y; m < M; m += gridDim.y) {
     const int64_t i = m * N + n0;
@@ -401,8 +401,8 @@ Status launch(cudaStream_t st, const T* x, const int8_t* CB, const float* SCB, c
   {
     if (sm90) {
       Status gs =
-          launch_outlier_gemm_sm90(st, dtype_of<T>(), xg, wg, Kcap, count, kOutlierTcMinCount, M,
-                                   N, x_direct ? x : nullptr, K, s.tc_d, s.tc_gemm_ws);
+          launch_outlier_gemm_sm90(st, dtype_of<T>(), xg, wg, Kcap, count, kOutlierTcMinCount, M, N,
+                                   x_direct ? x : nullptr, K, s.tc_d, s.tc_gemm_ws);
       if (!gs.ok()) return gs;
       const bool vec = N % 4 == 0 && is_aligned(out, 4 * sizeof(OutT)) &&
                        (epi.base == nullptr || is_aligned(epi.base, 16));
@@ -413,11 +413,11 @@ Status launch(cudaStream_t st, const T* x, const int8_t* CB, const float* SCB, c
       const dim3 grid(static_cast<unsigned>(gx),
                       static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(M, 2048 / gx))));
       if (vec)
-        outlier_combine_kernel<OutT, 4><<<grid, kThreads, 0, st>>>(
-            s.tc_d, count, kOutlierTcMinCount, epi, SCB, M, N, K, out);
+        outlier_combine_kernel<OutT, 4>
+            <<<grid, kThreads, 0, st>>>(s.tc_d, count, kOutlierTcMinCount, epi, SCB, M, N, K, out);
       else
-        outlier_combine_kernel<OutT, 1><<<grid, kThreads, 0, st>>>(
-            s.tc_d, count, kOutlierTcMinCount, epi, SCB, M, N, K, out);
+        outlier_combine_kernel<OutT, 1>
+            <<<grid, kThreads, 0, st>>>(s.tc_d, count, kOutlierTcMinCount, epi, SCB, M, N, K, out);
       LT8_CHECK_LAUNCH("outlier_combine_kernel");
       return Status::Ok();
     }
@@ -473,8 +473,8 @@ Status launch_outlier_tc(cudaStream_t st, DType x_dtype, const void* x, const in
     return launch<__half>(st, static_cast<const __half*>(x), CB, SCB, s, epi, M, N, K,
                           static_cast<__half*>(out));
   if (x_dtype == DType::kBF16)
-    return launch<__nv_bfloat16>(st, static_cast<const __nv_bfloat16*>(x), CB, SCB, s, epi, M, N,
-                                 K, static_cast<__nv_bfloat16*>(out));
+    return launch<__nv_bfloat16>(st, static_cast<const __nv_bfloat16*>(x), CB, SCB, s, epi, M, N, K,
+                                 static_cast<__nv_bfloat16*>(out));
   return Status::Invalid("launch_outlier_tc: x must be float16 or bfloat16");
 }
 
@@ -486,8 +486,8 @@ Status launch_outlier_tc_terms(cudaStream_t st, DType x_dtype, const void* x, co
   if (x_dtype == DType::kF16)
     return launch<__half>(st, static_cast<const __half*>(x), CB, SCB, s, epi, M, N, K, out);
   if (x_dtype == DType::kBF16)
-    return launch<__nv_bfloat16>(st, static_cast<const __nv_bfloat16*>(x), CB, SCB, s, epi, M, N,
-                                 K, out);
+    return launch<__nv_bfloat16>(st, static_cast<const __nv_bfloat16*>(x), CB, SCB, s, epi, M, N, K,
+                                 out);
   return Status::Invalid("launch_outlier_tc_terms: x must be float16 or bfloat16");
 }
 
