@@ -211,8 +211,9 @@ Status launch_outlier_gemm_sm90(cudaStream_t st, DType dtype, const void* xg, co
 }
 
 bool int8_gemm_sm90_supported(const int8_t* q, const int8_t* CB, int64_t M, int64_t N, int64_t K) {
-  // TMA: 16-byte aligned rows of A / B (K % 16) and of the int32 D (N % 4).
-  return current_device_cc() == 90 && K % 16 == 0 && N % 4 == 0 &&
+  // TMA: 16-byte aligned rows of A / B (K % 16) and of the int32 D (N % 4). K <= 2^17 keeps
+  // every int32 sum exact (127 * 127 * K < 2^31), the bound cuBLASLt's path keeps too.
+  return current_device_cc() == 90 && K % 16 == 0 && N % 4 == 0 && K <= (int64_t{1} << 17) &&
          reinterpret_cast<uintptr_t>(q) % 16 == 0 && reinterpret_cast<uintptr_t>(CB) % 16 == 0 &&
          M < (int64_t{1} << 31) && N < (int64_t{1} << 31) && K < (int64_t{1} << 31);
 }
