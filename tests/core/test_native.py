@@ -49,6 +49,11 @@ def test_cli_info_reports_build_and_frontends():
     assert f"lt8 {lt8.__version__}" in r.stdout
     expected = "yes, for sm_" if _native.has_cuda() else "no (CPU-only build)"
     assert f"CUDA kernels built: {expected}" in r.stdout
+    if _native.has_cuda():  # whether Hopper's CUTLASS GEMMs came with them
+        sm90 = "yes" if _native.C.cutlass_sm90_built() else "no"
+        assert f"Hopper outlier GEMM (CUTLASS, sm_90a): {sm90}" in r.stdout
+    else:
+        assert not _native.C.cutlass_sm90_built()  # no CUDA, no sm_90a code
     assert "lt8.torch:" in r.stdout and "lt8.jax:" in r.stdout
 
 
