@@ -125,6 +125,9 @@ NB_MODULE(_C, m) {
 #undef LT8_VALUE
 
   m.def("has_cuda", &lt8::cuda_built, "True when this build contains CUDA kernels.");
+  m.def("use_openmp_threads", &lt8::use_openmp_threads, nb::arg("on"),
+        "Run the CPU kernels' threads in OpenMP regions (shared with torch's libgomp) instead of "
+        "lt8's own pool; returns whether they now are (False on builds without OpenMP).");
   m.def("cutlass_sm90_built", &lt8::cutlass_sm90_built,
         "True when this build carries the Hopper outlier GEMM built from CUTLASS's headers.");
   m.def("small_batch_rows", &lt8::small_batch_rows,

@@ -14,6 +14,9 @@ void set_cpu_threads(int n) {
 int cpu_threads() {
   return cpu::cpu_threads();
 }
+bool use_openmp_threads(bool on) {
+  return cpu::set_openmp_threads(on);
+}
 
 bool cutlass_sm90_built() {
   return kWithOutlierGemmSm90;

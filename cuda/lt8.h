@@ -116,6 +116,10 @@ bool cublaslt_available();  // false on CPU-only builds and where no libcublasLt
 // the process's affinity mask. cpu_threads() is the count the next CPU call will use.
 void set_cpu_threads(int n);
 int cpu_threads();
+// on = true: the CPU kernels' threads run in OpenMP regions, which share torch's libgomp team
+// (the torch frontend asks for it); false: lt8's own pool. Returns whether OpenMP is now used
+// (never on builds without OpenMP).
+bool use_openmp_threads(bool on);
 
 size_t dtype_size(DType t);
 const char* dtype_name(DType t);

@@ -43,9 +43,14 @@ inline __m256 load_tail(DType t, const void* p, int64_t i, int64_t n) {
 
 // Lanes whose outlier-mask byte is 0, as all-ones 32-bit masks (lanes past a K tail count as
 // regular: they hold zeros, which change neither the absmax nor the stored bytes).
+// (Full groups copy a constant 8 bytes, which compiles to one load: a memcpy of a run-time
+// length is a library call, and one per 8 elements cost more than the arithmetic.)
 inline __m256 regular_lanes(const uint8_t* mask, int64_t k, int64_t n) {
   int64_t bytes = 0;
-  std::memcpy(&bytes, mask + k, static_cast<size_t>(n));
+  if (n == 8)
+    std::memcpy(&bytes, mask + k, 8);
+  else
+    std::memcpy(&bytes, mask + k, static_cast<size_t>(n));
   const __m256i m = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(bytes));
   return _mm256_castsi256_ps(_mm256_cmpeq_epi32(m, _mm256_setzero_si256()));
 }
@@ -71,7 +76,10 @@ inline void store_q8(int8_t* q, __m256i v, int64_t n) {
   alignas(8) int8_t bytes[8];
   std::memcpy(bytes, &lo, 4);
   std::memcpy(bytes + 4, &hi, 4);
-  std::memcpy(q, bytes, static_cast<size_t>(n));
+  if (n == 8)
+    std::memcpy(q, bytes, 8);
+  else
+    std::memcpy(q, bytes, static_cast<size_t>(n));
 }
 
 // float -> bf16 bits as torch/float_to_bf16_bits: NaN keeps its top bits and is made quiet,
@@ -104,6 +112,23 @@ inline __m128i f16_bits(__m256 v) {
 }
 
 inline void store8(DType t, void* out, int64_t i, __m256 v, int64_t n) {
+  if (n == 8) {  // a full group: straight to memory
+    switch (t) {
+      case DType::kF16:
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(static_cast<uint16_t*>(out) + i), f16_bits(v));
+        return;
+      case DType::kBF16: {
+        const __m256i b = bf16_bits(v);
+        _mm_storeu_si128(
+            reinterpret_cast<__m128i*>(static_cast<uint16_t*>(out) + i),
+            _mm_packus_epi32(_mm256_castsi256_si128(b), _mm256_extracti128_si256(b, 1)));
+        return;
+      }
+      default:
+        _mm256_storeu_ps(static_cast<float*>(out) + i, v);
+        return;
+    }
+  }
   alignas(32) unsigned char buf[32];
   size_t es = 4;
   switch (t) {
@@ -220,7 +245,9 @@ void epilogue_avx2(const EpilogueArgs& e, int64_t m0, int64_t m1, int64_t n0, in
         }
         v = _mm256_add_ps(v, _mm256_mul_ps(xv, wv));
       }
-      if (e.bias != nullptr) {
+      if (e.bias != nullptr && w == 8) {
+        v = _mm256_add_ps(v, _mm256_loadu_ps(e.bias + n));
+      } else if (e.bias != nullptr) {
         alignas(32) float bb[8] = {};
         std::memcpy(bb, e.bias + n, static_cast<size_t>(w) * 4);
         v = _mm256_add_ps(v, _mm256_load_ps(bb));

@@ -2,11 +2,15 @@
 
 #include <pthread.h>
 #include <sched.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <cstdlib>
+#include <exception>
 #include <mutex>
 #include <system_error>
 #include <thread>
@@ -16,6 +20,16 @@ namespace lt8::cpu {
 namespace {
 
 std::atomic<int> g_threads_override{0};
+std::atomic<bool> g_use_openmp{false};
+std::atomic<bool> g_forked_child{false};
+std::once_flag g_fork_handler_once;
+
+// Registered before the first region of either kind: a fork child forgets both (see below).
+void watch_forks() {
+  std::call_once(g_fork_handler_once, [] {
+    pthread_atfork(nullptr, nullptr, [] { g_forked_child.store(true); });
+  });
+}
 
 int affinity_cpus() {
 #ifdef __linux__
@@ -132,12 +146,61 @@ void set_cpu_threads(int n) {
   g_threads_override.store(n > 0 ? n : 0, std::memory_order_relaxed);
 }
 
+bool set_openmp_threads(bool on) {
+#ifdef _OPENMP
+  g_use_openmp.store(on);
+  return on;
+#else
+  (void)on;
+  return false;
+#endif
+}
+
+#ifdef _OPENMP
+namespace {
+std::mutex g_omp_region;  // one region at a time, as for the pool
+
+// Tasks handed out dynamically to the team; an exception stops the handing out and is rethrown
+// on the calling thread (none may leave an OpenMP region).
+void omp_run(int64_t tasks, int threads, const std::function<void(int64_t)>& body) {
+  std::atomic<int64_t> next{0};
+  std::exception_ptr error;
+  std::mutex error_mu;
+#pragma omp parallel num_threads(threads)
+  {
+    try {
+      for (int64_t t; (t = next.fetch_add(1, std::memory_order_relaxed)) < tasks;) body(t);
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(error_mu);
+      if (!error) error = std::current_exception();
+      next.store(tasks, std::memory_order_relaxed);
+    }
+  }
+  if (error) std::rethrow_exception(error);
+}
+}  // namespace
+#endif
+
 void parallel_for(int64_t tasks, int threads, const std::function<void(int64_t)>& body) {
   threads = static_cast<int>(std::min<int64_t>(threads, tasks));
   if (threads <= 1) {
     for (int64_t t = 0; t < tasks; ++t) body(t);
     return;
   }
+  watch_forks();
+#ifdef _OPENMP
+  if (g_use_openmp.load(std::memory_order_relaxed) && !g_forked_child.load()) {
+    std::unique_lock<std::mutex> region(g_omp_region, std::defer_lock);
+    // Inside someone's OpenMP region (torch's parallel_for), or while another caller's region
+    // runs: serially on this thread, as for the pool.
+    if (omp_in_parallel() || !region.try_lock()) {
+      for (int64_t t = 0; t < tasks; ++t) body(t);
+      return;
+    }
+    omp_run(tasks, threads, body);
+    return;
+  }
+#endif
   Pool* p = pool();
   if (!p->try_begin()) {
     for (int64_t t = 0; t < tasks; ++t) body(t);

@@ -22,4 +22,13 @@ void set_cpu_threads(int n);
 // waiting, so concurrent callers never oversubscribe the CPUs or deadlock.
 void parallel_for(int64_t tasks, int threads, const std::function<void(int64_t)>& body);
 
+// With on = true (and a build with OpenMP) parallel_for runs its tasks in an OpenMP parallel
+// region instead of the pool above: next to torch, whose CPU ops use OpenMP from the same
+// libgomp, the two then share one team of threads. (torch's OpenMP workers spin for a while after
+// each of its ops; with a second pool beside them lt8's workers lost their cores to that spinning
+// and a layer after a torch op ran ~2x slower on 2 cores: benchmarks/NOTES.md, CPU.) The torch
+// frontend turns it on at import; in a fork child the pool above is used again (libgomp's team
+// does not survive fork). Returns whether OpenMP is used from now on.
+bool set_openmp_threads(bool on);
+
 }  // namespace lt8::cpu

@@ -24,6 +24,11 @@ _DTYPE_CODES = {torch.float32: DTYPE_F32, torch.float16: DTYPE_F16, torch.bfloat
 _HAS_CUDA = has_cuda()
 _CUDA_READY: set = set()  # device indices whose GPU this build has kernels for (checked once)
 
+# torch's CPU ops run on OpenMP (libgomp) threads, which spin for a while after each op: lt8's
+# CPU kernels use the same OpenMP team instead of a second pool that would lose its cores to
+# that spinning (cuda/cpu_simd/thread_pool.h; a no-op on builds without OpenMP).
+C.use_openmp_threads(True)
+
 
 def check_cuda_device(device: torch.device) -> None:
     """Raises a clear RuntimeError when this build of lt8 cannot run on the GPU ``device``: no

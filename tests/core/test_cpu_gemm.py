@@ -235,13 +235,16 @@ def test_gemm_independent_of_set_cpu_threads(isa, rng, threads):
         C.set_cpu_threads(0)
 
 
-def test_pool_survives_fork_and_never_blocks_exit():
+@pytest.mark.parametrize("threads", ["pool", "openmp"])
+def test_pool_survives_fork_and_never_blocks_exit(threads):
     # Workers are started by a threaded GEMM; a fork child (which has none of them) must still
-    # compute, and the parent must exit promptly with its workers asleep.
-    code = """
+    # compute, and the parent must exit promptly with its workers asleep. "openmp": the torch
+    # frontend's setting (the kernels' threads in OpenMP regions; the child uses the pool).
+    code = f"""
 import os, numpy as np
 from lt8 import _native
 C = _native.C
+C.use_openmp_threads({threads == "openmp"})
 def gemm(A, B):
     out = np.empty((A.shape[0], B.shape[0]), np.int32)
     C.int8_gemm(_native.DEVICE_CPU, 0, -1, A.ctypes.data, B.ctypes.data, A.shape[0], B.shape[0],
