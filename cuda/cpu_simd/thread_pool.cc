@@ -26,9 +26,8 @@ std::once_flag g_fork_handler_once;
 
 // Registered before the first region of either kind: a fork child forgets both (see below).
 void watch_forks() {
-  std::call_once(g_fork_handler_once, [] {
-    pthread_atfork(nullptr, nullptr, [] { g_forked_child.store(true); });
-  });
+  std::call_once(g_fork_handler_once,
+                 [] { pthread_atfork(nullptr, nullptr, [] { g_forked_child.store(true); }); });
 }
 
 int affinity_cpus() {
