@@ -31,8 +31,10 @@ def test_cibuildwheel_builds_manylinux_cpu_by_default():
     assert "check_wheel.py" in cfg["test-command"]
     assert (ROOT / ".github" / "scripts" / "check_wheel.py").is_file()
     linux = cfg["linux"]
+    # CPU-only, and lt8's own CPU thread pool: a wheel's vendored libgomp could not be torch's.
     assert linux["manylinux-x86_64-image"].startswith("manylinux") and linux["environment"] == {
-        "LT8_CUDA": "OFF"
+        "LT8_CUDA": "OFF",
+        "LT8_OPENMP": "OFF",
     }
 
 
@@ -41,9 +43,13 @@ def test_workflow_builds_both_variants_and_publishes_the_notebooks_index():
     wf = yaml.safe_load(WORKFLOW.read_text())
     matrix = {m["variant"]: m for m in wf["jobs"]["build"]["strategy"]["matrix"]["include"]}
     assert set(matrix) == {"cpu", "cu12"}
-    assert matrix["cpu"]["environment"] == "LT8_CUDA=OFF"
+    assert matrix["cpu"]["environment"] == "LT8_CUDA=OFF LT8_OPENMP=OFF"
     cuda_env = matrix["cu12"]["environment"]
     assert "LT8_CUDA=ON" in cuda_env and 'LT8_CUDA_ARCHS="75;80;86;89;90"' in cuda_env
+    assert "LT8_OPENMP=OFF" in cuda_env
+    # the CUDA wheels carry Hopper's CUTLASS GEMMs (check_wheel.py asserts it from this variable)
+    assert "LT8_CUTLASS_INCLUDE=/opt/cutlass/" in cuda_env
+    assert "nvidia-cutlass==" in matrix["cu12"]["before_all"]
     assert "install-cuda-toolkit.sh" in matrix["cu12"]["before_all"]
     assert (ROOT / ".github" / "scripts" / "install-cuda-toolkit.sh").is_file()
     steps = " ".join(str(s) for s in wf["jobs"]["publish"]["steps"])
