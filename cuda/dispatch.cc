@@ -140,6 +140,36 @@ int small_batch_rows() {
   return rows;
 }
 
+namespace {
+// Offsets of the tensor-core outlier path's scratch, the same in the fused op's and in
+// add_outlier_terms' workspace: the gather buffers (rows of outlier_gather_stride(K) 2-byte
+// elements) and, in builds with the CUTLASS sm_90a GEMMs, their float32 result and workspace.
+struct GatherOffsets {
+  size_t x = 0, w = 0, d = 0, gemm_ws = 0;
+  template <typename Scratch>
+  void assign(char* b, Scratch* s) const {
+    s->tc_x = b + x;
+    s->tc_w = b + w;
+    if (kWithOutlierGemmSm90) {
+      s->tc_d = reinterpret_cast<float*>(b + d);
+      s->tc_gemm_ws = b + gemm_ws;
+    }
+  }
+};
+template <typename Take>
+GatherOffsets take_gather(Take& take, int64_t M, int64_t N, int64_t K) {
+  const size_t row = 2 * static_cast<size_t>(outlier_gather_stride(K));
+  GatherOffsets g;
+  g.x = take(row * M);
+  g.w = take(row * N);
+  if (kWithOutlierGemmSm90) {
+    g.d = take(sizeof(float) * M * N);
+    g.gemm_ws = take(kOutlierGemmSm90WorkspaceBytes);
+  }
+  return g;
+}
+}  // namespace
+
 size_t carve_linear_scratch(void* base, int64_t M, int64_t N, int64_t K, DType x_dtype,
                             float threshold, Device device, LinearScratch* s) {
   size_t off = 0;
@@ -160,12 +190,7 @@ size_t carve_linear_scratch(void* base, int64_t M, int64_t N, int64_t K, DType x
   size_t ow = large ? take(sizeof(float) * kStagedOutliers * N) : 0;
   size_t ox = large ? take(sizeof(float) * kStagedOutliers * M) : 0;
   size_t ws = large ? take(kGemmWorkspaceBytes) : 0;
-  const size_t gather_row = 2 * static_cast<size_t>(outlier_gather_stride(K));
-  size_t tx = gather ? take(gather_row * M) : 0;
-  size_t tw = gather ? take(gather_row * N) : 0;
-  const bool sm90 = gather && kWithOutlierGemmSm90;
-  size_t td = sm90 ? take(sizeof(float) * M * N) : 0;
-  size_t tg = sm90 ? take(kOutlierGemmSm90WorkspaceBytes) : 0;
+  const GatherOffsets g = gather ? take_gather(take, M, N, K) : GatherOffsets{};
   if (base != nullptr && s != nullptr) {
     char* b = static_cast<char*>(base);
     s->q = reinterpret_cast<int8_t*>(b + q);
@@ -180,14 +205,7 @@ size_t carve_linear_scratch(void* base, int64_t M, int64_t N, int64_t K, DType x
       s->gemm_ws = b + ws;
       s->gemm_ws_bytes = kGemmWorkspaceBytes;
     }
-    if (gather) {
-      s->tc_x = b + tx;
-      s->tc_w = b + tw;
-    }
-    if (sm90) {
-      s->tc_d = reinterpret_cast<float*>(b + td);
-      s->tc_gemm_ws = b + tg;
-    }
+    if (gather) g.assign(b, s);
   }
   return off;
 }
@@ -203,21 +221,12 @@ size_t carve_terms_scratch(void* base, int64_t M, int64_t N, int64_t K, DType x_
   };
   size_t idx = take(sizeof(int32_t) * K);
   size_t cnt = take(sizeof(int32_t));
-  const size_t gather_row = 2 * static_cast<size_t>(outlier_gather_stride(K));
-  size_t tx = take(gather_row * M);
-  size_t tw = take(gather_row * N);
-  size_t td = kWithOutlierGemmSm90 ? take(sizeof(float) * M * N) : 0;
-  size_t tg = kWithOutlierGemmSm90 ? take(kOutlierGemmSm90WorkspaceBytes) : 0;
+  const GatherOffsets g = take_gather(take, M, N, K);
   if (base != nullptr && s != nullptr) {
     char* b = static_cast<char*>(base);
     s->outlier_idx = reinterpret_cast<int32_t*>(b + idx);
     s->outlier_count = reinterpret_cast<int32_t*>(b + cnt);
-    s->tc_x = b + tx;
-    s->tc_w = b + tw;
-    if (kWithOutlierGemmSm90) {
-      s->tc_d = reinterpret_cast<float*>(b + td);
-      s->tc_gemm_ws = b + tg;
-    }
+    g.assign(b, s);
   }
   return off;
 }

@@ -398,29 +398,26 @@ Status launch(cudaStream_t st, const T* x, const int8_t* CB, const float* SCB, c
     LT8_CHECK_LAUNCH("gather_outliers_kernel");
   }
   // Hopper with CUTLASS built in: wgmma GEMM into d, then the epilogue as its own pass.
-  {
-    if (sm90) {
-      Status gs =
-          launch_outlier_gemm_sm90(st, dtype_of<T>(), xg, wg, Kcap, count, kOutlierTcMinCount, M, N,
-                                   x_direct ? x : nullptr, K, s.tc_d, s.tc_gemm_ws);
-      if (!gs.ok()) return gs;
-      const bool vec = N % 4 == 0 && is_aligned(out, 4 * sizeof(OutT)) &&
-                       (epi.base == nullptr || is_aligned(epi.base, 16));
-      const int64_t threads_n = vec ? N / 4 : N;
-      // About 2048 blocks in all: enough to stream M x N, few enough that the launch costs
-      // little when the count sends them home at once (a 1024-row grid cost 35 us there).
-      const int64_t gx = (threads_n + kThreads - 1) / kThreads;
-      const dim3 grid(static_cast<unsigned>(gx),
-                      static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(M, 2048 / gx))));
-      if (vec)
-        outlier_combine_kernel<OutT, 4>
-            <<<grid, kThreads, 0, st>>>(s.tc_d, count, kOutlierTcMinCount, epi, SCB, M, N, K, out);
-      else
-        outlier_combine_kernel<OutT, 1>
-            <<<grid, kThreads, 0, st>>>(s.tc_d, count, kOutlierTcMinCount, epi, SCB, M, N, K, out);
-      LT8_CHECK_LAUNCH("outlier_combine_kernel");
-      return Status::Ok();
-    }
+  if (sm90) {
+    Status gs = launch_outlier_gemm_sm90(st, dtype_of<T>(), xg, wg, Kcap, count, kOutlierTcMinCount,
+                                         M, N, x_direct ? x : nullptr, K, s.tc_d, s.tc_gemm_ws);
+    if (!gs.ok()) return gs;
+    const bool vec = N % 4 == 0 && is_aligned(out, 4 * sizeof(OutT)) &&
+                     (epi.base == nullptr || is_aligned(epi.base, 16));
+    const int64_t threads_n = vec ? N / 4 : N;
+    // About 2048 blocks in all: enough to stream M x N, few enough that the launch costs
+    // little when the count sends them home at once (a 1024-row grid cost 35 us there).
+    const int64_t gx = (threads_n + kThreads - 1) / kThreads;
+    const dim3 grid(static_cast<unsigned>(gx),
+                    static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(M, 2048 / gx))));
+    if (vec)
+      outlier_combine_kernel<OutT, 4>
+          <<<grid, kThreads, 0, st>>>(s.tc_d, count, kOutlierTcMinCount, epi, SCB, M, N, K, out);
+    else
+      outlier_combine_kernel<OutT, 1>
+          <<<grid, kThreads, 0, st>>>(s.tc_d, count, kOutlierTcMinCount, epi, SCB, M, N, K, out);
+    LT8_CHECK_LAUNCH("outlier_combine_kernel");
+    return Status::Ok();
   }
   const dim3 grid(static_cast<unsigned>((N + kBN - 1) / kBN),
                   static_cast<unsigned>((M + kBM - 1) / kBM));

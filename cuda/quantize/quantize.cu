@@ -50,6 +50,21 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// NaN-winning absmax over the whole block (kThreads threads): warp shuffles, then the warps'
+// partials through shared memory (warp_amax, kThreads / 32 floats, reusable on return).
+__device__ __forceinline__ float block_absmax(float amax, float* warp_amax) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1)
+    amax = absmax_combine(amax, __shfl_xor_sync(0xffffffffu, amax, off));
+  if (threadIdx.x % 32 == 0) warp_amax[threadIdx.x / 32] = amax;
+  __syncthreads();
+  amax = warp_amax[0];
+#pragma unroll
+  for (int w = 1; w < kThreads / 32; ++w) amax = absmax_combine(amax, warp_amax[w]);
+  __syncthreads();  // warp_amax is reused by the next row
+  return amax;
+}
+
 // The same mask for 16-bit x with K % 8 == 0 and x 16-byte aligned: each thread tests 8 adjacent
 // columns with one 16-byte load per row (the scalar kernel's 2-byte loads left it at a quarter of
 // the memory bandwidth), blockIdx.y (grid-stride) = chunk of kMaskVecRows rows.
@@ -110,15 +125,7 @@ __global__ void __launch_bounds__(kThreads)
         }
       }
     }
-#pragma unroll
-    for (int off = 16; off > 0; off >>= 1)
-      amax = absmax_combine(amax, __shfl_xor_sync(0xffffffffu, amax, off));
-    if (threadIdx.x % 32 == 0) warp_amax[threadIdx.x / 32] = amax;
-    __syncthreads();
-    amax = warp_amax[0];
-#pragma unroll
-    for (int w = 1; w < kThreads / 32; ++w) amax = absmax_combine(amax, warp_amax[w]);
-    __syncthreads();  // warp_amax is reused by the next row
+    amax = block_absmax(amax, warp_amax);
     if (threadIdx.x == 0) row_scale[m] = amax;
 #pragma unroll
     for (int c = 0; c < CHUNKS; ++c) {
@@ -177,16 +184,12 @@ __global__ void __launch_bounds__(kThreads)
           if (!mask[k]) amax = absmax_step(amax, to_float(row[k]));
       }
     }
-#pragma unroll
-    for (int off = 16; off > 0; off >>= 1)
-      amax = absmax_combine(amax, __shfl_xor_sync(0xffffffffu, amax, off));
     if constexpr (TPR == kThreads) {
-      if (threadIdx.x % 32 == 0) warp_amax[threadIdx.x / 32] = amax;
-      __syncthreads();
-      amax = warp_amax[0];
+      amax = block_absmax(amax, warp_amax);
+    } else {
 #pragma unroll
-      for (int w = 1; w < kThreads / 32; ++w) amax = absmax_combine(amax, warp_amax[w]);
-      __syncthreads();  // warp_amax is reused by the next row
+      for (int off = 16; off > 0; off >>= 1)
+        amax = absmax_combine(amax, __shfl_xor_sync(0xffffffffu, amax, off));
     }
 
     // Pass 2: quantize (the row is re-read, mostly from L1/L2).
