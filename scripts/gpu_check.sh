@@ -2,7 +2,7 @@
 # Run on the GPU machine from the repo root: build with CUDA, run the whole test suite on the
 # GPU (CUDA tests may not skip: LT8_REQUIRE_CUDA=1), optionally the memory checkers and the
 # benchmark, and print a summary last. Logs go to $OUT when it is set.
-#   STAGES="build tests gemv outlier sanitizer bench models e2e multi" (default: build tests)   PYTEST_ARGS="-k linear"
+#   STAGES="build tests gemv outlier sanitizer bench models e2e jaxdecode multi" (default: build tests)   PYTEST_ARGS="-k linear"
 #   TESTS="tests/torch/test_x.py ..." (default: tests)   PYTEST_JOBS=8 (pytest-xdist workers)
 #   MODELS_ARGS="--models llama3-8b --ms 16,2048"   E2E_ARGS="--variants fp16,lt8"
 #   MULTI_ARGS="--models 8b --variants fp16,lt8,fp16-static,lt8-static" (compiled TP: minutes)
@@ -43,7 +43,7 @@ fi
 if [[ " $STAGES " == *" gemv "* ]]; then
   # Every decode GEMV variant against the CPU (the default picks one per shape), then their
   # timings at decode sizes (benchmarks/bench_gemv.py).
-  for v in LT8_GEMV_TC=0 LT8_GEMV_TC=1 LT8_GEMV_TILES=1 LT8_GEMV_TILES=2 LT8_GEMV_TILES=4; do
+  for v in LT8_GEMV_TC=0 LT8_GEMV_TC=1 LT8_GEMV_TILES=1 LT8_GEMV_TILES=2 LT8_GEMV_TILES=4 LT8_GEMV_STREAM=0; do
     env $v $PY -m pytest -q -p no:cacheprovider -k "decode or gemv" tests/torch/test_gemm_engines.py >"$OUT/gemv-tests-$v.log" 2>&1
     note "gemv tests [$v]: $(grep -E '[0-9]+ (passed|failed|error)' "$OUT/gemv-tests-$v.log" | tail -1)"
   done
@@ -93,6 +93,12 @@ fi
 if [[ " $STAGES " == *" e2e "* ]]; then
   $PY benchmarks/bench_e2e.py --out "$OUT" ${E2E_ARGS:-} 2>&1 | tee "$OUT/bench_e2e.log"
   note "bench_e2e: $(grep -c 'variant=' "$OUT/bench_e2e.log") variants"
+fi
+
+if [[ " $STAGES " == *" jaxdecode "* ]]; then
+  # Issue 16's decode target: JAX jit of 16 layers vs torch's CUDA graph and XLA's fp16 dense.
+  $PY benchmarks/bench_jax_decode.py ${JAXDECODE_ARGS:---profile} 2>&1 | tee "$OUT/bench_jax_decode.log"
+  note "bench_jax_decode: $(grep -o 'M=.*' "$OUT/bench_jax_decode.log" | grep target | tr '\n' ';')"
 fi
 
 if [[ " $STAGES " == *" multi "* ]]; then

@@ -6,6 +6,7 @@
 // gemv_epilogue.cuh (same arithmetic and order as the CPU: dequant, outlier terms in ascending
 // k, bias).
 #include <cstdint>
+#include <cstdlib>
 
 #include "common/cuda_check.cuh"
 #include "common/device_types.cuh"
@@ -108,10 +109,114 @@ __global__ void __launch_bounds__(256, 2)
                                     bias_dtype, bias, M, N, K, warps, out);
 }
 
+// The same GEMV for few rows whose whole quantized activation fits in shared memory (M * K <=
+// kStreamSmemBytes): the block stages it once, then each warp streams its weight rows with no
+// further barrier. Without the per-chunk __syncthreads of linear_gemv_kernel the warps of a block
+// drift apart, so some are always loading while others multiply and the weight stream keeps the
+// memory busy (the chunked kernel's warps all wait for their loads at the same time). Integer
+// sums: the same results in any order.
+// Dynamic shared memory on top of the epilogue's static ~10 KiB, under the 48 KiB a launch may
+// take without opting in.
+constexpr int kStreamSmemBytes = 32 * 1024;
+constexpr int kStreamWords = 4;  // 16-byte weight words per lane and column in flight
+
+template <typename T, int ROWS>
+__global__ void __launch_bounds__(256, 2)
+    linear_gemv_stream_kernel(const int8_t* __restrict__ q, const T* __restrict__ x,
+                              const int8_t* __restrict__ CB, const float* __restrict__ SCB,
+                              const float* __restrict__ row_scale,
+                              const int32_t* __restrict__ outlier_idx,
+                              const int32_t* __restrict__ outlier_count, DType bias_dtype,
+                              const void* __restrict__ bias, int M, int64_t N, int64_t K,
+                              int exact_max_count, T* __restrict__ out) {
+  extern __shared__ int4 sq_all[];  // [r][word], M rows of K / 16 words
+  const int lane = threadIdx.x & 31;
+  const int warps = blockDim.x >> 5;
+  const int64_t n0 = (static_cast<int64_t>(blockIdx.x) * warps + (threadIdx.x >> 5)) * kGemvCols;
+  const int64_t words = K / 16;
+  const int4* wrow[kGemvCols];
+#pragma unroll
+  for (int c = 0; c < kGemvCols; ++c)
+    wrow[c] = reinterpret_cast<const int4*>(CB + (n0 + c < N ? n0 + c : 0) * K);
+  if (*outlier_count > exact_max_count) return;  // the dense-outlier GEMV writes out
+
+  const int4* q4 = reinterpret_cast<const int4*>(q);
+  for (int64_t e = threadIdx.x; e < M * words; e += blockDim.x) sq_all[e] = q4[e];
+  __syncthreads();
+
+  int32_t acc[ROWS][kGemvCols];
+#pragma unroll
+  for (int r = 0; r < ROWS; ++r)
+#pragma unroll
+    for (int c = 0; c < kGemvCols; ++c) acc[r][c] = 0;
+  for (int64_t c0 = lane; c0 < words; c0 += 32 * kStreamWords) {
+    int4 wv[kStreamWords][kGemvCols];
+#pragma unroll
+    for (int i = 0; i < kStreamWords; ++i) {
+      const int64_t c = c0 + 32 * i;
+#pragma unroll
+      for (int col = 0; col < kGemvCols; ++col)
+        wv[i][col] = c < words ? __ldcs(wrow[col] + c) : make_int4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int i = 0; i < kStreamWords; ++i) {
+      const int64_t c = c0 + 32 * i;
+      if (c >= words) continue;
+#pragma unroll
+      for (int r = 0; r < ROWS; ++r) {
+        if (r >= M) continue;
+        const int4 xv = sq_all[r * words + c];
+#pragma unroll
+        for (int col = 0; col < kGemvCols; ++col) {
+          acc[r][col] = __dp4a(xv.x, wv[i][col].x, acc[r][col]);
+          acc[r][col] = __dp4a(xv.y, wv[i][col].y, acc[r][col]);
+          acc[r][col] = __dp4a(xv.z, wv[i][col].z, acc[r][col]);
+          acc[r][col] = __dp4a(xv.w, wv[i][col].w, acc[r][col]);
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < ROWS; ++r)
+#pragma unroll
+    for (int c = 0; c < kGemvCols; ++c)
+#pragma unroll
+      for (int off = 16; off > 0; off >>= 1)
+        acc[r][c] += __shfl_xor_sync(0xffffffffu, acc[r][c], off);
+
+  __shared__ int32_t sacc[8 * ROWS * kGemvCols];  // [warp][r][col], blockDim.x <= 256
+  const int warp = threadIdx.x >> 5;
+  if (lane == 0) {
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r)
+#pragma unroll
+      for (int c = 0; c < kGemvCols; ++c) sacc[(warp * ROWS + r) * kGemvCols + c] = acc[r][c];
+  }
+  __syncthreads();
+  gemv_epilogue<T, ROWS, kGemvCols>(sacc, x, CB, SCB, row_scale, outlier_idx, outlier_count,
+                                    bias_dtype, bias, M, N, K, warps, out);
+}
+
+// LT8_GEMV_STREAM=0: the chunked kernel at every M (for comparison; same results).
+bool stream_gemv_enabled() {
+  static const bool on = [] {
+    const char* v = std::getenv("LT8_GEMV_STREAM");
+    return v == nullptr || v[0] != '0';
+  }();
+  return on;
+}
+
 template <typename T, int ROWS>
 void launch_gemv_rows(cudaStream_t st, unsigned blocks, int threads, const int8_t* q, const T* x,
                       const int8_t* CB, const float* SCB, const LinearScratch& s, DType bias_dtype,
                       const void* bias, int M, int64_t N, int64_t K, int exact_max_count, T* out) {
+  const int64_t smem = static_cast<int64_t>(M) * K;
+  if (ROWS <= 4 && smem <= kStreamSmemBytes && stream_gemv_enabled()) {
+    linear_gemv_stream_kernel<T, ROWS><<<blocks, threads, static_cast<size_t>(smem), st>>>(
+        q, x, CB, SCB, s.row_scale, s.outlier_idx, s.outlier_count, bias_dtype, bias, M, N, K,
+        exact_max_count, out);
+    return;
+  }
   linear_gemv_kernel<T, ROWS><<<blocks, threads, 0, st>>>(q, x, CB, SCB, s.row_scale, s.outlier_idx,
                                                           s.outlier_count, bias_dtype, bias, M, N,
                                                           K, exact_max_count, out);

@@ -8,8 +8,11 @@ layer's input gradient; the int8 weight and its scales are never touched.
 
 :func:`add_lora` wraps the layers of a whole model and freezes everything else. PEFT
 (``peft.get_peft_model``) works on ``Linear8bitLt`` layers too, since they are ``nn.Linear`` s;
-this module is the dependency-free alternative. PEFT cannot merge adapters into int8 weights
-itself; :func:`merge_peft` does, by re-quantizing.
+this module is the dependency-free alternative. PEFT's own layer cannot merge adapters into
+int8 weights; :func:`register_peft` makes PEFT build lt8's LoRA layer
+(:class:`lt8.torch.peft_lora.LoraLinear8bitLt`), whose merge re-quantizes, so that PEFT's
+``merge_and_unload``, ``merge_adapter`` and ``unmerge_adapter`` work, and :func:`merge_peft`
+merges a model adapted without it. This module imports PEFT only inside those two functions.
 """
 
 from __future__ import annotations
@@ -17,11 +20,22 @@ from __future__ import annotations
 import fnmatch
 import math
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-__all__ = ["LoRALinear", "add_lora", "lora_parameters", "lora_state_dict", "merge_peft"]
+if TYPE_CHECKING:
+    from peft import LoraConfig
+
+__all__ = [
+    "LoRALinear",
+    "add_lora",
+    "lora_parameters",
+    "lora_state_dict",
+    "merge_peft",
+    "register_peft",
+]
 
 
 class LoRALinear(nn.Module):
@@ -170,51 +184,64 @@ def lora_state_dict(model: nn.Module) -> dict:
     }
 
 
+def register_peft(config: LoraConfig) -> LoraConfig:
+    """Registers lt8's PEFT LoRA layer for ``Linear8bitLt`` on a PEFT ``LoraConfig`` and returns
+    the config, to hand to ``peft.get_peft_model`` (or ``add_adapter``).
+
+    PEFT then wraps every targeted ``Linear8bitLt`` in
+    :class:`lt8.torch.peft_lora.LoraLinear8bitLt` instead of its default ``lora.Linear``: the
+    same adapters, forward and saved files, but ``merge_and_unload``, ``merge_adapter`` and
+    ``unmerge_adapter`` (``safe_merge``, ``adapter_names``, several adapters) re-quantize the
+    int8 weight (``CB * SCB / 127 + delta``, quantized again row-wise) instead of failing on it.
+    Other layers get PEFT's usual layers.
+
+    Why a call: PEFT chooses LoRA layers from a fixed list of dispatchers, and the one entry it
+    leaves open is this config's experimental ``_register_custom_module`` (PEFT's
+    "custom models" guide); choosing lt8's layer with no call would mean patching PEFT itself
+    for every model in the process. The registration lives on the config object and is not
+    saved with the adapter: for ``PeftModel.from_pretrained`` pass
+    ``config=register_peft(LoraConfig.from_pretrained(path))``, or merge with
+    :func:`merge_peft`.
+    """
+    from peft.tuners.lora import LoraConfig
+
+    from lt8.torch.nn import Linear8bitLt
+    from lt8.torch.peft_lora import LoraLinear8bitLt
+
+    if not isinstance(config, LoraConfig):
+        raise TypeError(f"register_peft takes a peft.LoraConfig, got {type(config).__name__}")
+    config._register_custom_module({Linear8bitLt: LoraLinear8bitLt})
+    return config
+
+
 @torch.no_grad()
-def merge_peft(model: nn.Module, adapter_names: Iterable[str] | None = None) -> nn.Module:
-    """Merges a PEFT LoRA model's adapters into its lt8 int8 weights, by re-quantizing, and
+def merge_peft(
+    model: nn.Module, adapter_names: Iterable[str] | None = None, safe_merge: bool = False
+) -> nn.Module:
+    """Merges a PEFT LoRA model's adapters into its weights, re-quantizing lt8 int8 weights, and
     returns the base model without the adapters (what ``merge_and_unload`` returns).
 
-    PEFT's own ``merge_and_unload`` adds the update to ``weight.data`` in place, which an int8
-    weight cannot hold (an error; with ``safe_merge=True`` the update is cast to int8 and lost).
-    Here each adapted ``Linear8bitLt`` gets ``W = CB * SCB / 127 + delta`` re-quantized row-wise
-    (new ``CB`` and ``SCB``): the merged layer computes the adapted layer's function up to one
-    more int8 rounding of the weight. Layers that are not lt8 int8 layers are merged by PEFT.
-    ``adapter_names``: which adapters (default: the active ones). DoRA and other LoRA variants
-    are refused (``ValueError``).
+    For models whose config went through :func:`register_peft` this is what PEFT's own
+    ``merge_and_unload`` does. It also merges models adapted with PEFT's default layer, whose
+    own merge fails on int8 weights (a dtype error; with ``safe_merge=True`` the update is
+    cast to int8 and lost): each adapted int8 ``Linear8bitLt`` gets
+    :func:`lt8.torch.peft_lora.merge_into_int8` (``W = CB * SCB / 127 + delta`` in float32,
+    re-quantized row-wise). Other layers are merged by PEFT. ``adapter_names``: which adapters
+    (default: the active ones). ``safe_merge``: refuse (``ValueError``) non-finite results.
+    DoRA and other LoRA variants are refused on int8 layers (``ValueError``).
     """
     from peft.tuners.lora import LoraLayer
+    from peft.tuners.tuners_utils import check_adapters_to_merge
 
-    from lt8.torch.nn import Int8Params, Linear8bitLt
+    from lt8.torch.peft_lora import LoraLinear8bitLt, holds_int8, merge_into_int8
 
     names_arg = None if adapter_names is None else list(adapter_names)
     for m in model.modules():
         if not isinstance(m, LoraLayer):
             continue
-        base = m.get_base_layer()
-        if not (isinstance(base, Linear8bitLt) and base.weight.dtype == torch.int8):
-            m.merge(adapter_names=names_arg)  # a float layer: PEFT merges it
-            continue
-        if getattr(m, "merged", False):
-            continue
-        names = [a for a in (names_arg or m.active_adapters) if a in m.lora_A]
-        if any(a in getattr(m, "lora_variant", {}) for a in names):
-            raise ValueError(
-                "merge_peft merges plain LoRA adapters; DoRA/variants are not supported"
-            )
-        if not names:
-            continue
-        W = torch.ops.lt8.dequantize_rows(base.weight.data, base.weight.SCB, torch.float32)
-        for a in names:
-            W = W + m.get_delta_weight(a).float()
-        if not torch.isfinite(W).all():
-            raise ValueError(f"merging adapters {names} gives non-finite weights")
-        for a in names:
-            if getattr(m, "lora_bias", {}).get(a):
-                if base.bias is None:
-                    raise ValueError(f"adapter {a!r} has a LoRA bias but the base layer has none")
-                base.bias.data += (m.lora_B[a].bias * m.scaling[a]).to(base.bias.dtype)
-        CB, SCB, _ = torch.ops.lt8.quantize_rows(W, 0.0)
-        base.weight = Int8Params(CB, requires_grad=False, has_fp16_weights=False, SCB=SCB)
+        if isinstance(m, LoraLinear8bitLt) or not holds_int8(m.get_base_layer()):
+            m.merge(safe_merge=safe_merge, adapter_names=names_arg)  # PEFT's own merge
+        else:  # PEFT's default layer over an int8 weight
+            merge_into_int8(m, check_adapters_to_merge(m, names_arg), safe_merge=safe_merge)
     # unload() swaps every LoRA wrapper for its base layer, merging nothing more.
     return model.unload()
