@@ -2,6 +2,7 @@
 // on the thread pool. The scalar variant lives here too (any CPU, and the reference the SIMD
 // variants are tested against besides numpy).
 #include <algorithm>
+#include <climits>
 #include <cstdlib>
 #include <cstring>
 
@@ -32,6 +33,12 @@ void block_scalar(const Problem& p, int64_t m0, int64_t m1, int64_t n0, int64_t 
   }
 }
 
+bool contains_int8_min(const int8_t* a, int64_t n) {
+  uint8_t hit = 0;  // branch-free, so the compiler vectorizes the scan
+  for (int64_t i = 0; i < n; ++i) hit |= static_cast<uint8_t>(a[i] == INT8_MIN);
+  return hit != 0;
+}
+
 int64_t round_up(int64_t v, int64_t to) {
   return (v + to - 1) / to * to;
 }
@@ -55,14 +62,27 @@ bool int8_gemm_cpu(const int8_t* A, const int8_t* B, int64_t M, int64_t N, int64
   void (*block)(const Problem&, int64_t, int64_t, int64_t, int64_t) = block_scalar;
   // A prepared for the variant; none needed by the scalar one.
   size_t a_bytes = 0, sum_bytes = 0;
-  if (isa == CpuIsa::kAvx2) a_bytes = static_cast<size_t>(M * round_up(K, 16) * 2);
+  // AVX2: the vpmaddubsw kernel unless A holds a -128 (int8_gemm.h); one pass over A decides.
+  const bool avx2_sign = isa == CpuIsa::kAvx2 && !contains_int8_min(A, M * K);
+  if (isa == CpuIsa::kAvx2)
+    a_bytes = avx2_sign ? static_cast<size_t>(M * round_up(K, 32))
+                        : static_cast<size_t>(M * round_up(K, 16) * 2);
   if (isa == CpuIsa::kAvxVnni || isa == CpuIsa::kAvx512Vnni) {
     a_bytes = static_cast<size_t>(M * round_up(K, 64));
     sum_bytes = static_cast<size_t>(M * 4);
   }
   Scratch a_buf(Scratch::kGemmA, a_bytes), sum_buf(Scratch::kGemmRowSum, sum_bytes);
   if ((a_bytes && a_buf.get() == nullptr) || (sum_bytes && sum_buf.get() == nullptr)) return false;
-  if (isa == CpuIsa::kAvx2) {
+  if (avx2_sign) {
+    p.lda = round_up(K, 32);
+    int8_t* a8 = static_cast<int8_t*>(a_buf.get());
+    for (int64_t m = 0; m < M; ++m) {
+      std::memcpy(a8 + m * p.lda, A + m * K, static_cast<size_t>(K));
+      std::memset(a8 + m * p.lda + K, 0, static_cast<size_t>(p.lda - K));
+    }
+    p.a = a8;
+    block = gemm_detail::block_avx2_sign;
+  } else if (isa == CpuIsa::kAvx2) {
     // int16 copy of A, rows padded with zeros to a multiple of 16 elements.
     p.lda = round_up(K, 16);
     int16_t* a16 = static_cast<int16_t*>(a_buf.get());

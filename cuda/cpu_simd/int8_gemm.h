@@ -3,8 +3,9 @@
 // chosen at run time (cpu_isa.h), threaded over blocks of C (thread_pool.h).
 //
 // Every variant equals the plain int32 sum of products (wrapping like it on overflow):
-//   * AVX2 widens both operands to int16 and uses vpmaddwd (s16 x s16 -> s32 pairs): exact for
-//     every int8 value, where vpmaddubsw would saturate;
+//   * AVX2 multiplies |B| (unsigned) by A carrying B's sign with vpmaddubsw when A holds no -128
+//     (lt8's quantized activations never do), which cannot saturate then; otherwise it widens
+//     both operands to int16 and uses vpmaddwd (s16 x s16 -> s32 pairs), exact for every value;
 //   * the VNNI variants use vpdpbusd, which multiplies u8 by s8: they feed B + 128 (a xor 0x80 as
 //     B is loaded) and subtract 128 * sum_k A[m, k] once per output, which A's row sums give.
 #pragma once
@@ -27,8 +28,8 @@ bool int8_gemm_cpu(const int8_t* A, const int8_t* B, int64_t M, int64_t N, int64
 
 namespace gemm_detail {
 
-// A as a variant wants it: `a` rows of `lda` elements (int16 for AVX2, int8 for VNNI), zero
-// beyond K; `a_rowsum` = sum_k A[m, k] (VNNI only).
+// A as a variant wants it: `a` rows of `lda` elements (int16 for block_avx2, int8 for the
+// others), zero beyond K; `a_rowsum` = sum_k A[m, k] (VNNI only).
 struct Problem {
   const void* a = nullptr;
   int64_t lda = 0;
@@ -40,6 +41,7 @@ struct Problem {
 
 // Each computes C[m0:m1, n0:n1] over the whole K.
 void block_avx2(const Problem& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1);
+void block_avx2_sign(const Problem& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1);
 void block_avxvnni(const Problem& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1);
 void block_avx512vnni(const Problem& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1);
 

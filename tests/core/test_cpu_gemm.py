@@ -98,6 +98,36 @@ def test_gemm_exact_at_extreme_values(isa, rng, a, b, K):
     np.testing.assert_array_equal(gemm(A, B), reference(A, B))
 
 
+# lt8's quantized activations lie in [-127, 127]: for such an A the AVX2 variant multiplies with
+# vpmaddubsw (|B| times A carrying B's sign), for an A holding a -128 with vpmaddwd on int16.
+@pytest.mark.parametrize("M,N,K", SHAPES)
+def test_gemm_exact_with_quantized_range_a(isa, rng, M, N, K):
+    A = rng.integers(-127, 128, (M, K), dtype=np.int8)
+    B = rng.integers(-128, 128, (N, K), dtype=np.int8)
+    np.testing.assert_array_equal(gemm(A, B), reference(A, B))
+
+
+@pytest.mark.parametrize("a,b", [(-127, -128), (127, -128), (-127, 127), (127, 127), (-127, -127)])
+@pytest.mark.parametrize("K", [2, 33, 4096, 5003])
+def test_gemm_exact_at_extreme_values_quantized_range_a(isa, rng, a, b, K):
+    # The largest vpmaddubsw pair sums: 2 * 128 * 127 with B = -128 (|B| = 128 unsigned), just
+    # under int16's limit; one row of each operand mixes in noise, one B row alternates signs.
+    A = np.full((4, K), a, np.int8)
+    B = np.full((5, K), b, np.int8)
+    A[1] = rng.integers(-127, 128, K, dtype=np.int8)
+    B[2] = rng.integers(-128, 128, K, dtype=np.int8)
+    B[3, ::2] = 127
+    np.testing.assert_array_equal(gemm(A, B), reference(A, B))
+
+
+def test_gemm_one_int8_min_in_a_stays_exact(isa, rng):
+    # A single -128 anywhere in A sends the AVX2 variant to its int16 kernel: still exact.
+    A = rng.integers(-127, 128, (37, 300), dtype=np.int8)
+    B = rng.integers(-128, 128, (67, 300), dtype=np.int8)
+    A[36, 299] = -128
+    np.testing.assert_array_equal(gemm(A, B), reference(A, B))
+
+
 def test_gemm_empty_k_writes_zeros(isa):
     A = np.zeros((3, 0), np.int8)
     B = np.zeros((4, 0), np.int8)
