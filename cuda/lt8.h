@@ -13,6 +13,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <utility>
 
@@ -120,6 +121,33 @@ int cpu_threads();
 // (the torch frontend asks for it); false: lt8's own pool. Returns whether OpenMP is now used
 // (never on builds without OpenMP).
 bool use_openmp_threads(bool on);
+
+// A framework's own intra-op thread pool, lent to lt8's kernels for one call: the XLA FFI
+// handlers lend XLA's (xla_ffi/handlers_cpu.cc). While a ScopedTaskRunner is alive on a thread,
+// parallel_for calls made on that thread hand their helper tasks to it instead of lt8's pool.
+// XLA runs independent thunks concurrently on that same pool, so lt8's helpers queue behind the
+// framework's work instead of competing with it for the cores: with lt8's own pool, eight
+// independent lt8 calls in one jit on 2 CPUs took 1.4x the time of eight calls run one after
+// another (benchmarks/NOTES.md, "CPU: XLA's thread pool").
+class TaskRunner {
+ public:
+  virtual ~TaskRunner() = default;
+  // Threads the runner may run at once (< 1: none, parallel_for then uses lt8's pool).
+  virtual int threads() const = 0;
+  // Runs task on one of its threads at some point (or inline, when it has none free).
+  virtual void schedule(std::function<void()> task) = 0;
+};
+
+class ScopedTaskRunner {
+ public:
+  explicit ScopedTaskRunner(TaskRunner* runner);
+  ~ScopedTaskRunner();
+  ScopedTaskRunner(const ScopedTaskRunner&) = delete;
+  ScopedTaskRunner& operator=(const ScopedTaskRunner&) = delete;
+
+ private:
+  TaskRunner* previous_;
+};
 
 size_t dtype_size(DType t);
 const char* dtype_name(DType t);

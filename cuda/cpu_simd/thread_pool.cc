@@ -11,6 +11,7 @@
 #include <condition_variable>
 #include <cstdlib>
 #include <exception>
+#include <memory>
 #include <mutex>
 #include <system_error>
 #include <thread>
@@ -180,8 +181,74 @@ void omp_run(int64_t tasks, int threads, const std::function<void(int64_t)>& bod
 }  // namespace
 #endif
 
+// The runner lent to this thread (ScopedTaskRunner), if any.
+thread_local TaskRunner* t_runner = nullptr;
+
+namespace {
+
+// parallel_for on a lent runner. Helpers that start late (after the caller drained every task
+// itself) find no task left and never touch `body`; `active` counts the helpers inside drain(),
+// and the caller returns once none is: every task claimed by a helper has then finished. The
+// shared state outlives the call for helpers that have not started yet.
+struct RunnerState {
+  std::atomic<int64_t> next{0};
+  std::atomic<int> active{0};
+  int64_t tasks = 0;
+  const std::function<void(int64_t)>* body = nullptr;
+  std::mutex error_mu;
+  std::exception_ptr error;
+
+  void drain() {
+    try {
+      for (int64_t t; (t = next.fetch_add(1)) < tasks;) (*body)(t);
+    } catch (...) {  // stop handing out tasks; the caller rethrows
+      std::lock_guard<std::mutex> lock(error_mu);
+      if (!error) error = std::current_exception();
+      next.store(tasks);
+    }
+  }
+};
+
+void runner_run(TaskRunner* runner, int64_t tasks, int threads,
+                const std::function<void(int64_t)>& body) {
+  auto state = std::make_shared<RunnerState>();
+  state->tasks = tasks;
+  state->body = &body;
+  for (int h = 1; h < threads; ++h) {
+    runner->schedule([state] {
+      state->active.fetch_add(1);
+      state->drain();
+      state->active.fetch_sub(1);
+    });
+  }
+  state->drain();
+  while (state->active.load() != 0) std::this_thread::yield();
+  if (state->error) std::rethrow_exception(state->error);
+}
+}  // namespace
+
+}  // namespace lt8::cpu
+
+namespace lt8 {
+ScopedTaskRunner::ScopedTaskRunner(TaskRunner* runner) : previous_(cpu::t_runner) {
+  cpu::t_runner = runner;
+}
+ScopedTaskRunner::~ScopedTaskRunner() {
+  cpu::t_runner = previous_;
+}
+}  // namespace lt8
+
+namespace lt8::cpu {
+
 void parallel_for(int64_t tasks, int threads, const std::function<void(int64_t)>& body) {
   threads = static_cast<int>(std::min<int64_t>(threads, tasks));
+  if (TaskRunner* runner = t_runner; runner != nullptr && runner->threads() >= 1) {
+    threads = std::min(threads, runner->threads());
+    if (threads > 1) {
+      runner_run(runner, tasks, threads, body);
+      return;
+    }
+  }
   if (threads <= 1) {
     for (int64_t t = 0; t < tasks; ++t) body(t);
     return;

@@ -7,6 +7,8 @@
 #include <cstdint>
 #include <functional>
 
+#include "lt8.h"
+
 namespace lt8::cpu {
 
 // Threads the kernels use: the count given to set_cpu_threads() when positive, else
@@ -21,6 +23,9 @@ void set_cpu_threads(int n);
 // thread, or nested inside a body) runs its tasks serially on the calling thread instead of
 // waiting, so concurrent callers never oversubscribe the CPUs or deadlock.
 void parallel_for(int64_t tasks, int threads, const std::function<void(int64_t)>& body);
+
+// parallel_for hands its helper tasks to the TaskRunner that a framework lent this thread
+// (lt8::ScopedTaskRunner, lt8.h), when there is one, instead of the pool below.
 
 // With on = true (and a build with OpenMP) parallel_for runs its tasks in an OpenMP parallel
 // region instead of the pool above: next to torch, whose CPU ops use OpenMP from the same
