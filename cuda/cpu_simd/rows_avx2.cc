@@ -43,15 +43,18 @@ inline __m256 load_tail(DType t, const void* p, int64_t i, int64_t n) {
 
 // Lanes whose outlier-mask byte is 0, as all-ones 32-bit masks (lanes past a K tail count as
 // regular: they hold zeros, which change neither the absmax nor the stored bytes).
-// (Full groups copy a constant 8 bytes, which compiles to one load: a memcpy of a run-time
-// length is a library call, and one per 8 elements cost more than the arithmetic.)
+// (Full groups load their 8 bytes straight into a vector register; only a K tail goes through
+// a zeroed buffer.)
 inline __m256 regular_lanes(const uint8_t* mask, int64_t k, int64_t n) {
-  int64_t bytes = 0;
-  if (n == 8)
-    std::memcpy(&bytes, mask + k, 8);
-  else
-    std::memcpy(&bytes, mask + k, static_cast<size_t>(n));
-  const __m256i m = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(bytes));
+  __m128i bytes;
+  if (n == 8) {
+    bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(mask + k));
+  } else {
+    alignas(8) uint8_t part[8] = {};
+    std::memcpy(part, mask + k, static_cast<size_t>(n));
+    bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(part));
+  }
+  const __m256i m = _mm256_cvtepu8_epi32(bytes);
   return _mm256_castsi256_ps(_mm256_cmpeq_epi32(m, _mm256_setzero_si256()));
 }
 
@@ -69,17 +72,20 @@ inline __m256i quantize8(__m256 x, __m256 amax) {
   return _mm256_cvttps_epi32(v);
 }
 
+// The 8 int8 values are joined in a register and stored with one 8-byte store: two 4-byte
+// stores read back as one 8-byte word (the earlier form) cannot be store-forwarded and stalled
+// every group (~30% of a row's quantization time: benchmarks/NOTES.md, "CPU: store forwarding").
 inline void store_q8(int8_t* q, __m256i v, int64_t n) {
   const __m256i w = _mm256_packs_epi16(_mm256_packs_epi32(v, v), _mm256_setzero_si256());
-  const int32_t lo = _mm_cvtsi128_si32(_mm256_castsi256_si128(w));
-  const int32_t hi = _mm_cvtsi128_si32(_mm256_extracti128_si256(w, 1));
-  alignas(8) int8_t bytes[8];
-  std::memcpy(bytes, &lo, 4);
-  std::memcpy(bytes + 4, &hi, 4);
-  if (n == 8)
-    std::memcpy(q, bytes, 8);
-  else
+  const __m128i packed =
+      _mm_unpacklo_epi32(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1));
+  if (n == 8) {
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(q), packed);
+  } else {
+    alignas(8) int8_t bytes[8];
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(bytes), packed);
     std::memcpy(q, bytes, static_cast<size_t>(n));
+  }
 }
 
 // float -> bf16 bits as torch/float_to_bf16_bits: NaN keeps its top bits and is made quiet,
