@@ -122,13 +122,10 @@ int cpu_threads();
 // (never on builds without OpenMP).
 bool use_openmp_threads(bool on);
 
-// A framework's own intra-op thread pool, lent to lt8's kernels for one call: the XLA FFI
-// handlers lend XLA's (xla_ffi/handlers_cpu.cc). While a ScopedTaskRunner is alive on a thread,
-// parallel_for calls made on that thread hand their helper tasks to it instead of lt8's pool.
-// XLA runs independent thunks concurrently on that same pool, so lt8's helpers queue behind the
-// framework's work instead of competing with it for the cores: with lt8's own pool, eight
-// independent lt8 calls in one jit on 2 CPUs took 1.4x the time of eight calls run one after
-// another (benchmarks/NOTES.md, "CPU: XLA's thread pool").
+// A framework's own intra-op thread pool, lent to lt8's kernels for one call (the XLA FFI
+// handlers lend XLA's when LT8_XLA_THREAD_POOL=1: xla_ffi/handlers_cpu.cc). While a
+// ScopedTaskRunner is alive on a thread, parallel_for calls made on that thread hand their
+// helper tasks to it instead of lt8's pool.
 class TaskRunner {
  public:
   virtual ~TaskRunner() = default;

@@ -10,9 +10,11 @@ namespace lt8::ffi {
 namespace {
 const Exec kCpu{};
 
-// XLA's intra-op thread pool, lent to the kernels for the call (lt8::TaskRunner): XLA runs
-// independent thunks concurrently on it, and lt8's helper tasks then queue there too instead of
-// starting threads of lt8's own pool beside it (benchmarks/NOTES.md, "CPU: XLA's thread pool").
+// XLA's intra-op thread pool, lent to the kernels for the call (lt8::TaskRunner) when
+// LT8_XLA_THREAD_POOL=1: lt8's helper tasks then queue on the pool where XLA runs independent
+// thunks. Opt-in, because measured on 2 CPUs it helped only many small concurrent calls (6
+// MiniLM-sized blocks 0.95x the time) and hurt single large ones (a 128x1024x4096 layer 0.60x ->
+// 0.85x of float32 Dense): benchmarks/NOTES.md, "CPU: ... XLA's thread pool".
 class XlaRunner final : public TaskRunner {
  public:
   explicit XlaRunner(xffi::ThreadPool pool) : pool_(pool) {}
@@ -23,11 +25,10 @@ class XlaRunner final : public TaskRunner {
   mutable xffi::ThreadPool pool_;
 };
 
-// LT8_XLA_THREAD_POOL=0: the kernels keep lt8's own pool under XLA too. Read on every call
-// (~0.1 us), so that a benchmark can alternate both in one process.
+// Read on every call (~0.1 us), so that a benchmark can alternate both in one process.
 bool lend_xla_pool() {
   const char* v = std::getenv("LT8_XLA_THREAD_POOL");
-  return v == nullptr || v[0] != '0';
+  return v != nullptr && v[0] == '1';
 }
 
 auto cpu_bind() {
@@ -35,7 +36,7 @@ auto cpu_bind() {
 }
 }  // namespace
 
-// The lambdas lend XLA's pool to the kernels, then prepend the CPU execution context to the
+// The lambdas lend XLA's pool to the kernels when asked, then prepend the CPU execution context to the
 // decoded arguments.
 #define LT8_OP(name, Camel)                           \
   XLA_FFI_DEFINE_HANDLER_SYMBOL(                      \

@@ -1,29 +1,51 @@
 // CPU input gradient of the int8 linear op (the CPU twin of grad_input.cu):
 // grad_x[m, k] = sum_n (g[m, n] * (SCB[n] / 127)) * CB[n, k] in float, n ascending.
+// Work is split over blocks of up to 4 rows x kColsPerTask columns of grad_x; each block keeps
+// its float accumulators in cache and reads every weight row once for its 4 rows. The AVX2 loop
+// (cpu_simd/float_weight_avx2.cc) does the scalar update lane-wise: the same bits.
 #include <algorithm>
 #include <vector>
 
 #include "common/host_types.h"
 #include "common/numerics.h"
-#include "common/parallel_rows.h"
+#include "cpu_simd/cpu_isa.h"
+#include "cpu_simd/rows_simd.h"
+#include "cpu_simd/thread_pool.h"
 
 namespace lt8::cpu {
 namespace {
 
+constexpr int kRows = 4;
+constexpr int64_t kColsPerTask = 2048;  // 4 x 8 KiB of accumulators: L1/L2-resident
+
 template <typename T>
 void grad_input_impl(const T* g, const int8_t* CB, const float* SCB, int64_t M, int64_t N,
                      int64_t K, T* grad_x) {
-  parallel_rows(M, double(M) * N * K, [&](int64_t m0, int64_t m1) {
-    std::vector<float> acc(static_cast<size_t>(K));
-    for (int64_t m = m0; m < m1; ++m) {
-      std::fill(acc.begin(), acc.end(), 0.0f);
-      for (int64_t n = 0; n < N; ++n) {
-        float gs = load(g[m * N + n]) * (SCB[n] * kInv127);
-        const int8_t* wrow = CB + n * K;
-        for (int64_t k = 0; k < K; ++k) acc[k] += gs * static_cast<float>(wrow[k]);
+  const bool simd = active_cpu_isa() >= CpuIsa::kAvx2;
+  const int64_t row_blocks = (M + kRows - 1) / kRows;
+  const int64_t col_blocks = (K + kColsPerTask - 1) / kColsPerTask;
+  const double work = double(M) * N * K;
+  const int threads = work < 4e6 ? 1 : cpu_threads();
+  parallel_for(row_blocks * col_blocks, threads, [&](int64_t task) {
+    const int64_t m0 = (task / col_blocks) * kRows, k0 = (task % col_blocks) * kColsPerTask;
+    const int rows = static_cast<int>(std::min<int64_t>(kRows, M - m0));
+    const int64_t len = std::min(K, k0 + kColsPerTask) - k0;
+    std::vector<float> buf(static_cast<size_t>(kRows * len), 0.0f);
+    float* acc[kRows];
+    for (int r = 0; r < kRows; ++r) acc[r] = buf.data() + r * len;  // acc[r][j]: column k0 + j
+    float gs[kRows];
+    for (int64_t n = 0; n < N; ++n) {
+      for (int r = 0; r < rows; ++r) gs[r] = load(g[(m0 + r) * N + n]) * (SCB[n] * kInv127);
+      const int8_t* w = CB + n * K + k0;
+      if (simd) {
+        simd::axpy_int8_rows_avx2(acc, gs, rows, w, 0, len);
+      } else {
+        for (int r = 0; r < rows; ++r)
+          for (int64_t j = 0; j < len; ++j) acc[r][j] += gs[r] * static_cast<float>(w[j]);
       }
-      for (int64_t k = 0; k < K; ++k) grad_x[m * K + k] = store<T>(acc[k]);
     }
+    for (int r = 0; r < rows; ++r)
+      for (int64_t j = 0; j < len; ++j) grad_x[(m0 + r) * K + k0 + j] = store<T>(acc[r][j]);
   });
 }
 

@@ -238,6 +238,60 @@ def test_linear_matches_scalar_bit_for_bit(isa, rng, monkeypatch, dtype, thresho
     np.testing.assert_array_equal(got, want)
 
 
+def _weight_linear(x, code, CB, SCB, bias):
+    M, K = x.shape
+    N = CB.shape[0]
+    out = np.full((M, N), np.nan, x.dtype)
+    bias_ptr = 0 if bias is None else bias.ctypes.data
+    C.int8_weight_linear(
+        *CPU, code, x.ctypes.data, CB.ctypes.data, SCB.ctypes.data, _native.DTYPE_F32,
+        bias_ptr, M, N, K, out.ctypes.data,
+    )  # fmt: skip
+    return out
+
+
+def _grad_input(g, code, CB, SCB):
+    M, N = g.shape
+    K = CB.shape[1]
+    gx = np.full((M, K), np.nan, g.dtype)
+    C.int8_linear_grad_input(
+        *CPU, code, g.ctypes.data, CB.ctypes.data, SCB.ctypes.data, M, N, K, gx.ctypes.data
+    )
+    return gx
+
+
+# Tails of every blocking: M not a multiple of 4, N not of 8, K not of 8 and K over the input
+# gradient's 2048-column blocks.
+FLOAT_WEIGHT_SHAPES = [(1, 5, 3), (3, 17, 64), (5, 70, 131), (37, 45, 1000), (6, 9, 2100)]
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("M,N,K", FLOAT_WEIGHT_SHAPES)
+def test_weight_only_and_grad_input_match_scalar_bit_for_bit(isa, rng, monkeypatch, dtype, M, N, K):
+    # The float loops over the dequantized weight (AVX2: 8 sums side by side, each in the
+    # scalar order) against the scalar variant: bitwise, NaN compared as NaN; and close to a
+    # float64 reference where finite.
+    np_dtype, code = DTYPES[dtype]
+    x = np.ascontiguousarray(_special_rows(rng, M, K, np_dtype))
+    g = np.ascontiguousarray(_special_rows(rng, M, N, np_dtype))
+    CB = rng.integers(-127, 128, (N, K), dtype=np.int8)
+    SCB = (np.abs(rng.standard_normal(N)) + 0.01).astype(np.float32)
+    bias = rng.standard_normal(N).astype(np.float32) if M % 2 else None
+    got = _weight_linear(x, code, CB, SCB, bias), _grad_input(g, code, CB, SCB)
+    monkeypatch.setenv("LT8_CPU_ISA", "scalar")
+    want = _weight_linear(x, code, CB, SCB, bias), _grad_input(g, code, CB, SCB)
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+    W = CB.astype(np.float64) * (SCB.astype(np.float64) / 127)[:, None]
+    clean_x = np.isfinite(x.astype(np.float64)).all(axis=1) & (
+        np.abs(x.astype(np.float64)) < 1e4
+    ).all(axis=1)
+    ref = x.astype(np.float64)[clean_x] @ W.T + (0 if bias is None else bias)
+    np.testing.assert_allclose(
+        got[0][clean_x].astype(np.float64), ref, rtol=2e-2, atol=2e-2 * np.abs(ref).max(initial=1)
+    )
+
+
 # --- the thread pool ---------------------------------------------------------------------------
 
 

@@ -1,7 +1,7 @@
-"""lt8's CPU kernels under XLA run their helper tasks on XLA's own intra-op thread pool
-(xla_ffi/handlers_cpu.cc lends it per call), where XLA also runs independent thunks at the same
-time. Whatever the interleaving, every call must give the bits it gives alone, and the same bits
-as on lt8's own pool (LT8_XLA_THREAD_POOL=0)."""
+"""lt8's CPU kernels under XLA, on lt8's own thread pool and on XLA's intra-op pool
+(LT8_XLA_THREAD_POOL=1 lends it per call, where XLA also runs independent thunks at the same
+time). Whatever the interleaving, every call must give the bits it gives alone, and both pools
+the same bits."""
 
 from __future__ import annotations
 
