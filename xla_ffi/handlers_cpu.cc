@@ -36,16 +36,16 @@ auto cpu_bind() {
 }
 }  // namespace
 
-// The lambdas lend XLA's pool to the kernels when asked, then prepend the CPU execution context to the
-// decoded arguments.
-#define LT8_OP(name, Camel)                           \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(                      \
-      lt8_##name##_cpu,                               \
-      [](xffi::ThreadPool pool, auto... a) {          \
-        XlaRunner runner(pool);                       \
+// The lambdas lend XLA's pool to the kernels when asked, then prepend the CPU execution context to
+// the decoded arguments.
+#define LT8_OP(name, Camel)                                         \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(                                    \
+      lt8_##name##_cpu,                                             \
+      [](xffi::ThreadPool pool, auto... a) {                        \
+        XlaRunner runner(pool);                                     \
         ScopedTaskRunner lent(lend_xla_pool() ? &runner : nullptr); \
-        return Camel##Impl(kCpu, a...);               \
-      },                                              \
+        return Camel##Impl(kCpu, a...);                             \
+      },                                                            \
       Bind##Camel(cpu_bind()));
 #include "ops.def"
 

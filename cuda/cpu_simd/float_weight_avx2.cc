@@ -17,8 +17,8 @@
 
 namespace lt8::cpu::simd {
 
-void axpy_int8_rows_avx2(float* const* acc, const float* gs, int rows, const int8_t* w,
-                         int64_t k0, int64_t k1) {
+void axpy_int8_rows_avx2(float* const* acc, const float* gs, int rows, const int8_t* w, int64_t k0,
+                         int64_t k1) {
   int64_t k = k0;
   for (; k + 8 <= k1; k += 8) {
     const __m256 wv = _mm256_cvtepi32_ps(

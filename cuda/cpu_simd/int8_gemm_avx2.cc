@@ -94,13 +94,13 @@ constexpr const TileFn* kTiles[kMR] = {kRow<1>, kRow<2>, kRow<3>};
 constexpr int kMRSign = 2;
 
 template <int R, int S>
-void tile_sign(const int8_t* a, int64_t lda, const int8_t* b, int64_t ldb, int64_t klen,
-               int32_t* c, int64_t ldc, bool accumulate) {
+void tile_sign(const int8_t* a, int64_t lda, const int8_t* b, int64_t ldb, int64_t klen, int32_t* c,
+               int64_t ldc, bool accumulate) {
   const __m256i ones = _mm256_set1_epi16(1);
   __m256i acc[R][kNR];
   for (int r = 0; r < R; ++r)
     for (int s = 0; s < kNR; ++s) acc[r][s] = _mm256_setzero_si256();
-  auto step = [&](const __m256i (&bv)[S], int64_t k) {
+  auto step = [&](const __m256i(&bv)[S], int64_t k) {
     for (int s = 0; s < S; ++s) {
       const __m256i ub = _mm256_abs_epi8(bv[s]);  // |b| as unsigned: 128 for -128, exactly
       for (int r = 0; r < R; ++r) {

@@ -41,8 +41,8 @@ void epilogue_avx2(const EpilogueArgs& e, int64_t m0, int64_t m1, int64_t n0, in
 
 // acc[r][k] += gs[r] * float(w[k]) for k in [k0, k1), r < rows (<= 4): the input gradient's
 // scalar update, lane-wise (float_weight_avx2.cc).
-void axpy_int8_rows_avx2(float* const* acc, const float* gs, int rows, const int8_t* w,
-                         int64_t k0, int64_t k1);
+void axpy_int8_rows_avx2(float* const* acc, const float* gs, int rows, const int8_t* w, int64_t k0,
+                         int64_t k1);
 
 // out[r][j] = sum over k ascending of x[r][k] * wt[k * 8 + j] (a multiply, then an add, from
 // 0), r < rows (<= 4), j < 8: the weight-only linear's scalar dot products for 8 columns at once
