@@ -17,19 +17,24 @@
 
 namespace lt8::cpu::simd {
 
-void axpy_int8_rows_avx2(float* const* acc, const float* gs, int rows, const int8_t* w, int64_t k0,
-                         int64_t k1) {
-  int64_t k = k0;
-  for (; k + 8 <= k1; k += 8) {
-    const __m256 wv = _mm256_cvtepi32_ps(
-        _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(w + k))));
+void grad_rows16_avx2(float (*acc)[16], const float* gs, int64_t gs_ld, int rows, const int8_t* w,
+                      int64_t ldw, int64_t n_count) {
+  __m256 a[4][2];
+  for (int r = 0; r < 4; ++r) a[r][0] = a[r][1] = _mm256_setzero_ps();
+  for (int64_t n = 0; n < n_count; ++n) {
+    const __m128i wb = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + n * ldw));
+    const __m256 w0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(wb));
+    const __m256 w1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(wb, 8)));
     for (int r = 0; r < rows; ++r) {
-      const __m256 prod = _mm256_mul_ps(_mm256_set1_ps(gs[r]), wv);
-      _mm256_storeu_ps(acc[r] + k, _mm256_add_ps(_mm256_loadu_ps(acc[r] + k), prod));
+      const __m256 g = _mm256_set1_ps(gs[r * gs_ld + n]);
+      a[r][0] = _mm256_add_ps(a[r][0], _mm256_mul_ps(g, w0));
+      a[r][1] = _mm256_add_ps(a[r][1], _mm256_mul_ps(g, w1));
     }
   }
-  for (; k < k1; ++k)
-    for (int r = 0; r < rows; ++r) acc[r][k] += gs[r] * static_cast<float>(w[k]);
+  for (int r = 0; r < rows; ++r) {
+    _mm256_storeu_ps(acc[r], a[r][0]);
+    _mm256_storeu_ps(acc[r] + 8, a[r][1]);
+  }
 }
 
 void dot_columns8_avx2(const float* const* x, int rows, const float* wt, int64_t K,
@@ -49,8 +54,8 @@ void dot_columns8_avx2(const float* const* x, int rows, const float* wt, int64_t
 #pragma GCC pop_options
 #else
 // Not x86: active_cpu_isa() is always kScalar, so these are never called.
-void lt8::cpu::simd::axpy_int8_rows_avx2(float* const*, const float*, int, const int8_t*, int64_t,
-                                         int64_t) {
+void lt8::cpu::simd::grad_rows16_avx2(float (*)[16], const float*, int64_t, int, const int8_t*,
+                                      int64_t, int64_t) {
   std::abort();
 }
 void lt8::cpu::simd::dot_columns8_avx2(const float* const*, int, const float*, int64_t,

@@ -39,10 +39,11 @@ struct EpilogueArgs {
 };
 void epilogue_avx2(const EpilogueArgs& e, int64_t m0, int64_t m1, int64_t n0, int64_t n1);
 
-// acc[r][k] += gs[r] * float(w[k]) for k in [k0, k1), r < rows (<= 4): the input gradient's
-// scalar update, lane-wise (float_weight_avx2.cc).
-void axpy_int8_rows_avx2(float* const* acc, const float* gs, int rows, const int8_t* w, int64_t k0,
-                         int64_t k1);
+// acc[r][j] = sum over n ascending of gs[r * gs_ld + n] * float(w[n * ldw + j]) (a multiply,
+// then an add, from 0), r < rows (<= 4), j < 16, n < n_count: the input gradient's sums for 16
+// adjacent columns of 4 rows, held in registers while the weight column strip streams by.
+void grad_rows16_avx2(float (*acc)[16], const float* gs, int64_t gs_ld, int rows, const int8_t* w,
+                      int64_t ldw, int64_t n_count);
 
 // out[r][j] = sum over k ascending of x[r][k] * wt[k * 8 + j] (a multiply, then an add, from
 // 0), r < rows (<= 4), j < 8: the weight-only linear's scalar dot products for 8 columns at once

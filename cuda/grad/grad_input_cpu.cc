@@ -1,8 +1,8 @@
 // CPU input gradient of the int8 linear op (the CPU twin of grad_input.cu):
 // grad_x[m, k] = sum_n (g[m, n] * (SCB[n] / 127)) * CB[n, k] in float, n ascending.
-// Work is split over blocks of up to 4 rows x kColsPerTask columns of grad_x; each block keeps
-// its float accumulators in cache and reads every weight row once for its 4 rows. The AVX2 loop
-// (cpu_simd/float_weight_avx2.cc) does the scalar update lane-wise: the same bits.
+// Work is split over blocks of up to 4 rows x kColsPerTask columns of grad_x. With AVX2
+// (cpu_simd/float_weight_avx2.cc) 16 columns of 4 rows keep their sums in registers while their
+// weight column strip streams by, each sum in the scalar order: the same bits.
 #include <algorithm>
 #include <vector>
 
@@ -16,7 +16,7 @@ namespace lt8::cpu {
 namespace {
 
 constexpr int kRows = 4;
-constexpr int64_t kColsPerTask = 2048;  // 4 x 8 KiB of accumulators: L1/L2-resident
+constexpr int64_t kColsPerTask = 256;  // a strip of N x 256 weight bytes stays in L2
 
 template <typename T>
 void grad_input_impl(const T* g, const int8_t* CB, const float* SCB, int64_t M, int64_t N,
@@ -30,22 +30,35 @@ void grad_input_impl(const T* g, const int8_t* CB, const float* SCB, int64_t M, 
     const int64_t m0 = (task / col_blocks) * kRows, k0 = (task % col_blocks) * kColsPerTask;
     const int rows = static_cast<int>(std::min<int64_t>(kRows, M - m0));
     const int64_t len = std::min(K, k0 + kColsPerTask) - k0;
-    std::vector<float> buf(static_cast<size_t>(kRows * len), 0.0f);
-    float* acc[kRows];
-    for (int r = 0; r < kRows; ++r) acc[r] = buf.data() + r * len;  // acc[r][j]: column k0 + j
-    float gs[kRows];
-    for (int64_t n = 0; n < N; ++n) {
-      for (int r = 0; r < rows; ++r) gs[r] = load(g[(m0 + r) * N + n]) * (SCB[n] * kInv127);
-      const int8_t* w = CB + n * K + k0;
-      if (simd) {
-        simd::axpy_int8_rows_avx2(acc, gs, rows, w, 0, len);
-      } else {
+    // gs[r][n] = g[m0 + r, n] * (SCB[n] / 127): the scalar loop's per-term scale.
+    std::vector<float> gs(static_cast<size_t>(kRows * N));
+    for (int r = 0; r < rows; ++r)
+      for (int64_t n = 0; n < N; ++n)
+        gs[r * N + n] = load(g[(m0 + r) * N + n]) * (SCB[n] * kInv127);
+    int64_t j0 = 0;
+    if (simd) {  // 16 columns at a time with their sums in registers
+      for (; j0 + 16 <= len; j0 += 16) {
+        float acc[kRows][16];
+        simd::grad_rows16_avx2(acc, gs.data(), N, rows, CB + k0 + j0, K, N);
         for (int r = 0; r < rows; ++r)
-          for (int64_t j = 0; j < len; ++j) acc[r][j] += gs[r] * static_cast<float>(w[j]);
+          for (int j = 0; j < 16; ++j) grad_x[(m0 + r) * K + k0 + j0 + j] = store<T>(acc[r][j]);
       }
     }
-    for (int r = 0; r < rows; ++r)
-      for (int64_t j = 0; j < len; ++j) grad_x[(m0 + r) * K + k0 + j] = store<T>(acc[r][j]);
+    // The rest (all of it without AVX2): the scalar loop over the remaining columns.
+    const int64_t rest = len - j0;
+    if (rest > 0) {
+      std::vector<float> buf(static_cast<size_t>(kRows * rest), 0.0f);
+      for (int64_t n = 0; n < N; ++n) {
+        const int8_t* w = CB + n * K + k0 + j0;
+        for (int r = 0; r < rows; ++r) {
+          const float s = gs[r * N + n];
+          for (int64_t j = 0; j < rest; ++j) buf[r * rest + j] += s * static_cast<float>(w[j]);
+        }
+      }
+      for (int r = 0; r < rows; ++r)
+        for (int64_t j = 0; j < rest; ++j)
+          grad_x[(m0 + r) * K + k0 + j0 + j] = store<T>(buf[r * rest + j]);
+    }
   });
 }
 
