@@ -40,10 +40,14 @@ int affinity_cpus() {
   return static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
 }
 
+// True on a thread that is running tasks of a pool region (the caller or a worker): a nested
+// parallel_for there must not wait for the pool, which it is part of.
+thread_local bool t_in_pool_region = false;
+
 class Pool {
  public:
   // Only one region at a time; others (concurrent or nested callers) run serially.
-  bool try_begin() { return region_.try_lock(); }
+  void begin() { region_.lock(); }
   void end() { region_.unlock(); }
 
   void run(int64_t tasks, int threads, const std::function<void(int64_t)>& body) {
@@ -85,6 +89,7 @@ class Pool {
   }
 
   void worker(int index) {
+    t_in_pool_region = true;  // a worker only ever runs tasks of some region
     uint64_t seen = 0;
     std::unique_lock<std::mutex> lock(mu_);
     for (;;) {
@@ -268,11 +273,16 @@ void parallel_for(int64_t tasks, int threads, const std::function<void(int64_t)>
   }
 #endif
   Pool* p = pool();
-  if (!p->try_begin()) {
+  if (t_in_pool_region) {  // nested inside a body: serially on this thread
     for (int64_t t = 0; t < tasks; ++t) body(t);
     return;
   }
+  // Another thread's region (XLA runs independent calls at the same time): wait for the pool
+  // instead of running beside it, which would put one thread more than the pool's on the CPUs.
+  p->begin();
+  t_in_pool_region = true;
   p->run(tasks, threads, body);
+  t_in_pool_region = false;
   p->end();
 }
 

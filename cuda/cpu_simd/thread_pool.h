@@ -19,9 +19,11 @@ int cpu_threads();
 void set_cpu_threads(int n);
 
 // Runs body(t) for t in [0, tasks) on up to `threads` threads (the caller is one of them) and
-// returns when all are done. A call made while another parallel_for is running (another caller
-// thread, or nested inside a body) runs its tasks serially on the calling thread instead of
-// waiting, so concurrent callers never oversubscribe the CPUs or deadlock.
+// returns when all are done. A call nested inside a body runs its tasks serially on the calling
+// thread (no deadlock); a call from another thread while a region runs (XLA runs independent
+// lt8 calls at the same time) waits for the pool, so concurrent callers never put more threads
+// on the CPUs than the pool's (running beside it instead made 8 independent JAX calls on 2 CPUs
+// 1.4x slower than 8 in a row: benchmarks/NOTES.md, CPU session 7).
 void parallel_for(int64_t tasks, int threads, const std::function<void(int64_t)>& body);
 
 // parallel_for hands its helper tasks to the TaskRunner that a framework lent this thread
