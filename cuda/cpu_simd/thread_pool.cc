@@ -279,11 +279,18 @@ void parallel_for(int64_t tasks, int threads, const std::function<void(int64_t)>
   }
   // Another thread's region (XLA runs independent calls at the same time): wait for the pool
   // instead of running beside it, which would put one thread more than the pool's on the CPUs.
-  p->begin();
-  t_in_pool_region = true;
+  struct Region {
+    Pool* pool;
+    explicit Region(Pool* q) : pool(q) {
+      pool->begin();
+      t_in_pool_region = true;
+    }
+    ~Region() {  // also when a task throws: the next caller must not wait forever
+      t_in_pool_region = false;
+      pool->end();
+    }
+  } region(p);
   p->run(tasks, threads, body);
-  t_in_pool_region = false;
-  p->end();
 }
 
 }  // namespace lt8::cpu
