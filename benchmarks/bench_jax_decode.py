@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_linear import realistic_inputs  # noqa: E402
+from bench_linear import capture_graph, realistic_inputs  # noqa: E402
 from bench_models import lt8_layer  # noqa: E402
 
 THRESHOLD = 6.0
@@ -69,18 +69,13 @@ def profile_call(fn, n_layers: int, calls: int = 5) -> tuple[float, float, list[
 
 def torch_graph(layers: list, xs: list) -> torch.cuda.CUDAGraph:
     """One CUDA graph that runs every layer on its own input."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.no_grad(), torch.cuda.stream(s):
-        for layer, x in zip(layers, xs):
-            layer(x)
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.no_grad(), torch.cuda.graph(g):
-        for layer, x in zip(layers, xs):
-            layer(x)
-    g.replay()
-    return g
+
+    def run():
+        with torch.no_grad():
+            for layer, x in zip(layers, xs):
+                layer(x)
+
+    return capture_graph(run)
 
 
 def event_time(g: torch.cuda.CUDAGraph, n_layers: int, iters: int) -> float:

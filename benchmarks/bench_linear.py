@@ -56,20 +56,30 @@ def cuda_time(fn, inputs, warmup=5, iters=30) -> float:
     return statistics.median(times)
 
 
-def graph_time(fn, inputs, iters=30) -> float:
-    """Median seconds per replay of a CUDA graph that runs fn once per rotated input."""
-    static = [x.clone() for x in inputs]
+def capture_graph(run) -> torch.cuda.CUDAGraph:
+    """A CUDA graph of run() (no arguments), after one warm-up call on a side stream; replayed
+    once before it is returned."""
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
-        for x in static:
-            fn(x)
+        run()
     torch.cuda.current_stream().wait_stream(s)
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
+        run()
+    g.replay()
+    return g
+
+
+def graph_time(fn, inputs, iters=30) -> float:
+    """Median seconds per replay of a CUDA graph that runs fn once per rotated input."""
+    static = [x.clone() for x in inputs]
+
+    def run():
         for x in static:
             fn(x)
-    g.replay()
+
+    g = capture_graph(run)
     times = []
     for _ in range(iters):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)

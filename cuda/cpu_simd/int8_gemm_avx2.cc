@@ -143,36 +143,33 @@ constexpr TileSignFn kSignRow[kNR] = {tile_sign<R, 1>, tile_sign<R, 2>, tile_sig
 constexpr const TileSignFn* kSignTiles[kMRSign] = {kSignRow<1>, kSignRow<2>};
 constexpr int64_t kKCSign = 4096;  // K block: a 2-row int8 A tile (8 KiB) stays in L1
 
-}  // namespace
-
-void block_avx2_sign(const Problem& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
-  const int8_t* A = static_cast<const int8_t*>(p.a);
-  for (int64_t kb = 0; kb < p.K; kb += kKCSign) {
-    const int64_t klen = std::min(kKCSign, p.K - kb);
-    for (int64_t m = m0; m < m1; m += kMRSign) {
-      const int rows = static_cast<int>(std::min<int64_t>(kMRSign, m1 - m));
+// C[m0:m1, n0:n1] in K blocks of KC and register tiles of up to MR x kNR: tiles[rows - 1][cols
+// - 1] takes the A rows of type TA (the variant's prepared copy) and B's rows in place.
+template <int MR, int64_t KC, typename TA, typename Tile>
+void run_tiles(const Problem& p, const Tile* const (&tiles)[MR], int64_t m0, int64_t m1, int64_t n0,
+               int64_t n1) {
+  const TA* A = static_cast<const TA*>(p.a);
+  for (int64_t kb = 0; kb < p.K; kb += KC) {
+    const int64_t klen = std::min(KC, p.K - kb);
+    for (int64_t m = m0; m < m1; m += MR) {
+      const int rows = static_cast<int>(std::min<int64_t>(MR, m1 - m));
       for (int64_t n = n0; n < n1; n += kNR) {
         const int cols = static_cast<int>(std::min<int64_t>(kNR, n1 - n));
-        kSignTiles[rows - 1][cols - 1](A + m * p.lda + kb, p.lda, p.B + n * p.K + kb, p.K, klen,
-                                       p.C + m * p.N + n, p.N, kb > 0);
+        tiles[rows - 1][cols - 1](A + m * p.lda + kb, p.lda, p.B + n * p.K + kb, p.K, klen,
+                                  p.C + m * p.N + n, p.N, kb > 0);
       }
     }
   }
 }
 
+}  // namespace
+
+void block_avx2_sign(const Problem& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+  run_tiles<kMRSign, kKCSign, int8_t>(p, kSignTiles, m0, m1, n0, n1);
+}
+
 void block_avx2(const Problem& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
-  const int16_t* A = static_cast<const int16_t*>(p.a);
-  for (int64_t kb = 0; kb < p.K; kb += kKC) {
-    const int64_t klen = std::min(kKC, p.K - kb);
-    for (int64_t m = m0; m < m1; m += kMR) {
-      const int rows = static_cast<int>(std::min<int64_t>(kMR, m1 - m));
-      for (int64_t n = n0; n < n1; n += kNR) {
-        const int cols = static_cast<int>(std::min<int64_t>(kNR, n1 - n));
-        kTiles[rows - 1][cols - 1](A + m * p.lda + kb, p.lda, p.B + n * p.K + kb, p.K, klen,
-                                   p.C + m * p.N + n, p.N, kb > 0);
-      }
-    }
-  }
+  run_tiles<kMR, kKC, int16_t>(p, kTiles, m0, m1, n0, n1);
 }
 
 }  // namespace lt8::cpu::gemm_detail

@@ -26,6 +26,21 @@ void set_cpu_threads(int n);
 // 1.4x slower than 8 in a row: benchmarks/NOTES.md, CPU session 7).
 void parallel_for(int64_t tasks, int threads, const std::function<void(int64_t)>& body);
 
+// body(r0, r1, c0, c1) for each block of a grid of row_block x col_block blocks over
+// [0, rows) x [0, cols), one task per block; on several threads only when `work` (about the
+// multiply-adds) pays for waking them.
+template <typename Body>
+inline void parallel_blocks(int64_t rows, int64_t row_block, int64_t cols, int64_t col_block,
+                            double work, Body&& body) {
+  const int64_t rb = (rows + row_block - 1) / row_block;
+  const int64_t cb = (cols + col_block - 1) / col_block;
+  parallel_for(rb * cb, work < 4e6 ? 1 : cpu_threads(), [&](int64_t t) {
+    const int64_t r0 = (t / cb) * row_block, c0 = (t % cb) * col_block;
+    body(r0, r0 + row_block < rows ? r0 + row_block : rows, c0,
+         c0 + col_block < cols ? c0 + col_block : cols);
+  });
+}
+
 // parallel_for hands its helper tasks to the TaskRunner that a framework lent this thread
 // (lt8::ScopedTaskRunner, lt8.h), when there is one, instead of the pool below.
 

@@ -22,6 +22,56 @@ namespace {
 constexpr int kGemvCols = 4;  // output columns per warp
 constexpr int kGemvWordsPerLane = kGemvChunk / 32;
 
+// The weight rows of the warp's kGemvCols output columns (row 0 stands in past N: those sums
+// are never stored).
+__device__ __forceinline__ void warp_weight_rows(const int8_t* CB, int64_t n0, int64_t N, int64_t K,
+                                                 const int4* (&wrow)[kGemvCols]) {
+#pragma unroll
+  for (int c = 0; c < kGemvCols; ++c)
+    wrow[c] = reinterpret_cast<const int4*>(CB + (n0 + c < N ? n0 + c : 0) * K);
+}
+
+// acc[col] += the dot product of one 16-byte activation word with each column's weight word.
+__device__ __forceinline__ void dp4a_word(int32_t (&acc)[kGemvCols], const int4 xv,
+                                          const int4 (&wv)[kGemvCols]) {
+#pragma unroll
+  for (int col = 0; col < kGemvCols; ++col) {
+    acc[col] = __dp4a(xv.x, wv[col].x, acc[col]);
+    acc[col] = __dp4a(xv.y, wv[col].y, acc[col]);
+    acc[col] = __dp4a(xv.z, wv[col].z, acc[col]);
+    acc[col] = __dp4a(xv.w, wv[col].w, acc[col]);
+  }
+}
+
+// Each warp's sums reduced over its lanes, then through shared memory to the common epilogue.
+template <typename T, int ROWS>
+__device__ __forceinline__ void finish_gemv(int32_t (&acc)[ROWS][kGemvCols], const T* x,
+                                            const int8_t* CB, const float* SCB,
+                                            const float* row_scale, const int32_t* outlier_idx,
+                                            const int32_t* outlier_count, DType bias_dtype,
+                                            const void* bias, int M, int64_t N, int64_t K,
+                                            int warps, T* out) {
+#pragma unroll
+  for (int r = 0; r < ROWS; ++r)
+#pragma unroll
+    for (int c = 0; c < kGemvCols; ++c)
+#pragma unroll
+      for (int off = 16; off > 0; off >>= 1)
+        acc[r][c] += __shfl_xor_sync(0xffffffffu, acc[r][c], off);
+
+  __shared__ int32_t sacc[8 * ROWS * kGemvCols];  // [warp][r][col], blockDim.x <= 256
+  const int warp = threadIdx.x >> 5;
+  if ((threadIdx.x & 31) == 0) {
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r)
+#pragma unroll
+      for (int c = 0; c < kGemvCols; ++c) sacc[(warp * ROWS + r) * kGemvCols + c] = acc[r][c];
+  }
+  __syncthreads();
+  gemv_epilogue<T, ROWS, kGemvCols>(sacc, x, CB, SCB, row_scale, outlier_idx, outlier_count,
+                                    bias_dtype, bias, M, N, K, warps, out);
+}
+
 template <typename T, int ROWS>
 __global__ void __launch_bounds__(256, 2)
     linear_gemv_kernel(const int8_t* __restrict__ q, const T* __restrict__ x,
@@ -36,9 +86,7 @@ __global__ void __launch_bounds__(256, 2)
   const int64_t n0 = (static_cast<int64_t>(blockIdx.x) * warps + (threadIdx.x >> 5)) * kGemvCols;
   const int64_t words = K / 16;
   const int4* wrow[kGemvCols];
-#pragma unroll
-  for (int c = 0; c < kGemvCols; ++c)
-    wrow[c] = reinterpret_cast<const int4*>(CB + (n0 + c < N ? n0 + c : 0) * K);
+  warp_weight_rows(CB, n0, N, K, wrow);
   if (*outlier_count > exact_max_count) return;  // the dense-outlier GEMV writes out
 
   int32_t acc[ROWS][kGemvCols];
@@ -74,39 +122,14 @@ __global__ void __launch_bounds__(256, 2)
 #pragma unroll
         for (int r = 0; r < ROWS; ++r) {
           if (r < M && c < len) {
-            const int4 xv = sq[r * kGemvChunk + c];
-#pragma unroll
-            for (int col = 0; col < kGemvCols; ++col) {
-              acc[r][col] = __dp4a(xv.x, wv[i][col].x, acc[r][col]);
-              acc[r][col] = __dp4a(xv.y, wv[i][col].y, acc[r][col]);
-              acc[r][col] = __dp4a(xv.z, wv[i][col].z, acc[r][col]);
-              acc[r][col] = __dp4a(xv.w, wv[i][col].w, acc[r][col]);
-            }
+            dp4a_word(acc[r], sq[r * kGemvChunk + c], wv[i]);
           }
         }
       }
     }
   }
-#pragma unroll
-  for (int r = 0; r < ROWS; ++r)
-#pragma unroll
-    for (int c = 0; c < kGemvCols; ++c)
-#pragma unroll
-      for (int off = 16; off > 0; off >>= 1)
-        acc[r][c] += __shfl_xor_sync(0xffffffffu, acc[r][c], off);
-
-  // The warp sums go through shared memory to the common epilogue.
-  __shared__ int32_t sacc[8 * ROWS * kGemvCols];  // [warp][r][col], blockDim.x <= 256
-  const int warp = threadIdx.x >> 5;
-  if (lane == 0) {
-#pragma unroll
-    for (int r = 0; r < ROWS; ++r)
-#pragma unroll
-      for (int c = 0; c < kGemvCols; ++c) sacc[(warp * ROWS + r) * kGemvCols + c] = acc[r][c];
-  }
-  __syncthreads();
-  gemv_epilogue<T, ROWS, kGemvCols>(sacc, x, CB, SCB, row_scale, outlier_idx, outlier_count,
-                                    bias_dtype, bias, M, N, K, warps, out);
+  finish_gemv<T, ROWS>(acc, x, CB, SCB, row_scale, outlier_idx, outlier_count, bias_dtype, bias, M,
+                       N, K, warps, out);
 }
 
 // The same GEMV for few rows whose whole quantized activation fits in shared memory (M * K <=
@@ -135,9 +158,7 @@ __global__ void __launch_bounds__(256, 2)
   const int64_t n0 = (static_cast<int64_t>(blockIdx.x) * warps + (threadIdx.x >> 5)) * kGemvCols;
   const int64_t words = K / 16;
   const int4* wrow[kGemvCols];
-#pragma unroll
-  for (int c = 0; c < kGemvCols; ++c)
-    wrow[c] = reinterpret_cast<const int4*>(CB + (n0 + c < N ? n0 + c : 0) * K);
+  warp_weight_rows(CB, n0, N, K, wrow);
   if (*outlier_count > exact_max_count) return;  // the dense-outlier GEMV writes out
 
   const int4* q4 = reinterpret_cast<const int4*>(q);
@@ -165,36 +186,12 @@ __global__ void __launch_bounds__(256, 2)
 #pragma unroll
       for (int r = 0; r < ROWS; ++r) {
         if (r >= M) continue;
-        const int4 xv = sq_all[r * words + c];
-#pragma unroll
-        for (int col = 0; col < kGemvCols; ++col) {
-          acc[r][col] = __dp4a(xv.x, wv[i][col].x, acc[r][col]);
-          acc[r][col] = __dp4a(xv.y, wv[i][col].y, acc[r][col]);
-          acc[r][col] = __dp4a(xv.z, wv[i][col].z, acc[r][col]);
-          acc[r][col] = __dp4a(xv.w, wv[i][col].w, acc[r][col]);
-        }
+        dp4a_word(acc[r], sq_all[r * words + c], wv[i]);
       }
     }
   }
-#pragma unroll
-  for (int r = 0; r < ROWS; ++r)
-#pragma unroll
-    for (int c = 0; c < kGemvCols; ++c)
-#pragma unroll
-      for (int off = 16; off > 0; off >>= 1)
-        acc[r][c] += __shfl_xor_sync(0xffffffffu, acc[r][c], off);
-
-  __shared__ int32_t sacc[8 * ROWS * kGemvCols];  // [warp][r][col], blockDim.x <= 256
-  const int warp = threadIdx.x >> 5;
-  if (lane == 0) {
-#pragma unroll
-    for (int r = 0; r < ROWS; ++r)
-#pragma unroll
-      for (int c = 0; c < kGemvCols; ++c) sacc[(warp * ROWS + r) * kGemvCols + c] = acc[r][c];
-  }
-  __syncthreads();
-  gemv_epilogue<T, ROWS, kGemvCols>(sacc, x, CB, SCB, row_scale, outlier_idx, outlier_count,
-                                    bias_dtype, bias, M, N, K, warps, out);
+  finish_gemv<T, ROWS>(acc, x, CB, SCB, row_scale, outlier_idx, outlier_count, bias_dtype, bias, M,
+                       N, K, warps, out);
 }
 
 // LT8_GEMV_STREAM=0: the chunked kernel at every M (for comparison; same results).

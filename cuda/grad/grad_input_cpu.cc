@@ -22,44 +22,43 @@ template <typename T>
 void grad_input_impl(const T* g, const int8_t* CB, const float* SCB, int64_t M, int64_t N,
                      int64_t K, T* grad_x) {
   const bool simd = active_cpu_isa() >= CpuIsa::kAvx2;
-  const int64_t row_blocks = (M + kRows - 1) / kRows;
-  const int64_t col_blocks = (K + kColsPerTask - 1) / kColsPerTask;
-  const double work = double(M) * N * K;
-  const int threads = work < 4e6 ? 1 : cpu_threads();
-  parallel_for(row_blocks * col_blocks, threads, [&](int64_t task) {
-    const int64_t m0 = (task / col_blocks) * kRows, k0 = (task % col_blocks) * kColsPerTask;
-    const int rows = static_cast<int>(std::min<int64_t>(kRows, M - m0));
-    const int64_t len = std::min(K, k0 + kColsPerTask) - k0;
-    // gs[r][n] = g[m0 + r, n] * (SCB[n] / 127): the scalar loop's per-term scale.
-    std::vector<float> gs(static_cast<size_t>(kRows * N));
-    for (int r = 0; r < rows; ++r)
-      for (int64_t n = 0; n < N; ++n)
-        gs[r * N + n] = load(g[(m0 + r) * N + n]) * (SCB[n] * kInv127);
-    int64_t j0 = 0;
-    if (simd) {  // 16 columns at a time with their sums in registers
-      for (; j0 + 16 <= len; j0 += 16) {
-        float acc[kRows][16];
-        simd::grad_rows16_avx2(acc, gs.data(), N, rows, CB + k0 + j0, K, N);
+  parallel_blocks(
+      M, kRows, K, kColsPerTask, double(M) * N * K,
+      [&](int64_t m0, int64_t m1, int64_t k0, int64_t k1) {
+        const int rows = static_cast<int>(m1 - m0);
+        const int64_t len = k1 - k0;
+        // gs[r][n] = g[m0 + r, n] * (SCB[n] / 127): the scalar loop's per-term scale.
+        thread_local std::vector<float> gs;  // reused by this thread's next blocks and calls
+        gs.resize(static_cast<size_t>(kRows * N));
         for (int r = 0; r < rows; ++r)
-          for (int j = 0; j < 16; ++j) grad_x[(m0 + r) * K + k0 + j0 + j] = store<T>(acc[r][j]);
-      }
-    }
-    // The rest (all of it without AVX2): the scalar loop over the remaining columns.
-    const int64_t rest = len - j0;
-    if (rest > 0) {
-      std::vector<float> buf(static_cast<size_t>(kRows * rest), 0.0f);
-      for (int64_t n = 0; n < N; ++n) {
-        const int8_t* w = CB + n * K + k0 + j0;
-        for (int r = 0; r < rows; ++r) {
-          const float s = gs[r * N + n];
-          for (int64_t j = 0; j < rest; ++j) buf[r * rest + j] += s * static_cast<float>(w[j]);
+          for (int64_t n = 0; n < N; ++n)
+            gs[r * N + n] = load(g[(m0 + r) * N + n]) * (SCB[n] * kInv127);
+        int64_t j0 = 0;
+        if (simd) {  // 16 columns at a time with their sums in registers
+          for (; j0 + 16 <= len; j0 += 16) {
+            float acc[kRows][16];
+            simd::grad_rows16_avx2(acc, gs.data(), N, rows, CB + k0 + j0, K, N);
+            for (int r = 0; r < rows; ++r)
+              for (int j = 0; j < 16; ++j) grad_x[(m0 + r) * K + k0 + j0 + j] = store<T>(acc[r][j]);
+          }
         }
-      }
-      for (int r = 0; r < rows; ++r)
-        for (int64_t j = 0; j < rest; ++j)
-          grad_x[(m0 + r) * K + k0 + j0 + j] = store<T>(buf[r * rest + j]);
-    }
-  });
+        // The rest (all of it without AVX2): the scalar loop over the remaining columns.
+        const int64_t rest = len - j0;
+        if (rest > 0) {
+          thread_local std::vector<float> buf;
+          buf.assign(static_cast<size_t>(kRows * rest), 0.0f);
+          for (int64_t n = 0; n < N; ++n) {
+            const int8_t* w = CB + n * K + k0 + j0;
+            for (int r = 0; r < rows; ++r) {
+              const float s = gs[r * N + n];
+              for (int64_t j = 0; j < rest; ++j) buf[r * rest + j] += s * static_cast<float>(w[j]);
+            }
+          }
+          for (int r = 0; r < rows; ++r)
+            for (int64_t j = 0; j < rest; ++j)
+              grad_x[(m0 + r) * K + k0 + j0 + j] = store<T>(buf[r * rest + j]);
+        }
+      });
 }
 
 }  // namespace

@@ -41,40 +41,38 @@ template <typename T>
 void weight_linear_impl(const T* x, const int8_t* CB, const float* SCB, DType bias_dtype,
                         const void* bias, int64_t M, int64_t N, int64_t K, T* out) {
   const bool simd = active_cpu_isa() >= CpuIsa::kAvx2;
-  const int64_t row_blocks = (M + kRowsPerTask - 1) / kRowsPerTask;
-  const int64_t col_blocks = (N + kColsPerTask - 1) / kColsPerTask;
-  const double work = double(M) * N * K;
-  const int threads = work < 4e6 ? 1 : cpu_threads();
-  parallel_for(row_blocks * col_blocks, threads, [&](int64_t task) {
-    const int64_t m0 = (task / col_blocks) * kRowsPerTask, n0 = (task % col_blocks) * kColsPerTask;
-    const int64_t rows = std::min(kRowsPerTask, M - m0), n1 = std::min(N, n0 + kColsPerTask);
-    std::vector<float> xf(static_cast<size_t>(rows * K));
-    for (int64_t i = 0; i < rows * K; ++i) xf[i] = load(x[m0 * K + i]);
-    if (!simd) {
-      weight_linear_scalar(xf.data(), rows, CB, SCB, bias_dtype, bias, N, K, m0, n0, n1, out);
-      return;
-    }
-    std::vector<float> wt(static_cast<size_t>(K * 8));
-    for (int64_t g0 = n0; g0 < n1; g0 += 8) {
-      const int width = static_cast<int>(std::min<int64_t>(8, n1 - g0));
-      for (int j = 0; j < 8; ++j)  // columns past N: zero weights, their sums are dropped
-        for (int64_t k = 0; k < K; ++k)
-          wt[k * 8 + j] = j < width ? weight_value(CB[(g0 + j) * K + k], SCB[g0 + j]) : 0.0f;
-      for (int64_t r0 = 0; r0 < rows; r0 += 4) {
-        const int rr = static_cast<int>(std::min<int64_t>(4, rows - r0));
-        const float* xr[4];
-        for (int r = 0; r < rr; ++r) xr[r] = xf.data() + (r0 + r) * K;
-        float sums[4][8];
-        simd::dot_columns8_avx2(xr, rr, wt.data(), K, sums);
-        for (int r = 0; r < rr; ++r)
-          for (int j = 0; j < width; ++j) {
-            float v = sums[r][j];
-            if (bias != nullptr) v += load_any(bias_dtype, bias, g0 + j);
-            out[(m0 + r0 + r) * N + g0 + j] = store<T>(v);
+  parallel_blocks(
+      M, kRowsPerTask, N, kColsPerTask, double(M) * N * K,
+      [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+        const int64_t rows = m1 - m0;
+        thread_local std::vector<float> xf, wt;  // reused by this thread's next blocks and calls
+        xf.resize(static_cast<size_t>(rows * K));
+        for (int64_t i = 0; i < rows * K; ++i) xf[i] = load(x[m0 * K + i]);
+        if (!simd) {
+          weight_linear_scalar(xf.data(), rows, CB, SCB, bias_dtype, bias, N, K, m0, n0, n1, out);
+          return;
+        }
+        wt.resize(static_cast<size_t>(K * 8));
+        for (int64_t g0 = n0; g0 < n1; g0 += 8) {
+          const int width = static_cast<int>(std::min<int64_t>(8, n1 - g0));
+          for (int j = 0; j < 8; ++j)  // columns past N: zero weights, their sums are dropped
+            for (int64_t k = 0; k < K; ++k)
+              wt[k * 8 + j] = j < width ? weight_value(CB[(g0 + j) * K + k], SCB[g0 + j]) : 0.0f;
+          for (int64_t r0 = 0; r0 < rows; r0 += 4) {
+            const int rr = static_cast<int>(std::min<int64_t>(4, rows - r0));
+            const float* xr[4];
+            for (int r = 0; r < rr; ++r) xr[r] = xf.data() + (r0 + r) * K;
+            float sums[4][8];
+            simd::dot_columns8_avx2(xr, rr, wt.data(), K, sums);
+            for (int r = 0; r < rr; ++r)
+              for (int j = 0; j < width; ++j) {
+                float v = sums[r][j];
+                if (bias != nullptr) v += load_any(bias_dtype, bias, g0 + j);
+                out[(m0 + r0 + r) * N + g0 + j] = store<T>(v);
+              }
           }
-      }
-    }
-  });
+        }
+      });
 }
 
 }  // namespace
