@@ -43,9 +43,9 @@ fi
 if [[ " $STAGES " == *" gemv "* ]]; then
   # Every decode GEMV variant against the CPU (the default picks one per shape), then their
   # timings at decode sizes (benchmarks/bench_gemv.py).
-  for v in LT8_GEMV_TC=0 LT8_GEMV_TC=1 LT8_GEMV_TILES=1 LT8_GEMV_TILES=2 LT8_GEMV_TILES=4 LT8_GEMV_STREAM=0; do
-    env $v $PY -m pytest -q -p no:cacheprovider -k "decode or gemv" tests/torch/test_gemm_engines.py >"$OUT/gemv-tests-$v.log" 2>&1
-    note "gemv tests [$v]: $(grep -E '[0-9]+ (passed|failed|error)' "$OUT/gemv-tests-$v.log" | tail -1)"
+  for v in LT8_GEMV_TC=0 LT8_GEMV_TC=1 LT8_GEMV_TILES=1 LT8_GEMV_TILES=2 LT8_GEMV_TILES=4 LT8_GEMV_STREAM=0 LT8_PDL=0; do
+    env $v $PY -m pytest -q -p no:cacheprovider -k "decode or gemv" tests/torch/test_gemm_engines.py >"$OUT/gemv-tests-${v//=/_}.log" 2>&1
+    note "gemv tests [$v]: $(grep -E '[0-9]+ (passed|failed|error)' "$OUT/gemv-tests-${v//=/_}.log" | tail -1)"
   done
   for v in ${GEMV_VARIANTS:-LT8_GEMV_TC=0 LT8_GEMV_TC=1 LT8_GEMV_DEFAULT=1}; do
     env $v $PY benchmarks/bench_gemv.py ${GEMV_ARGS:-} $([ $v = LT8_GEMV_DEFAULT=1 ] && echo --fp16) 2>&1 | tee -a "$OUT/bench_gemv.log"
@@ -97,7 +97,11 @@ fi
 
 if [[ " $STAGES " == *" jaxdecode "* ]]; then
   # Issue 16's decode target: JAX jit of 16 layers vs torch's CUDA graph and XLA's fp16 dense.
-  $PY benchmarks/bench_jax_decode.py ${JAXDECODE_ARGS:---profile} 2>&1 | tee "$OUT/bench_jax_decode.log"
+  # JAXDECODE_VARIANTS="LT8_PDL=0 LT8_GEMV_DEFAULT=1" compares settings.
+  for v in ${JAXDECODE_VARIANTS:-LT8_GEMV_DEFAULT=1}; do
+    echo "== jaxdecode [$v]" | tee -a "$OUT/bench_jax_decode.log"
+    env $v $PY benchmarks/bench_jax_decode.py ${JAXDECODE_ARGS:-} 2>&1 | tee -a "$OUT/bench_jax_decode.log"
+  done
   note "bench_jax_decode: $(grep -o 'M=.*' "$OUT/bench_jax_decode.log" | grep target | tr '\n' ';')"
 fi
 

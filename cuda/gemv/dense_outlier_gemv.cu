@@ -42,7 +42,10 @@ __global__ void __launch_bounds__(kDenseWarps * 32)
                               const int32_t* __restrict__ outlier_count, DType bias_dtype,
                               const void* __restrict__ bias, int M, int64_t N, int64_t K,
                               T* __restrict__ out) {
-  const int count = *outlier_count;
+  // __ldcg for what the preparation kernel wrote: with the GEMV before this kernel launched
+  // dependent on it (common/dependent_launch.cuh), reads of it through the read-only path
+  // (ld.global.nc) returned stale counts on the H200 (benchmarks/NOTES.md, v9).
+  const int count = __ldcg(outlier_count);
   if (count <= kGemvExactMaxOutliers) return;
 
   extern __shared__ uint32_t smem_bits[];  // K bits: the outlier columns
@@ -53,7 +56,7 @@ __global__ void __launch_bounds__(kDenseWarps * 32)
   for (int i = threadIdx.x; i < words_k; i += blockDim.x) smem_bits[i] = 0u;
   __syncthreads();
   for (int j = threadIdx.x; j < count; j += blockDim.x) {
-    const int k = outlier_idx[j];
+    const int k = __ldcg(outlier_idx + j);
     atomicOr(&smem_bits[k >> 5], 1u << (k & 31));
   }
 
@@ -88,7 +91,7 @@ __global__ void __launch_bounds__(kDenseWarps * 32)
     }
     for (int e = threadIdx.x; e < M * kDenseWords; e += blockDim.x) {
       const int r = e / kDenseWords, c = e % kDenseWords;
-      if (c < len) sq[r][c] = reinterpret_cast<const int4*>(q + r * K)[w0 + c];
+      if (c < len) sq[r][c] = __ldcg(reinterpret_cast<const int4*>(q + r * K) + w0 + c);
     }
     __syncthreads();
     if (lane >= len) continue;
@@ -142,7 +145,7 @@ __global__ void __launch_bounds__(kDenseWarps * 32)
       const int64_t n = n0 + c;
       if (lane == (r * kDenseCols + c) % 32 && r < M && n < N) {
         const float cs = SCB[n];
-        float v = dequant(acc[r][c], row_scale[r], cs);
+        float v = dequant(acc[r][c], __ldcg(row_scale + r), cs);
         v = __fadd_rn(v, __fmul_rn(facc[r][c], cs * kInv127));
         if (bias != nullptr) v = __fadd_rn(v, load_float_any(bias_dtype, bias, n));
         out[static_cast<int64_t>(r) * N + n] = from_float<T>(v);

@@ -9,6 +9,7 @@
 #include <cstdlib>
 
 #include "common/cuda_check.cuh"
+#include "common/dependent_launch.cuh"
 #include "common/device_types.cuh"
 #include "common/launch_shape.cuh"
 #include "common/numerics.h"
@@ -29,6 +30,19 @@ __device__ __forceinline__ void warp_weight_rows(const int8_t* CB, int64_t n0, i
 #pragma unroll
   for (int c = 0; c < kGemvCols; ++c)
     wrow[c] = reinterpret_cast<const int4*>(CB + (n0 + c < N ? n0 + c : 0) * K);
+}
+
+// The first kPrefetchRowBytes of the warp's weight rows into L2 (one lane per row), then the
+// wait for the kernel that wrote q, the row scales and the outlier columns (the preparation, when
+// this kernel was launched dependent on it: dependent_launch.cuh). What that kernel wrote is
+// read with __ldcg (L2) from here on: the read-only path (ld.global.nc) assumes data that does
+// not change while the reading kernel runs, and under a dependent launch it does.
+__device__ __forceinline__ void prefetch_then_wait(const int8_t* CB, int64_t n0, int64_t N,
+                                                   int64_t K, int lane) {
+  const int64_t n = n0 + lane;
+  if (lane < kGemvCols && n < N)
+    prefetch_l2(CB + n * K, static_cast<uint32_t>(K < kPrefetchRowBytes ? K : kPrefetchRowBytes));
+  wait_for_prior_kernel();
 }
 
 // acc[col] += the dot product of one 16-byte activation word with each column's weight word.
@@ -87,7 +101,8 @@ __global__ void __launch_bounds__(256, 2)
   const int64_t words = K / 16;
   const int4* wrow[kGemvCols];
   warp_weight_rows(CB, n0, N, K, wrow);
-  if (*outlier_count > exact_max_count) return;  // the dense-outlier GEMV writes out
+  prefetch_then_wait(CB, n0, N, K, lane);
+  if (__ldcg(outlier_count) > exact_max_count) return;  // the dense-outlier GEMV writes out
 
   int32_t acc[ROWS][kGemvCols];
 #pragma unroll
@@ -100,7 +115,8 @@ __global__ void __launch_bounds__(256, 2)
     __syncthreads();  // the previous chunk's readers are done
     for (int e = threadIdx.x; e < M * kGemvChunk; e += blockDim.x) {
       const int r = e / kGemvChunk, c = e % kGemvChunk;
-      if (c < len) sq[r * kGemvChunk + c] = reinterpret_cast<const int4*>(q + r * K)[w0 + c];
+      if (c < len)
+        sq[r * kGemvChunk + c] = __ldcg(reinterpret_cast<const int4*>(q + r * K) + w0 + c);
     }
     __syncthreads();
     // The lane's weight words, G at a time (G x kGemvCols independent 16-byte loads in flight;
@@ -159,10 +175,11 @@ __global__ void __launch_bounds__(256, 2)
   const int64_t words = K / 16;
   const int4* wrow[kGemvCols];
   warp_weight_rows(CB, n0, N, K, wrow);
-  if (*outlier_count > exact_max_count) return;  // the dense-outlier GEMV writes out
+  prefetch_then_wait(CB, n0, N, K, lane);
+  if (__ldcg(outlier_count) > exact_max_count) return;  // the dense-outlier GEMV writes out
 
   const int4* q4 = reinterpret_cast<const int4*>(q);
-  for (int64_t e = threadIdx.x; e < M * words; e += blockDim.x) sq_all[e] = q4[e];
+  for (int64_t e = threadIdx.x; e < M * words; e += blockDim.x) sq_all[e] = __ldcg(q4 + e);
   __syncthreads();
 
   int32_t acc[ROWS][kGemvCols];
@@ -204,19 +221,17 @@ bool stream_gemv_enabled() {
 }
 
 template <typename T, int ROWS>
-void launch_gemv_rows(cudaStream_t st, unsigned blocks, int threads, const int8_t* q, const T* x,
-                      const int8_t* CB, const float* SCB, const LinearScratch& s, DType bias_dtype,
-                      const void* bias, int M, int64_t N, int64_t K, int exact_max_count, T* out) {
+void launch_gemv_rows(cudaStream_t st, bool after_prepare, unsigned blocks, int threads,
+                      const int8_t* q, const T* x, const int8_t* CB, const float* SCB,
+                      const LinearScratch& s, DType bias_dtype, const void* bias, int M, int64_t N,
+                      int64_t K, int exact_max_count, T* out) {
   const int64_t smem = static_cast<int64_t>(M) * K;
-  if (ROWS <= 4 && smem <= kStreamSmemBytes && stream_gemv_enabled()) {
-    linear_gemv_stream_kernel<T, ROWS><<<blocks, threads, static_cast<size_t>(smem), st>>>(
-        q, x, CB, SCB, s.row_scale, s.outlier_idx, s.outlier_count, bias_dtype, bias, M, N, K,
-        exact_max_count, out);
-    return;
-  }
-  linear_gemv_kernel<T, ROWS><<<blocks, threads, 0, st>>>(q, x, CB, SCB, s.row_scale, s.outlier_idx,
-                                                          s.outlier_count, bias_dtype, bias, M, N,
-                                                          K, exact_max_count, out);
+  const bool stream = ROWS <= 4 && smem <= kStreamSmemBytes && stream_gemv_enabled();
+  // Launch errors are read by the caller (cudaGetLastError).
+  (void)launch_maybe_dependent(
+      after_prepare, stream ? linear_gemv_stream_kernel<T, ROWS> : linear_gemv_kernel<T, ROWS>,
+      dim3(blocks), dim3(threads), stream ? static_cast<size_t>(smem) : 0, st, q, x, CB, SCB,
+      s.row_scale, s.outlier_idx, s.outlier_count, bias_dtype, bias, M, N, K, exact_max_count, out);
 }
 
 }  // namespace
@@ -225,7 +240,7 @@ template <typename T>
 Status launch_dp4a_gemv(cudaStream_t st, const int8_t* q, const T* x, const int8_t* CB,
                         const float* SCB, const LinearScratch& s, DType bias_dtype,
                         const void* bias, int64_t M, int64_t N, int64_t K, int exact_max_count,
-                        T* out) {
+                        bool after_prepare, T* out) {
   const int m = static_cast<int>(M);
   // 8 warps per block when that still gives every SM of a large GPU a couple of blocks, else 4.
   const int64_t cols8 = 8 * kGemvCols;
@@ -233,17 +248,17 @@ Status launch_dp4a_gemv(cudaStream_t st, const int8_t* q, const T* x, const int8
   const unsigned blocks = static_cast<unsigned>(ceil_div(N, int64_t{warps} * kGemvCols));
   const int threads = warps * 32;
   if (M == 1)
-    launch_gemv_rows<T, 1>(st, blocks, threads, q, x, CB, SCB, s, bias_dtype, bias, m, N, K,
-                           exact_max_count, out);
+    launch_gemv_rows<T, 1>(st, after_prepare, blocks, threads, q, x, CB, SCB, s, bias_dtype, bias,
+                           m, N, K, exact_max_count, out);
   else if (M <= 4)
-    launch_gemv_rows<T, 4>(st, blocks, threads, q, x, CB, SCB, s, bias_dtype, bias, m, N, K,
-                           exact_max_count, out);
+    launch_gemv_rows<T, 4>(st, after_prepare, blocks, threads, q, x, CB, SCB, s, bias_dtype, bias,
+                           m, N, K, exact_max_count, out);
   else if (M <= 8)
-    launch_gemv_rows<T, 8>(st, blocks, threads, q, x, CB, SCB, s, bias_dtype, bias, m, N, K,
-                           exact_max_count, out);
+    launch_gemv_rows<T, 8>(st, after_prepare, blocks, threads, q, x, CB, SCB, s, bias_dtype, bias,
+                           m, N, K, exact_max_count, out);
   else
-    launch_gemv_rows<T, kSmallBatchRows>(st, blocks, threads, q, x, CB, SCB, s, bias_dtype, bias, m,
-                                         N, K, exact_max_count, out);
+    launch_gemv_rows<T, kSmallBatchRows>(st, after_prepare, blocks, threads, q, x, CB, SCB, s,
+                                         bias_dtype, bias, m, N, K, exact_max_count, out);
   LT8_CHECK_LAUNCH("linear_gemv_kernel");
   return Status::Ok();
 }
@@ -251,7 +266,7 @@ Status launch_dp4a_gemv(cudaStream_t st, const int8_t* q, const T* x, const int8
 #define LT8_INSTANTIATE(T)                                                                    \
   template Status launch_dp4a_gemv<T>(cudaStream_t, const int8_t*, const T*, const int8_t*,   \
                                       const float*, const LinearScratch&, DType, const void*, \
-                                      int64_t, int64_t, int64_t, int, T*);
+                                      int64_t, int64_t, int64_t, int, bool, T*);
 LT8_FOR_EACH_FLOAT_TYPE(LT8_INSTANTIATE)
 #undef LT8_INSTANTIATE
 

@@ -25,30 +25,34 @@ Status launch_prepare_small_batch(cudaStream_t st, const T* x, int64_t M, int64_
                                   float threshold, const LinearScratch& s);
 
 // out = the fused op's result from the prepared q (s.row_scale, s.outlier_idx, s.outlier_count
-// filled), for M <= kSmallBatchRows, K % 16 == 0, CB and q 16-byte aligned. Picks the engine.
-// threshold > 0 with more than kGemvExactMaxOutliers outlier columns (read on the device)
-// takes the dense-outlier GEMV instead of the exact epilogue (dense_outlier_gemv.cu).
+// filled; after_prepare: by the kernel launched just before, launch_prepare_small_batch's), for M
+// <= kSmallBatchRows, K % 16 == 0, CB and q 16-byte aligned. Picks the engine. threshold > 0 with
+// more than kGemvExactMaxOutliers outlier columns (read on the device) takes the dense-outlier GEMV
+// instead of the exact epilogue (dense_outlier_gemv.cu).
 template <typename T>
 Status launch_linear_gemv(cudaStream_t st, const int8_t* q, const T* x, const int8_t* CB,
                           const float* SCB, const LinearScratch& s, DType bias_dtype,
                           const void* bias, int64_t M, int64_t N, int64_t K, float threshold,
-                          T* out);
+                          bool after_prepare, T* out);
 
 // Up to this many outlier columns the GEMVs' exact epilogue (the CPU's order, bit for bit) adds
 // the outlier terms; above it the dense-outlier GEMV does (the rule of the large-batch path).
 constexpr int kGemvExactMaxOutliers = kStagedOutliers;
 
 // The two engines (same arguments and results, bit for bit). Both return at once, writing
-// nothing, when the outlier count (read on the device) exceeds exact_max_count.
+// nothing, when the outlier count (read on the device) exceeds exact_max_count. after_prepare:
+// the kernel before them in the stream is launch_prepare_small_batch's, which they then overlap
+// (a dependent launch on sm_90+: common/dependent_launch.cuh).
 template <typename T>
 Status launch_dp4a_gemv(cudaStream_t st, const int8_t* q, const T* x, const int8_t* CB,
                         const float* SCB, const LinearScratch& s, DType bias_dtype,
                         const void* bias, int64_t M, int64_t N, int64_t K, int exact_max_count,
-                        T* out);
+                        bool after_prepare, T* out);
 template <typename T>
 Status launch_mma_gemv(cudaStream_t st, const int8_t* q, const T* x, const int8_t* CB,
                        const float* SCB, const LinearScratch& s, DType bias_dtype, const void* bias,
-                       int64_t M, int64_t N, int64_t K, int exact_max_count, T* out);
+                       int64_t M, int64_t N, int64_t K, int exact_max_count, bool after_prepare,
+                       T* out);
 
 // The dense-outlier GEMV (returns at once up to kGemvExactMaxOutliers outlier columns), for
 // K <= dense_outlier_gemv_fits's bound (it keeps a K-bit mask in shared memory).

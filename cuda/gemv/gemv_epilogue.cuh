@@ -36,7 +36,9 @@ __device__ __forceinline__ void gemv_epilogue(
   // adjacent outlier columns read adjacent bytes); the padding keeps those writes off one bank.
   __shared__ float s_w[kGemvOutChunk][kMaxBlockCols + 1];
   __shared__ float s_x[kGemvOutChunk][ROWS + 1];
-  const int count = *outlier_count;
+  // __ldcg: these may have been written while this kernel ran (a dependent launch after the
+  // preparation kernel: common/dependent_launch.cuh), which the read-only path does not allow.
+  const int count = __ldcg(outlier_count);
   const int block_cols = groups * COLS, outputs = groups * ROWS * COLS;
   const int64_t block_n0 = static_cast<int64_t>(blockIdx.x) * block_cols;
   float v[kPer];
@@ -45,7 +47,7 @@ __device__ __forceinline__ void gemv_epilogue(
     const int e = threadIdx.x + i * blockDim.x;
     const int col = e % COLS, r = (e / COLS) % ROWS, w = e / (COLS * ROWS);
     const int64_t n = block_n0 + w * COLS + col;
-    v[i] = (e < outputs && r < M && n < N) ? dequant(sacc[e], row_scale[r], SCB[n]) : 0.0f;
+    v[i] = (e < outputs && r < M && n < N) ? dequant(sacc[e], __ldcg(row_scale + r), SCB[n]) : 0.0f;
   }
   for (int j0 = 0; j0 < count; j0 += kGemvOutChunk) {
     const int len = count - j0 < kGemvOutChunk ? count - j0 : kGemvOutChunk;
@@ -53,11 +55,11 @@ __device__ __forceinline__ void gemv_epilogue(
     for (int e = threadIdx.x; e < len * block_cols; e += blockDim.x) {
       const int c = e / len, j = e % len;
       const int64_t n = block_n0 + c;
-      s_w[j][c] = n < N ? weight_value(CB[n * K + outlier_idx[j0 + j]], SCB[n]) : 0.0f;
+      s_w[j][c] = n < N ? weight_value(CB[n * K + __ldcg(outlier_idx + j0 + j)], SCB[n]) : 0.0f;
     }
     for (int e = threadIdx.x; e < len * M; e += blockDim.x) {
       const int r = e / len, j = e % len;
-      s_x[j][r] = to_float(x[static_cast<int64_t>(r) * K + outlier_idx[j0 + j]]);
+      s_x[j][r] = to_float(x[static_cast<int64_t>(r) * K + __ldcg(outlier_idx + j0 + j)]);
     }
     __syncthreads();
 #pragma unroll

@@ -17,6 +17,7 @@
 #include <cstdlib>
 
 #include "common/cuda_check.cuh"
+#include "common/dependent_launch.cuh"
 #include "common/device_caps.cuh"
 #include "common/device_types.cuh"
 #include "common/launch_shape.cuh"
@@ -73,7 +74,15 @@ __global__ void __launch_bounds__(kTcWarps * 32)
     n_ok[i] = n < N;
     wrow[i] = reinterpret_cast<const int4*>(CB + (n_ok[i] ? n : 0) * K);
   }
-  if (*outlier_count > exact_max_count) return;  // the dense-outlier GEMV writes out
+  // The block's weight rows' first kPrefetchRowBytes into L2 (one lane of warp 0 per row), then
+  // the wait for the kernel that wrote q (the preparation: dependent_launch.cuh); what it wrote
+  // is read with __ldcg from here on (dp4a_gemv.cu, prefetch_then_wait, says why).
+  const int64_t pf_n = static_cast<int64_t>(blockIdx.x) * TILES * kTcCols + threadIdx.x;
+  if (threadIdx.x < TILES * kTcCols && pf_n < N)
+    prefetch_l2(CB + pf_n * K,
+                static_cast<uint32_t>(K < kPrefetchRowBytes ? K : kPrefetchRowBytes));
+  wait_for_prior_kernel();
+  if (__ldcg(outlier_count) > exact_max_count) return;  // the dense-outlier GEMV writes out
   const bool lo_ok = g < M, hi_ok = HI && g + 8 < M;
   const int4* qlo = reinterpret_cast<const int4*>(q + (lo_ok ? g : 0) * K);
   const int4* qhi = reinterpret_cast<const int4*>(q + (hi_ok ? g + 8 : 0) * K);
@@ -95,8 +104,8 @@ __global__ void __launch_bounds__(kTcWarps * 32)
       const bool ok = cc < words;
 #pragma unroll
       for (int i = 0; i < TILES; ++i) wv[u][i] = ok && n_ok[i] ? __ldcs(wrow[i] + cc) : zero;
-      xa[u] = ok && lo_ok ? __ldg(qlo + cc) : zero;
-      xb[u] = ok && hi_ok ? __ldg(qhi + cc) : zero;
+      xa[u] = ok && lo_ok ? __ldcg(qlo + cc) : zero;
+      xb[u] = ok && hi_ok ? __ldcg(qhi + cc) : zero;
     }
 #pragma unroll
     for (int u = 0; u < STEPS; ++u)
@@ -134,18 +143,16 @@ __global__ void __launch_bounds__(kTcWarps * 32)
 }
 
 template <typename T, int TILES>
-void launch_tiles(cudaStream_t st, const int8_t* q, const T* x, const int8_t* CB, const float* SCB,
-                  const LinearScratch& s, DType bias_dtype, const void* bias, int M, int64_t N,
-                  int64_t K, int exact_max_count, T* out) {
+void launch_tiles(cudaStream_t st, bool after_prepare, const int8_t* q, const T* x,
+                  const int8_t* CB, const float* SCB, const LinearScratch& s, DType bias_dtype,
+                  const void* bias, int M, int64_t N, int64_t K, int exact_max_count, T* out) {
   const unsigned blocks = static_cast<unsigned>(ceil_div(N, int64_t{TILES} * kTcCols));
-  if (M > 8)
-    linear_gemv_tc_kernel<T, TILES, true><<<blocks, kTcWarps * 32, 0, st>>>(
-        q, x, CB, SCB, s.row_scale, s.outlier_idx, s.outlier_count, bias_dtype, bias, M, N, K,
-        exact_max_count, out);
-  else
-    linear_gemv_tc_kernel<T, TILES, false><<<blocks, kTcWarps * 32, 0, st>>>(
-        q, x, CB, SCB, s.row_scale, s.outlier_idx, s.outlier_count, bias_dtype, bias, M, N, K,
-        exact_max_count, out);
+  // Launch errors are read by the caller (cudaGetLastError).
+  (void)launch_maybe_dependent(
+      after_prepare,
+      M > 8 ? linear_gemv_tc_kernel<T, TILES, true> : linear_gemv_tc_kernel<T, TILES, false>,
+      dim3(blocks), dim3(kTcWarps * 32), 0, st, q, x, CB, SCB, s.row_scale, s.outlier_idx,
+      s.outlier_count, bias_dtype, bias, M, N, K, exact_max_count, out);
 }
 
 }  // namespace
@@ -164,7 +171,8 @@ bool tensor_core_gemv(int64_t M) {
 template <typename T>
 Status launch_mma_gemv(cudaStream_t st, const int8_t* q, const T* x, const int8_t* CB,
                        const float* SCB, const LinearScratch& s, DType bias_dtype, const void* bias,
-                       int64_t M, int64_t N, int64_t K, int exact_max_count, T* out) {
+                       int64_t M, int64_t N, int64_t K, int exact_max_count, bool after_prepare,
+                       T* out) {
   const int m = static_cast<int>(M);
   // Tiles per block, measured on the H200 with weights out of L2 (benchmarks/NOTES.md, v5):
   // wide tiles (fewer activation reads per weight byte) win on wide layers, one tile per block
@@ -184,11 +192,14 @@ Status launch_mma_gemv(cudaStream_t st, const int8_t* q, const T* x, const int8_
   else
     tiles = N >= 96 * sms ? 4 : (N >= 48 * sms ? 2 : 1);
   if (tiles == 4)
-    launch_tiles<T, 4>(st, q, x, CB, SCB, s, bias_dtype, bias, m, N, K, exact_max_count, out);
+    launch_tiles<T, 4>(st, after_prepare, q, x, CB, SCB, s, bias_dtype, bias, m, N, K,
+                       exact_max_count, out);
   else if (tiles == 2)
-    launch_tiles<T, 2>(st, q, x, CB, SCB, s, bias_dtype, bias, m, N, K, exact_max_count, out);
+    launch_tiles<T, 2>(st, after_prepare, q, x, CB, SCB, s, bias_dtype, bias, m, N, K,
+                       exact_max_count, out);
   else
-    launch_tiles<T, 1>(st, q, x, CB, SCB, s, bias_dtype, bias, m, N, K, exact_max_count, out);
+    launch_tiles<T, 1>(st, after_prepare, q, x, CB, SCB, s, bias_dtype, bias, m, N, K,
+                       exact_max_count, out);
   LT8_CHECK_LAUNCH("linear_gemv_tc_kernel");
   return Status::Ok();
 }
@@ -196,7 +207,7 @@ Status launch_mma_gemv(cudaStream_t st, const int8_t* q, const T* x, const int8_
 #define LT8_INSTANTIATE(T)                                                                   \
   template Status launch_mma_gemv<T>(cudaStream_t, const int8_t*, const T*, const int8_t*,   \
                                      const float*, const LinearScratch&, DType, const void*, \
-                                     int64_t, int64_t, int64_t, int, T*);
+                                     int64_t, int64_t, int64_t, int, bool, T*);
 LT8_FOR_EACH_FLOAT_TYPE(LT8_INSTANTIATE)
 #undef LT8_INSTANTIATE
 

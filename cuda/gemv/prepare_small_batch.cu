@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "common/cuda_check.cuh"
+#include "common/dependent_launch.cuh"
 #include "common/device_types.cuh"
 #include "common/launch_shape.cuh"
 #include "common/numerics.h"
@@ -35,6 +36,9 @@ __global__ void __launch_bounds__(kPrepThreads)
   __shared__ float partial[kPrepThreads / 32];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const bool writer = blockIdx.x == 0;
+  // The GEMV after this kernel may start now: it prefetches its weights, then waits for this
+  // kernel to finish (common/dependent_launch.cuh).
+  release_dependent_kernel();
 
   // (1) Outlier columns of the batch.
   int64_t carry = 0;

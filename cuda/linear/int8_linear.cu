@@ -65,7 +65,7 @@ Status int8_linear(const Exec& ex, DType x_dtype, const void* x, const int8_t* C
       Status ps = launch_prepare_small_batch<T>(st, xt, M, K, threshold, s);
       if (!ps.ok()) return ps;
       return launch_linear_gemv<T>(st, s.q, xt, CB, SCB, s, bias_dtype, bias, M, N, K, threshold,
-                                   o);
+                                   /*after_prepare=*/true, o);
     }
 
     // (1) quantize x into the scratch.
@@ -84,7 +84,7 @@ Status int8_linear(const Exec& ex, DType x_dtype, const void* x, const int8_t* C
     // (3a) decode sizes: a memory-bound GEMV that reads each weight byte once.
     if (gemv)
       return launch_linear_gemv<T>(st, s.q, xt, CB, SCB, s, bias_dtype, bias, M, N, K, threshold,
-                                   o);
+                                   /*after_prepare=*/false, o);
 
     // (3b) larger batches: int8 tensor cores (cuBLASLt) into int32 scratch, then the epilogue.
     Status err;

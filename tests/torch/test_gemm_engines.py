@@ -124,6 +124,11 @@ def test_offset_pointers_still_exact(rng, offset):
         (9, 2080, 70, 0),
         (12, 512, 1000, 35),
         (16, 16 * 129, 40, 5),
+        # The streaming dp4a GEMV's largest K (M * K <= 32 KiB), M = 3 just under it, and the
+        # most outlier columns the exact epilogue takes (64; above, test_outlier_tensor_cores).
+        (1, 32768, 40, 2),
+        (3, 10912, 66, 3),
+        (1, 8208, 300, 64),
     ],
 )
 def test_decode_gemvs_agree_with_cpu(rng, dtype, M, K, N, n_outliers):
