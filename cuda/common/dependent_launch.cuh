@@ -58,8 +58,8 @@ inline bool dependent_launch_enabled() {
 // kernel<<<grid, block, smem, st>>>(args...), as a dependent launch of the kernel before it in
 // the stream when `dependent` and dependent_launch_enabled().
 template <typename... Params, typename... Args>
-cudaError_t launch_maybe_dependent(bool dependent, void (*kernel)(Params...), dim3 grid,
-                                   dim3 block, size_t smem, cudaStream_t st, Args&&... args) {
+cudaError_t launch_maybe_dependent(bool dependent, void (*kernel)(Params...), dim3 grid, dim3 block,
+                                   size_t smem, cudaStream_t st, Args&&... args) {
   cudaLaunchAttribute attr[1];
   attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attr[0].val.programmaticStreamSerializationAllowed = 1;
