@@ -100,11 +100,25 @@ def test_gemm_exact_at_extreme_values(isa, rng, a, b, K):
 
 # lt8's quantized activations lie in [-127, 127]: for such an A the AVX2 variant multiplies with
 # vpmaddubsw (|B| times A carrying B's sign), for an A holding a -128 with vpmaddwd on int16.
-@pytest.mark.parametrize("M,N,K", SHAPES)
+# (The last two: K a multiple of 32, the second across the AVX2 variant's 4096-wide K blocks.)
+@pytest.mark.parametrize("M,N,K", SHAPES + [(9, 70, 384), (5, 33, 8192)])
 def test_gemm_exact_with_quantized_range_a(isa, rng, M, N, K):
     A = rng.integers(-127, 128, (M, K), dtype=np.int8)
     B = rng.integers(-128, 128, (N, K), dtype=np.int8)
     np.testing.assert_array_equal(gemm(A, B), reference(A, B))
+
+
+@pytest.mark.parametrize("offset", [1, 3])
+def test_gemm_exact_with_unaligned_a(isa, rng, offset):
+    # A from an address that is no multiple of anything (the variants copy or read it in place).
+    M, N, K = 6, 20, 96
+    buf = np.zeros(M * K + offset, np.int8)
+    A = buf[offset:].reshape(M, K)
+    A[...] = rng.integers(-127, 128, (M, K), dtype=np.int8)
+    B = rng.integers(-128, 128, (N, K), dtype=np.int8)
+    out = np.full((M, N), 0x5A5A5A5A, np.int32)
+    C.int8_gemm(*CPU, A.ctypes.data, B.ctypes.data, M, N, K, out.ctypes.data)
+    np.testing.assert_array_equal(out, reference(A, B))
 
 
 @pytest.mark.parametrize("a,b", [(-127, -128), (127, -128), (-127, 127), (127, 127), (-127, -127)])
