@@ -42,9 +42,10 @@ __global__ void __launch_bounds__(kDenseWarps * 32)
                               const int32_t* __restrict__ outlier_count, DType bias_dtype,
                               const void* __restrict__ bias, int M, int64_t N, int64_t K,
                               T* __restrict__ out) {
-  // __ldcg for what the preparation kernel wrote: with the GEMV before this kernel launched
-  // dependent on it (common/dependent_launch.cuh), reads of it through the read-only path
-  // (ld.global.nc) returned stale counts on the H200 (benchmarks/NOTES.md, v9).
+  // What the preparation kernel wrote is read with __ldcg, as in the GEMVs. This kernel starts
+  // only after the GEMV before it, which waited for the preparation, so the read-only path
+  // would be allowed here; one rule for every reader of the scratch is easier to keep right
+  // (common/dependent_launch.cuh, benchmarks/NOTES.md v9).
   const int count = __ldcg(outlier_count);
   if (count <= kGemvExactMaxOutliers) return;
 
