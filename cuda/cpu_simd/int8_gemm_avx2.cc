@@ -5,10 +5,10 @@
 //     and a pair sum is at most 2 * 128 * 127 = 32512 < 2^15, so vpmaddubsw never saturates
 //     (|a| <= 127 is what makes that true, and what keeps vpsignb's negation of a from wrapping).
 //     Twice the int8 products per instruction of the int16 variant: on the benchmark VM's Zen 4
-//     (no VNNI exposed) about 1.9x the int16 variant's rate and 1.7x float32 FMA's
-//     (benchmarks/NOTES.md, "CPU: the vpsignb/vpmaddubsw GEMM").
-//     2x4 tiles: 8 accumulators, so that with B, |B|, A and the products all stay in the 16
-//     ymm registers (3x4 spilled accumulators to the stack).
+//     (no VNNI exposed) about 1.9x the int16 variant's rate; ~50 GMAC/s per core against a
+//     float32 FMA peak of 42.5 and this instruction mix's own peak of 60 (benchmarks/NOTES.md,
+//     "CPU: the vpsignb/vpmaddubsw GEMM" and "CPU: the demo's bound").
+//     3x2 tiles (see kMRSign).
 //   * block_avx2: int16 operands, vpmaddwd, 3x4 tiles; exact for every int8 value, the fallback
 //     when A holds a -128.
 #include "cpu_simd/cpu_isa.h"
@@ -91,21 +91,35 @@ constexpr const TileFn* kTiles[kMR] = {kRow<1>, kRow<2>, kRow<3>};
 
 // C[0:R, 0:S] (+)= A[0:R, 0:klen] . B[0:S, 0:klen]; A int8 with no -128, zero-padded past K to a
 // multiple of 32; B's K tail is copied into a zeroed vector.
-constexpr int kMRSign = 2;
+// Register tile kMRSign x kNRSign: 6 accumulators, 3 rows of A, one row of B and |B| at a time
+// and the products fit the 16 ymm registers with no copies through the stack (a 2 x 4 tile left
+// GCC two spilled accumulators and reg-to-reg copies in the K loop: benchmarks/NOTES.md, "CPU:
+// the demo's bound").
+constexpr int kMRSign = 3, kNRSign = 2;
+
+// Horizontal sums of two vectors -> lanes 0 and 1.
+inline __m128i hsum2(__m256i a, __m256i b) {
+  const __m256i ab = _mm256_hadd_epi32(a, b);   // per 128-bit half: a01 a23 b01 b23
+  const __m256i h = _mm256_hadd_epi32(ab, ab);  // a0123 b0123 a0123 b0123
+  return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+}
 
 template <int R, int S>
 void tile_sign(const int8_t* a, int64_t lda, const int8_t* b, int64_t ldb, int64_t klen, int32_t* c,
                int64_t ldc, bool accumulate) {
   const __m256i ones = _mm256_set1_epi16(1);
-  __m256i acc[R][kNR];
+  __m256i acc[R][kNRSign];
   for (int r = 0; r < R; ++r)
-    for (int s = 0; s < kNR; ++s) acc[r][s] = _mm256_setzero_si256();
+    for (int s = 0; s < kNRSign; ++s) acc[r][s] = _mm256_setzero_si256();
+  // acc[r][s] += A row r . B row s over 32 bytes at k (bs: B row s's 32 bytes there).
   auto step = [&](const __m256i(&bv)[S], int64_t k) {
+    __m256i av[R];
+    for (int r = 0; r < R; ++r)
+      av[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + r * lda + k));
     for (int s = 0; s < S; ++s) {
       const __m256i ub = _mm256_abs_epi8(bv[s]);  // |b| as unsigned: 128 for -128, exactly
       for (int r = 0; r < R; ++r) {
-        const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + r * lda + k));
-        const __m256i pairs = _mm256_maddubs_epi16(ub, _mm256_sign_epi8(av, bv[s]));
+        const __m256i pairs = _mm256_maddubs_epi16(ub, _mm256_sign_epi8(av[r], bv[s]));
         acc[r][s] = _mm256_add_epi32(acc[r][s], _mm256_madd_epi16(pairs, ones));
       }
     }
@@ -128,8 +142,7 @@ void tile_sign(const int8_t* a, int64_t lda, const int8_t* b, int64_t ldb, int64
   }
   for (int r = 0; r < R; ++r) {
     alignas(16) uint32_t sums[4];
-    _mm_store_si128(reinterpret_cast<__m128i*>(sums),
-                    hsum4(acc[r][0], acc[r][1], acc[r][2], acc[r][3]));
+    _mm_store_si128(reinterpret_cast<__m128i*>(sums), hsum2(acc[r][0], acc[r][1]));
     uint32_t* out = reinterpret_cast<uint32_t*>(c + r * ldc);
     for (int s = 0; s < S; ++s) out[s] = accumulate ? out[s] + sums[s] : sums[s];
   }
@@ -138,14 +151,13 @@ void tile_sign(const int8_t* a, int64_t lda, const int8_t* b, int64_t ldb, int64
 using TileSignFn = void (*)(const int8_t*, int64_t, const int8_t*, int64_t, int64_t, int32_t*,
                             int64_t, bool);
 template <int R>
-constexpr TileSignFn kSignRow[kNR] = {tile_sign<R, 1>, tile_sign<R, 2>, tile_sign<R, 3>,
-                                      tile_sign<R, 4>};
-constexpr const TileSignFn* kSignTiles[kMRSign] = {kSignRow<1>, kSignRow<2>};
-constexpr int64_t kKCSign = 4096;  // K block: a 2-row int8 A tile (8 KiB) stays in L1
+constexpr TileSignFn kSignRow[kNRSign] = {tile_sign<R, 1>, tile_sign<R, 2>};
+constexpr const TileSignFn* kSignTiles[kMRSign] = {kSignRow<1>, kSignRow<2>, kSignRow<3>};
+constexpr int64_t kKCSign = 4096;  // K block: a 3-row int8 A tile (12 KiB) stays in L1
 
-// C[m0:m1, n0:n1] in K blocks of KC and register tiles of up to MR x kNR: tiles[rows - 1][cols
+// C[m0:m1, n0:n1] in K blocks of KC and register tiles of up to MR x NR: tiles[rows - 1][cols
 // - 1] takes the A rows of type TA (the variant's prepared copy) and B's rows in place.
-template <int MR, int64_t KC, typename TA, typename Tile>
+template <int MR, int NR, int64_t KC, typename TA, typename Tile>
 void run_tiles(const Problem& p, const Tile* const (&tiles)[MR], int64_t m0, int64_t m1, int64_t n0,
                int64_t n1) {
   const TA* A = static_cast<const TA*>(p.a);
@@ -153,8 +165,8 @@ void run_tiles(const Problem& p, const Tile* const (&tiles)[MR], int64_t m0, int
     const int64_t klen = std::min(KC, p.K - kb);
     for (int64_t m = m0; m < m1; m += MR) {
       const int rows = static_cast<int>(std::min<int64_t>(MR, m1 - m));
-      for (int64_t n = n0; n < n1; n += kNR) {
-        const int cols = static_cast<int>(std::min<int64_t>(kNR, n1 - n));
+      for (int64_t n = n0; n < n1; n += NR) {
+        const int cols = static_cast<int>(std::min<int64_t>(NR, n1 - n));
         tiles[rows - 1][cols - 1](A + m * p.lda + kb, p.lda, p.B + n * p.K + kb, p.K, klen,
                                   p.C + m * p.N + n, p.N, kb > 0);
       }
@@ -165,11 +177,11 @@ void run_tiles(const Problem& p, const Tile* const (&tiles)[MR], int64_t m0, int
 }  // namespace
 
 void block_avx2_sign(const Problem& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
-  run_tiles<kMRSign, kKCSign, int8_t>(p, kSignTiles, m0, m1, n0, n1);
+  run_tiles<kMRSign, kNRSign, kKCSign, int8_t>(p, kSignTiles, m0, m1, n0, n1);
 }
 
 void block_avx2(const Problem& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
-  run_tiles<kMR, kKC, int16_t>(p, kTiles, m0, m1, n0, n1);
+  run_tiles<kMR, kNR, kKC, int16_t>(p, kTiles, m0, m1, n0, n1);
 }
 
 }  // namespace lt8::cpu::gemm_detail
