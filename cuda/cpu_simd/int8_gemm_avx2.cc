@@ -91,10 +91,9 @@ constexpr const TileFn* kTiles[kMR] = {kRow<1>, kRow<2>, kRow<3>};
 
 // C[0:R, 0:S] (+)= A[0:R, 0:klen] . B[0:S, 0:klen]; A int8 with no -128, zero-padded past K to a
 // multiple of 32; B's K tail is copied into a zeroed vector.
-// Register tile kMRSign x kNRSign: 6 accumulators, 3 rows of A, one row of B and |B| at a time
-// and the products fit the 16 ymm registers with no copies through the stack (a 2 x 4 tile left
-// GCC two spilled accumulators and reg-to-reg copies in the K loop: benchmarks/NOTES.md, "CPU:
-// the demo's bound").
+// Register tile kMRSign x kNRSign: 6 accumulators, 3 rows of A, 2 of B, one |B| and the products
+// fit the 16 ymm registers with no traffic through the stack (a 2 x 4 tile left GCC two
+// accumulators half on the stack in the K loop: benchmarks/NOTES.md, "CPU: the demo's bound").
 constexpr int kMRSign = 3, kNRSign = 2;
 
 // Horizontal sums of two vectors -> lanes 0 and 1.
@@ -111,7 +110,7 @@ void tile_sign(const int8_t* a, int64_t lda, const int8_t* b, int64_t ldb, int64
   __m256i acc[R][kNRSign];
   for (int r = 0; r < R; ++r)
     for (int s = 0; s < kNRSign; ++s) acc[r][s] = _mm256_setzero_si256();
-  // acc[r][s] += A row r . B row s over 32 bytes at k (bs: B row s's 32 bytes there).
+  // acc[r][s] += A row r . B row s over the 32 bytes at k (bv[s]: B row s's bytes there).
   auto step = [&](const __m256i(&bv)[S], int64_t k) {
     __m256i av[R];
     for (int r = 0; r < R; ++r)
