@@ -2,7 +2,7 @@
 # Run on the GPU machine from the repo root: build with CUDA, run the whole test suite on the
 # GPU (CUDA tests may not skip: LT8_REQUIRE_CUDA=1), optionally the memory checkers and the
 # benchmark, and print a summary last. Logs go to $OUT when it is set.
-#   STAGES="build tests gemv outlier sanitizer bench models e2e jaxdecode multi" (default: build tests)   PYTEST_ARGS="-k linear"
+#   STAGES="build tests gemv outlier sanitizer bench models e2e jaxdecode ncu multi" (default: build tests)   PYTEST_ARGS="-k linear"
 #   TESTS="tests/torch/test_x.py ..." (default: tests)   PYTEST_JOBS=8 (pytest-xdist workers)
 #   MODELS_ARGS="--models llama3-8b --ms 16,2048"   E2E_ARGS="--variants fp16,lt8"
 #   MULTI_ARGS="--models 8b --variants fp16,lt8,fp16-static,lt8-static" (compiled TP: minutes)
@@ -105,6 +105,14 @@ if [[ " $STAGES " == *" jaxdecode "* ]]; then
   note "bench_jax_decode: $(grep -o 'M=.*' "$OUT/bench_jax_decode.log" | grep target | tr '\n' ';')"
 fi
 
+if [[ " $STAGES " == *" ncu "* ]]; then
+  # Nsight Compute on one decode call per case (benchmarks/diag_decode_ncu.py): each kernel's
+  # duration, DRAM throughput, occupancy and stall reasons, caches flushed between kernels.
+  ncu --clock-control none ${NCU_SECTIONS:---section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats} \
+    --csv --page details $PY benchmarks/diag_decode_ncu.py ${NCU_ARGS:-} >"$OUT/ncu.csv" 2>"$OUT/ncu.err"
+  note "ncu: rc=$?, $(grep -c 'Duration' "$OUT/ncu.csv") kernels"
+fi
+
 if [[ " $STAGES " == *" multi "* ]]; then
   # Tensor parallelism over this host's GPUs (1 up to LT8_GPUS): torch DTensor and JAX meshes.
   widths=$(for w in 1 2 4 8; do [ "$w" -le "$LT8_GPUS" ] && printf '%s,' "$w"; done); widths=${widths%,}
@@ -114,4 +122,8 @@ if [[ " $STAGES " == *" multi "* ]]; then
   note "bench_multi_gpu_jax (widths $widths): $(grep -c ',' "$OUT"/bench_multi_gpu_jax-*.csv 2>/dev/null) csv lines"
 fi
 
-echo; echo "===== summary ($(cat "$OUT/gpu.txt"))"; printf '%s\n' "${summary[@]}"
+echo; echo "===== summary ($(cat "$OUT/gpu.txt"))"; printf '%s\n' "${summary[@]}" | tee "$OUT/summary.txt"
+# The device tool brings back at most 8 files from $OUT: everything else travels in one archive.
+if [ "$(find "$OUT" -type f | wc -l)" -gt 8 ]; then
+  tar czf /tmp/lt8-logs.tgz -C "$OUT" . && find "$OUT" -mindepth 1 ! -name summary.txt -delete && mv /tmp/lt8-logs.tgz "$OUT/logs.tgz"
+fi

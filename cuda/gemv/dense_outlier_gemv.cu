@@ -14,6 +14,7 @@
 #include <cstdint>
 
 #include "common/cuda_check.cuh"
+#include "common/dependent_launch.cuh"
 #include "common/device_types.cuh"
 #include "common/launch_shape.cuh"
 #include "common/numerics.h"
@@ -42,10 +43,13 @@ __global__ void __launch_bounds__(kDenseWarps * 32)
                               const int32_t* __restrict__ outlier_count, DType bias_dtype,
                               const void* __restrict__ bias, int M, int64_t N, int64_t K,
                               T* __restrict__ out) {
-  // What the preparation kernel wrote is read with __ldcg, as in the GEMVs. This kernel starts
-  // only after the GEMV before it, which waited for the preparation, so the read-only path
-  // would be allowed here; one rule for every reader of the scratch is easier to keep right
+  // A dependent launch of the GEMV before it (which lets it start once all of its blocks run:
+  // gemv_epilogue.cuh, wait_then_release), so its blocks are resident before the wait returns;
+  // then, at up to kGemvExactMaxOutliers columns, the early exit costs one L2 read instead of a
+  // launch after the GEMV. The wait returns when the GEMV has finished (and so the preparation
+  // the GEMV waited for). The scratch is read with __ldcg, one rule for every reader of it
   // (common/dependent_launch.cuh, benchmarks/NOTES.md v9).
+  wait_for_prior_kernel();
   const int count = __ldcg(outlier_count);
   if (count <= kGemvExactMaxOutliers) return;
 
@@ -160,8 +164,10 @@ Status launch_rows(cudaStream_t st, const int8_t* q, const T* x, const int8_t* C
                    int64_t K, T* out) {
   const unsigned blocks = static_cast<unsigned>(ceil_div(N, int64_t{kDenseWarps} * kDenseCols));
   const size_t bits_bytes = static_cast<size_t>((K + 31) / 32) * 4;
-  dense_outlier_gemv_kernel<T, ROWS><<<blocks, kDenseWarps * 32, bits_bytes, st>>>(
-      q, x, CB, SCB, s.row_scale, s.outlier_idx, s.outlier_count, bias_dtype, bias, M, N, K, out);
+  // Launch errors are read by LT8_CHECK_LAUNCH (cudaGetLastError).
+  (void)launch_maybe_dependent(true, dense_outlier_gemv_kernel<T, ROWS>, dim3(blocks),
+                               dim3(kDenseWarps * 32), bits_bytes, st, q, x, CB, SCB, s.row_scale,
+                               s.outlier_idx, s.outlier_count, bias_dtype, bias, M, N, K, out);
   LT8_CHECK_LAUNCH("dense_outlier_gemv_kernel");
   return Status::Ok();
 }

@@ -33,16 +33,13 @@ __device__ __forceinline__ void warp_weight_rows(const int8_t* CB, int64_t n0, i
 }
 
 // The first kPrefetchRowBytes of the warp's weight rows into L2 (one lane per row), then the
-// wait for the kernel that wrote q, the row scales and the outlier columns (the preparation, when
-// this kernel was launched dependent on it: dependent_launch.cuh). What that kernel wrote is
-// read with __ldcg (L2) from here on: the read-only path (ld.global.nc) assumes data that does
-// not change while the reading kernel runs, and under a dependent launch it does.
+// wait (wait_then_release).
 __device__ __forceinline__ void prefetch_then_wait(const int8_t* CB, int64_t n0, int64_t N,
                                                    int64_t K, int lane) {
   const int64_t n = n0 + lane;
   if (lane < kGemvCols && n < N)
     prefetch_l2(CB + n * K, static_cast<uint32_t>(K < kPrefetchRowBytes ? K : kPrefetchRowBytes));
-  wait_for_prior_kernel();
+  wait_then_release();
 }
 
 // acc[col] += the dot product of one 16-byte activation word with each column's weight word.
@@ -101,6 +98,7 @@ __global__ void __launch_bounds__(256, 2)
   const int64_t words = K / 16;
   const int4* wrow[kGemvCols];
   warp_weight_rows(CB, n0, N, K, wrow);
+  prefetch_epilogue_operands(SCB, bias_dtype, bias, n0 - (threadIdx.x >> 5) * kGemvCols, N);
   prefetch_then_wait(CB, n0, N, K, lane);
   if (__ldcg(outlier_count) > exact_max_count) return;  // the dense-outlier GEMV writes out
 
@@ -171,11 +169,28 @@ __global__ void __launch_bounds__(256, 2)
   extern __shared__ int4 sq_all[];  // [r][word], M rows of K / 16 words
   const int lane = threadIdx.x & 31;
   const int warps = blockDim.x >> 5;
-  const int64_t n0 = (static_cast<int64_t>(blockIdx.x) * warps + (threadIdx.x >> 5)) * kGemvCols;
+  const int64_t block_n0 = static_cast<int64_t>(blockIdx.x) * warps * kGemvCols;
+  const int64_t n0 = block_n0 + (threadIdx.x >> 5) * kGemvCols;
   const int64_t words = K / 16;
   const int4* wrow[kGemvCols];
   warp_weight_rows(CB, n0, N, K, wrow);
-  prefetch_then_wait(CB, n0, N, K, lane);
+
+  // The lane's weight words, kStreamWords per column at a time. The first batch (the first
+  // 2 KiB of each row) is loaded before the wait: under a dependent launch it streams while the
+  // preparation kernel still runs (the weights do not depend on it).
+  int4 wv[kStreamWords][kGemvCols];
+  auto load_words = [&](int64_t c0) {
+#pragma unroll
+    for (int i = 0; i < kStreamWords; ++i) {
+      const int64_t c = c0 + 32 * i;
+#pragma unroll
+      for (int col = 0; col < kGemvCols; ++col)
+        wv[i][col] = c < words ? __ldcs(wrow[col] + c) : make_int4(0, 0, 0, 0);
+    }
+  };
+  load_words(lane);
+  prefetch_epilogue_operands(SCB, bias_dtype, bias, block_n0, N);
+  wait_then_release();
   if (__ldcg(outlier_count) > exact_max_count) return;  // the dense-outlier GEMV writes out
 
   const int4* q4 = reinterpret_cast<const int4*>(q);
@@ -187,15 +202,7 @@ __global__ void __launch_bounds__(256, 2)
   for (int r = 0; r < ROWS; ++r)
 #pragma unroll
     for (int c = 0; c < kGemvCols; ++c) acc[r][c] = 0;
-  for (int64_t c0 = lane; c0 < words; c0 += 32 * kStreamWords) {
-    int4 wv[kStreamWords][kGemvCols];
-#pragma unroll
-    for (int i = 0; i < kStreamWords; ++i) {
-      const int64_t c = c0 + 32 * i;
-#pragma unroll
-      for (int col = 0; col < kGemvCols; ++col)
-        wv[i][col] = c < words ? __ldcs(wrow[col] + c) : make_int4(0, 0, 0, 0);
-    }
+  for (int64_t c0 = lane;;) {
 #pragma unroll
     for (int i = 0; i < kStreamWords; ++i) {
       const int64_t c = c0 + 32 * i;
@@ -206,6 +213,9 @@ __global__ void __launch_bounds__(256, 2)
         dp4a_word(acc[r], sq_all[r * words + c], wv[i]);
       }
     }
+    c0 += 32 * kStreamWords;
+    if (c0 >= words) break;
+    load_words(c0);
   }
   finish_gemv<T, ROWS>(acc, x, CB, SCB, row_scale, outlier_idx, outlier_count, bias_dtype, bias, M,
                        N, K, warps, out);

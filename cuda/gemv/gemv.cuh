@@ -12,8 +12,8 @@
 namespace lt8 {
 namespace gpu {
 
-// Largest K of the preparation kernel (its block keeps a K-byte copy of the outlier mask in
-// shared memory).
+// Largest K of the preparation kernel (each of its 1024 threads keeps up to 4 x 8 columns of its
+// row in registers).
 constexpr int64_t kPrepMaxK = 32768;
 
 // Quantizes x (M <= kSmallBatchRows rows) into s.q / s.row_scale and writes the outlier columns,

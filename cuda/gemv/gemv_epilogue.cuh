@@ -1,17 +1,43 @@
-// What the two GEMV kernels (dp4a_gemv.cu, mma_gemv.cu) share: the K chunk they stage in shared
-// memory and their common epilogue. Header-only; include from .cu files only.
+// What the two GEMV kernels (dp4a_gemv.cu, mma_gemv.cu) share: the wait for the preparation, the
+// K chunk they stage in shared memory and their common epilogue. Header-only; include from .cu
+// files only.
 #pragma once
 
 #include <cuda_runtime.h>
 
 #include <cstdint>
 
+#include "common/dependent_launch.cuh"
 #include "common/device_types.cuh"
 #include "common/numerics.h"
 #include "lt8.h"
 
 namespace lt8 {
 namespace gpu {
+
+// The wait for the kernel that wrote q, the row scales and the outlier columns (the preparation,
+// when this kernel was launched dependent on it: dependent_launch.cuh), after which the kernel
+// after this one (the dense-outlier GEMV, itself a dependent launch) may start. What the
+// preparation wrote is read with __ldcg (L2) from here on: the read-only path (ld.global.nc)
+// assumes data that does not change while the reading kernel runs, and under a dependent launch
+// it does. Before the wait a kernel may only touch its constant operands: the weights, SCB, bias.
+__device__ __forceinline__ void wait_then_release() {
+  wait_for_prior_kernel();
+  release_dependent_kernel();
+}
+
+// The epilogue's constant operands of the block's columns (SCB and the bias) into L2 at the
+// start, so that the epilogue after the weight stream does not wait on DRAM for them.
+__device__ __forceinline__ void prefetch_epilogue_operands(const float* SCB, DType bias_dtype,
+                                                           const void* bias, int64_t block_n0,
+                                                           int64_t N) {
+  if (threadIdx.x == 0 && block_n0 < N) {
+    prefetch_l2_line(SCB + block_n0);
+    if (bias != nullptr)
+      prefetch_l2_line(static_cast<const char*>(bias) +
+                       block_n0 * (bias_dtype == DType::kF32 ? 4 : 2));
+  }
+}
 
 constexpr int kGemvChunk = 128;    // 16-byte words of K per staged chunk (2 KiB per row)
 constexpr int kGemvOutChunk = 64;  // outlier columns staged per step of the epilogue

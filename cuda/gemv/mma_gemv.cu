@@ -74,36 +74,51 @@ __global__ void __launch_bounds__(kTcWarps * 32)
     n_ok[i] = n < N;
     wrow[i] = reinterpret_cast<const int4*>(CB + (n_ok[i] ? n : 0) * K);
   }
-  // The block's weight rows' first kPrefetchRowBytes into L2 (one lane of warp 0 per row), then
-  // the wait for the kernel that wrote q (the preparation: dependent_launch.cuh); what it wrote
-  // is read with __ldcg from here on (dp4a_gemv.cu, prefetch_then_wait, says why).
-  const int64_t pf_n = static_cast<int64_t>(blockIdx.x) * TILES * kTcCols + threadIdx.x;
-  if (threadIdx.x < TILES * kTcCols && pf_n < N)
-    prefetch_l2(CB + pf_n * K,
-                static_cast<uint32_t>(K < kPrefetchRowBytes ? K : kPrefetchRowBytes));
-  wait_for_prior_kernel();
-  if (__ldcg(outlier_count) > exact_max_count) return;  // the dense-outlier GEMV writes out
-  const bool lo_ok = g < M, hi_ok = HI && g + 8 < M;
-  const int4* qlo = reinterpret_cast<const int4*>(q + (lo_ok ? g : 0) * K);
-  const int4* qhi = reinterpret_cast<const int4*>(q + (hi_ok ? g + 8 : 0) * K);
   const int64_t words = K / 16;
-
-  int32_t c[TILES][4];
-#pragma unroll
-  for (int i = 0; i < TILES; ++i) c[i][0] = c[i][1] = c[i][2] = c[i][3] = 0;
-
   const int4 zero = make_int4(0, 0, 0, 0);
-  for (int64_t w0 = static_cast<int64_t>(warp) * kChunkWords; w0 < words;
-       w0 += int64_t{kTcWarps} * kChunkWords) {
-    // Every load of the chunk is issued before its mmas (mma.sync needs the whole warp, so
-    // words past K read as zeros instead of branching).
-    int4 wv[STEPS][TILES], xa[STEPS], xb[STEPS];
+  // The weight words of one chunk (mma.sync needs the whole warp, so words past K read as zeros
+  // instead of branching).
+  int4 wv[STEPS][TILES];
+  auto load_weights = [&](int64_t w0) {
 #pragma unroll
     for (int u = 0; u < STEPS; ++u) {
       const int64_t cc = w0 + t + 4 * u;
       const bool ok = cc < words;
 #pragma unroll
       for (int i = 0; i < TILES; ++i) wv[u][i] = ok && n_ok[i] ? __ldcs(wrow[i] + cc) : zero;
+    }
+  };
+  // The first chunk's weights are loaded before the wait for the kernel that wrote q (the
+  // preparation, under a dependent launch: gemv_epilogue.cuh, wait_then_release), beside the
+  // next kPrefetchRowBytes of the block's rows into L2 (one lane of the block per row). What the
+  // preparation wrote is read with __ldcg from here on.
+  int64_t w0 = static_cast<int64_t>(warp) * kChunkWords;
+  load_weights(w0);
+  const int64_t block_n0 = static_cast<int64_t>(blockIdx.x) * TILES * kTcCols;
+  const int64_t pf_n = block_n0 + threadIdx.x;
+  if (threadIdx.x < TILES * kTcCols && pf_n < N && K > kPrefetchRowBytes)
+    prefetch_l2(CB + pf_n * K + kPrefetchRowBytes,
+                static_cast<uint32_t>(K < 2 * kPrefetchRowBytes ? K - kPrefetchRowBytes
+                                                                : kPrefetchRowBytes));
+  prefetch_epilogue_operands(SCB, bias_dtype, bias, block_n0, N);
+  wait_then_release();
+  if (__ldcg(outlier_count) > exact_max_count) return;  // the dense-outlier GEMV writes out
+  const bool lo_ok = g < M, hi_ok = HI && g + 8 < M;
+  const int4* qlo = reinterpret_cast<const int4*>(q + (lo_ok ? g : 0) * K);
+  const int4* qhi = reinterpret_cast<const int4*>(q + (hi_ok ? g + 8 : 0) * K);
+
+  int32_t c[TILES][4];
+#pragma unroll
+  for (int i = 0; i < TILES; ++i) c[i][0] = c[i][1] = c[i][2] = c[i][3] = 0;
+
+  while (w0 < words) {
+    // The chunk's activation words (their loads in flight with the weights' already issued),
+    // then its mmas, then the next chunk's weights.
+    int4 xa[STEPS], xb[STEPS];
+#pragma unroll
+    for (int u = 0; u < STEPS; ++u) {
+      const int64_t cc = w0 + t + 4 * u;
+      const bool ok = cc < words;
       xa[u] = ok && lo_ok ? __ldcg(qlo + cc) : zero;
       xb[u] = ok && hi_ok ? __ldcg(qhi + cc) : zero;
     }
@@ -114,6 +129,8 @@ __global__ void __launch_bounds__(kTcWarps * 32)
         mma_s8_16x8x32(c[i], xa[u].x, xb[u].x, xa[u].y, xb[u].y, wv[u][i].x, wv[u][i].y);
         mma_s8_16x8x32(c[i], xa[u].z, xb[u].z, xa[u].w, xb[u].w, wv[u][i].z, wv[u][i].w);
       }
+    w0 += int64_t{kTcWarps} * kChunkWords;
+    if (w0 < words) load_weights(w0);
   }
 
   // C fragment: c0, c1 -> row g, columns 2t, 2t + 1; c2, c3 -> row g + 8. The warps' partial

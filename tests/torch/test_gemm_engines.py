@@ -129,6 +129,9 @@ def test_offset_pointers_still_exact(rng, offset):
         (1, 32768, 40, 2),
         (3, 10912, 66, 3),
         (1, 8208, 300, 64),
+        # The preparation kernel's 3 and 4 steps of 8192 columns per thread block, all 16 rows.
+        (2, 24576, 50, 7),
+        (16, 28672, 24, 20),
     ],
 )
 def test_decode_gemvs_agree_with_cpu(rng, dtype, M, K, N, n_outliers):
