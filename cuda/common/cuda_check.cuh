@@ -4,6 +4,8 @@
 
 #include <cuda_runtime.h>
 
+#include <atomic>
+#include <cstdint>
 #include <string>
 
 #include "lt8.h"
@@ -33,6 +35,24 @@ inline Status check_cuda(cudaError_t err, const char* what) {
 
 // Use right after a <<<...>>> launch: reports launch-configuration errors.
 #define LT8_CHECK_LAUNCH(kernel_name) LT8_CUDA_RETURN_IF_ERROR(cudaGetLastError(), (kernel_name))
+
+// Lets `kernel` launch with `bytes` of dynamic shared memory on the current device: above the
+// 48 KiB a launch may take by default a kernel must opt in (cudaFuncSetAttribute), once per
+// device; `allowed` (one static per kernel) remembers the devices done (bit d for device d < 64).
+template <typename Kernel>
+Status allow_dynamic_smem(Kernel kernel, size_t bytes, std::atomic<uint64_t>& allowed,
+                          const char* what) {
+  if (bytes <= 48 * 1024) return Status::Ok();
+  int dev = 0;
+  LT8_CUDA_RETURN_IF_ERROR(cudaGetDevice(&dev), "cudaGetDevice");
+  const uint64_t bit = dev < 64 ? uint64_t{1} << dev : 0;
+  if (bit != 0 && (allowed.load(std::memory_order_relaxed) & bit)) return Status::Ok();
+  LT8_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                static_cast<int>(bytes)),
+                           what);
+  allowed.fetch_or(bit, std::memory_order_relaxed);
+  return Status::Ok();
+}
 
 // ---------------------------------------------------------------------------------------------
 // Device selection: when device_index >= 0, makes it current for the guard's lifetime and then

@@ -5,11 +5,13 @@
 // columns (the activations are read from L2 once per block, not once per column). Epilogue:
 // gemv_epilogue.cuh (same arithmetic and order as the CPU: dequant, outlier terms in ascending
 // k, bias).
+#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 
 #include "common/cuda_check.cuh"
 #include "common/dependent_launch.cuh"
+#include "common/device_caps.cuh"
 #include "common/device_types.cuh"
 #include "common/launch_shape.cuh"
 #include "common/numerics.h"
@@ -55,13 +57,15 @@ __device__ __forceinline__ void dp4a_word(int32_t (&acc)[kGemvCols], const int4 
 }
 
 // Each warp's sums reduced over its lanes, then through shared memory to the common epilogue.
+// With ksplit > 1 the block's warps are ksplit parts of K times warps / ksplit column groups
+// (warp = part * groups + group), whose partial sums are added here (integer sums: exact).
 template <typename T, int ROWS>
 __device__ __forceinline__ void finish_gemv(int32_t (&acc)[ROWS][kGemvCols], const T* x,
                                             const int8_t* CB, const float* SCB,
                                             const float* row_scale, const int32_t* outlier_idx,
                                             const int32_t* outlier_count, DType bias_dtype,
                                             const void* bias, int M, int64_t N, int64_t K,
-                                            int warps, T* out) {
+                                            int warps, int ksplit, T* out) {
 #pragma unroll
   for (int r = 0; r < ROWS; ++r)
 #pragma unroll
@@ -79,8 +83,15 @@ __device__ __forceinline__ void finish_gemv(int32_t (&acc)[ROWS][kGemvCols], con
       for (int c = 0; c < kGemvCols; ++c) sacc[(warp * ROWS + r) * kGemvCols + c] = acc[r][c];
   }
   __syncthreads();
+  const int groups = warps / ksplit;
+  if (ksplit > 1) {  // block-uniform
+    const int part = groups * ROWS * kGemvCols;
+    for (int e = threadIdx.x; e < part; e += blockDim.x)
+      for (int p = 1; p < ksplit; ++p) sacc[e] += sacc[p * part + e];
+    __syncthreads();
+  }
   gemv_epilogue<T, ROWS, kGemvCols>(sacc, x, CB, SCB, row_scale, outlier_idx, outlier_count,
-                                    bias_dtype, bias, M, N, K, warps, out);
+                                    bias_dtype, bias, M, N, K, groups, out);
 }
 
 template <typename T, int ROWS>
@@ -143,7 +154,7 @@ __global__ void __launch_bounds__(256, 2)
     }
   }
   finish_gemv<T, ROWS>(acc, x, CB, SCB, row_scale, outlier_idx, outlier_count, bias_dtype, bias, M,
-                       N, K, warps, out);
+                       N, K, warps, 1, out);
 }
 
 // The same GEMV for few rows whose whole quantized activation fits in shared memory (M * K <=
@@ -152,9 +163,9 @@ __global__ void __launch_bounds__(256, 2)
 // drift apart, so some are always loading while others multiply and the weight stream keeps the
 // memory busy (the chunked kernel's warps all wait for their loads at the same time). Integer
 // sums: the same results in any order.
-// Dynamic shared memory on top of the epilogue's static ~10 KiB, under the 48 KiB a launch may
-// take without opting in.
-constexpr int kStreamSmemBytes = 32 * 1024;
+// Dynamic shared memory on top of the epilogue's static 9-18 KiB: two blocks still fit an SM of
+// sm_80+ (above 48 KiB the kernel opts in, allow_dynamic_smem).
+constexpr int kStreamSmemBytes = 64 * 1024;
 constexpr int kStreamWords = 4;  // 16-byte weight words per lane and column in flight
 
 template <typename T, int ROWS>
@@ -165,13 +176,20 @@ __global__ void __launch_bounds__(256, 2)
                               const int32_t* __restrict__ outlier_idx,
                               const int32_t* __restrict__ outlier_count, DType bias_dtype,
                               const void* __restrict__ bias, int M, int64_t N, int64_t K,
-                              int exact_max_count, T* __restrict__ out) {
+                              int ksplit, int exact_max_count, T* __restrict__ out) {
   extern __shared__ int4 sq_all[];  // [r][word], M rows of K / 16 words
-  const int lane = threadIdx.x & 31;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int warps = blockDim.x >> 5;
-  const int64_t block_n0 = static_cast<int64_t>(blockIdx.x) * warps * kGemvCols;
-  const int64_t n0 = block_n0 + (threadIdx.x >> 5) * kGemvCols;
+  // ksplit parts of K x `groups` column groups of kGemvCols (finish_gemv): narrow layers still
+  // get enough warps streaming.
+  const int groups = warps / ksplit, group = warp % groups, part = warp / groups;
+  const int64_t block_n0 = static_cast<int64_t>(blockIdx.x) * groups * kGemvCols;
+  const int64_t n0 = block_n0 + group * kGemvCols;
   const int64_t words = K / 16;
+  // This warp's words [begin, end) of K, in whole 32-word steps of its lanes.
+  const int64_t part_words = (words + 32 * ksplit - 1) / (32 * ksplit) * 32;
+  const int64_t begin = part * part_words;
+  const int64_t end = begin + part_words < words ? begin + part_words : words;
   const int4* wrow[kGemvCols];
   warp_weight_rows(CB, n0, N, K, wrow);
 
@@ -185,10 +203,10 @@ __global__ void __launch_bounds__(256, 2)
       const int64_t c = c0 + 32 * i;
 #pragma unroll
       for (int col = 0; col < kGemvCols; ++col)
-        wv[i][col] = c < words ? __ldcs(wrow[col] + c) : make_int4(0, 0, 0, 0);
+        wv[i][col] = c < end ? __ldcs(wrow[col] + c) : make_int4(0, 0, 0, 0);
     }
   };
-  load_words(lane);
+  load_words(begin + lane);
   prefetch_epilogue_operands(SCB, bias_dtype, bias, block_n0, N);
   wait_then_release();
   if (__ldcg(outlier_count) > exact_max_count) return;  // the dense-outlier GEMV writes out
@@ -202,11 +220,11 @@ __global__ void __launch_bounds__(256, 2)
   for (int r = 0; r < ROWS; ++r)
 #pragma unroll
     for (int c = 0; c < kGemvCols; ++c) acc[r][c] = 0;
-  for (int64_t c0 = lane;;) {
+  for (int64_t c0 = begin + lane;;) {
 #pragma unroll
     for (int i = 0; i < kStreamWords; ++i) {
       const int64_t c = c0 + 32 * i;
-      if (c >= words) continue;
+      if (c >= end) continue;
 #pragma unroll
       for (int r = 0; r < ROWS; ++r) {
         if (r >= M) continue;
@@ -214,11 +232,11 @@ __global__ void __launch_bounds__(256, 2)
       }
     }
     c0 += 32 * kStreamWords;
-    if (c0 >= words) break;
+    if (c0 >= end) break;
     load_words(c0);
   }
   finish_gemv<T, ROWS>(acc, x, CB, SCB, row_scale, outlier_idx, outlier_count, bias_dtype, bias, M,
-                       N, K, warps, out);
+                       N, K, warps, ksplit, out);
 }
 
 // LT8_GEMV_STREAM=0: the chunked kernel at every M (for comparison; same results).
@@ -231,20 +249,45 @@ bool stream_gemv_enabled() {
 }
 
 template <typename T, int ROWS>
-void launch_gemv_rows(cudaStream_t st, bool after_prepare, unsigned blocks, int threads,
-                      const int8_t* q, const T* x, const int8_t* CB, const float* SCB,
-                      const LinearScratch& s, DType bias_dtype, const void* bias, int M, int64_t N,
-                      int64_t K, int exact_max_count, T* out) {
-  const int64_t smem = static_cast<int64_t>(M) * K;
-  const bool stream = ROWS <= 4 && smem <= kStreamSmemBytes && stream_gemv_enabled();
-  // Launch errors are read by the caller (cudaGetLastError).
-  (void)launch_maybe_dependent(
-      after_prepare, stream ? linear_gemv_stream_kernel<T, ROWS> : linear_gemv_kernel<T, ROWS>,
-      dim3(blocks), dim3(threads), stream ? static_cast<size_t>(smem) : 0, st, q, x, CB, SCB,
-      s.row_scale, s.outlier_idx, s.outlier_count, bias_dtype, bias, M, N, K, exact_max_count, out);
+Status launch_gemv_rows(cudaStream_t st, bool after_prepare, const int8_t* q, const T* x,
+                        const int8_t* CB, const float* SCB, const LinearScratch& s,
+                        DType bias_dtype, const void* bias, int M, int64_t N, int64_t K,
+                        int exact_max_count, T* out) {
+  const int64_t col_warps = ceil_div(N, int64_t{kGemvCols});
+  const int64_t sms = current_device_sm_count() > 0 ? current_device_sm_count() : 132;
+  if (ROWS <= 4 && stream_gemv_fits(M, K)) {
+    // 8 warps per block; narrow layers split K over 2-8 of them so that at least ~12 warps per
+    // SM stream (4096 output columns alone give 8: 61% of the DRAM rate in ncu, v10).
+    int ksplit = 1;
+    while (ksplit < 8 && col_warps * ksplit < 12 * sms) ksplit *= 2;
+    const int64_t groups = 8 / ksplit;
+    const unsigned blocks = static_cast<unsigned>(ceil_div(col_warps, groups));
+    const size_t smem = static_cast<size_t>(M) * static_cast<size_t>(K);
+    static std::atomic<uint64_t> allowed{0};
+    Status ok = allow_dynamic_smem(linear_gemv_stream_kernel<T, ROWS>, kStreamSmemBytes, allowed,
+                                   "cudaFuncSetAttribute(linear_gemv_stream_kernel)");
+    if (!ok.ok()) return ok;
+    // Launch errors are read by the caller (cudaGetLastError).
+    (void)launch_maybe_dependent(after_prepare, linear_gemv_stream_kernel<T, ROWS>, dim3(blocks),
+                                 dim3(256), smem, st, q, x, CB, SCB, s.row_scale, s.outlier_idx,
+                                 s.outlier_count, bias_dtype, bias, M, N, K, ksplit,
+                                 exact_max_count, out);
+    return Status::Ok();
+  }
+  // 8 warps per block when that still gives every SM of a large GPU a couple of blocks, else 4.
+  const int warps = ceil_div(col_warps, int64_t{8}) >= 256 ? 8 : 4;
+  const unsigned blocks = static_cast<unsigned>(ceil_div(col_warps, int64_t{warps}));
+  (void)launch_maybe_dependent(after_prepare, linear_gemv_kernel<T, ROWS>, dim3(blocks),
+                               dim3(warps * 32), 0, st, q, x, CB, SCB, s.row_scale, s.outlier_idx,
+                               s.outlier_count, bias_dtype, bias, M, N, K, exact_max_count, out);
+  return Status::Ok();
 }
 
 }  // namespace
+
+bool stream_gemv_fits(int64_t M, int64_t K) {
+  return M <= 4 && M * K <= kStreamSmemBytes && stream_gemv_enabled();
+}
 
 template <typename T>
 Status launch_dp4a_gemv(cudaStream_t st, const int8_t* q, const T* x, const int8_t* CB,
@@ -252,23 +295,20 @@ Status launch_dp4a_gemv(cudaStream_t st, const int8_t* q, const T* x, const int8
                         const void* bias, int64_t M, int64_t N, int64_t K, int exact_max_count,
                         bool after_prepare, T* out) {
   const int m = static_cast<int>(M);
-  // 8 warps per block when that still gives every SM of a large GPU a couple of blocks, else 4.
-  const int64_t cols8 = 8 * kGemvCols;
-  const int warps = ceil_div(N, cols8) >= 256 ? 8 : 4;
-  const unsigned blocks = static_cast<unsigned>(ceil_div(N, int64_t{warps} * kGemvCols));
-  const int threads = warps * 32;
+  Status ok = Status::Ok();
   if (M == 1)
-    launch_gemv_rows<T, 1>(st, after_prepare, blocks, threads, q, x, CB, SCB, s, bias_dtype, bias,
-                           m, N, K, exact_max_count, out);
+    ok = launch_gemv_rows<T, 1>(st, after_prepare, q, x, CB, SCB, s, bias_dtype, bias, m, N, K,
+                                exact_max_count, out);
   else if (M <= 4)
-    launch_gemv_rows<T, 4>(st, after_prepare, blocks, threads, q, x, CB, SCB, s, bias_dtype, bias,
-                           m, N, K, exact_max_count, out);
+    ok = launch_gemv_rows<T, 4>(st, after_prepare, q, x, CB, SCB, s, bias_dtype, bias, m, N, K,
+                                exact_max_count, out);
   else if (M <= 8)
-    launch_gemv_rows<T, 8>(st, after_prepare, blocks, threads, q, x, CB, SCB, s, bias_dtype, bias,
-                           m, N, K, exact_max_count, out);
+    ok = launch_gemv_rows<T, 8>(st, after_prepare, q, x, CB, SCB, s, bias_dtype, bias, m, N, K,
+                                exact_max_count, out);
   else
-    launch_gemv_rows<T, kSmallBatchRows>(st, after_prepare, blocks, threads, q, x, CB, SCB, s,
-                                         bias_dtype, bias, m, N, K, exact_max_count, out);
+    ok = launch_gemv_rows<T, kSmallBatchRows>(st, after_prepare, q, x, CB, SCB, s, bias_dtype,
+                                              bias, m, N, K, exact_max_count, out);
+  if (!ok.ok()) return ok;
   LT8_CHECK_LAUNCH("linear_gemv_kernel");
   return Status::Ok();
 }

@@ -63,12 +63,19 @@ Status launch_dense_outlier_gemv(cudaStream_t st, const int8_t* q, const T* x, c
                                  const void* bias, int64_t M, int64_t N, int64_t K, T* out);
 
 // From this many rows on, the tensor-core GEMV beats the dp4a one (H200, weights out of L2:
-// benchmarks/NOTES.md, v5).
+// benchmarks/NOTES.md, v5 and v10); at exactly this many rows the streaming dp4a GEMV still wins
+// on wide layers (N >= 96 x the SM count) when it fits (tensor_core_gemv).
 constexpr int kGemvTcMinRows = 4;
 
-// True when the GEMV of M rows runs on tensor cores: sm_80+ (mma.sync int8), M >= kGemvTcMinRows,
-// and LT8_GEMV_TC not "0" ("1" forces tensor cores at every M).
-bool tensor_core_gemv(int64_t M);
+// True when the (M, N, K) GEMV runs on tensor cores: sm_80+ (mma.sync int8), M >= kGemvTcMinRows
+// but not the wide-layer exception above, and LT8_GEMV_TC not "0" ("1" forces tensor cores at
+// every M).
+bool tensor_core_gemv(int64_t M, int64_t N, int64_t K);
+
+// True when the dp4a GEMV of M rows streams its weights with the whole quantized activation
+// staged once per block (M * K bytes of shared memory, up to 64 KiB), rather than K chunk by
+// chunk (dp4a_gemv.cu).
+bool stream_gemv_fits(int64_t M, int64_t K);
 
 }  // namespace gpu
 }  // namespace lt8

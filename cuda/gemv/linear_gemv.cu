@@ -23,7 +23,7 @@ Status launch_linear_gemv(cudaStream_t st, const int8_t* q, const T* x, const in
   const int exact_max = dense ? kGemvExactMaxOutliers : INT_MAX;
   // Few rows: the dp4a GEMV; from kGemvTcMinRows on (sm_80+): the tensor-core GEMV, which splits
   // K over its warps (gemv.cuh, tensor_core_gemv).
-  Status st_gemv = tensor_core_gemv(M)
+  Status st_gemv = tensor_core_gemv(M, N, K)
                        ? launch_mma_gemv<T>(st, q, x, CB, SCB, s, bias_dtype, bias, M, N, K,
                                             exact_max, after_prepare, out)
                        : launch_dp4a_gemv<T>(st, q, x, CB, SCB, s, bias_dtype, bias, M, N, K,

@@ -174,15 +174,18 @@ void launch_tiles(cudaStream_t st, bool after_prepare, const int8_t* q, const T*
 
 }  // namespace
 
-bool tensor_core_gemv(int64_t M) {
+bool tensor_core_gemv(int64_t M, int64_t N, int64_t K) {
   // LT8_GEMV_TC: "0" = the dp4a GEMV at every M, "1" = the tensor-core one at every M (for
-  // measurements); unset = the measured rule, tensor cores from M = kGemvTcMinRows on.
+  // measurements); unset = the measured rule (gemv.cuh).
   static const int mode = [] {
     const char* v = std::getenv("LT8_GEMV_TC");
     return v == nullptr || v[0] == '\0' ? -1 : (v[0] == '0' ? 0 : 1);
   }();
   if (mode == 0 || current_device_cc_major() < 8) return false;
-  return mode == 1 || M >= kGemvTcMinRows;
+  if (mode == 1) return true;
+  const int64_t sms = current_device_sm_count() > 0 ? current_device_sm_count() : 132;
+  if (M == kGemvTcMinRows && N >= 96 * sms && stream_gemv_fits(M, K)) return false;
+  return M >= kGemvTcMinRows;
 }
 
 template <typename T>
@@ -191,23 +194,16 @@ Status launch_mma_gemv(cudaStream_t st, const int8_t* q, const T* x, const int8_
                        int64_t M, int64_t N, int64_t K, int exact_max_count, bool after_prepare,
                        T* out) {
   const int m = static_cast<int>(M);
-  // Tiles per block, measured on the H200 with weights out of L2 (benchmarks/NOTES.md, v5):
-  // wide tiles (fewer activation reads per weight byte) win on wide layers, one tile per block
-  // on narrow ones (every SM streams). Up to 8 rows (16 loads in flight) 4 tiles win from
-  // N = 8192 on; 9-16 rows (8 loads in flight) need N = 14336 for 4 tiles and take 2 at 8192.
-  // LT8_GEMV_TILES (1, 2, 4) overrides, for measurements.
+  // Tiles per block, measured on the H200 with weights out of L2 (benchmarks/NOTES.md, v10):
+  // 4 (fewer activation reads per weight byte) from N = 48 x the SM count on, else 2 (more
+  // blocks), at every M. LT8_GEMV_TILES (1, 2, 4) overrides, for measurements.
   static const int forced = [] {
     const char* v = std::getenv("LT8_GEMV_TILES");
     return v == nullptr ? 0 : std::atoi(v);
   }();
   const int64_t sms = current_device_sm_count() > 0 ? current_device_sm_count() : 132;
-  int tiles = 1;
-  if (forced == 1 || forced == 2 || forced == 4)
-    tiles = forced;
-  else if (M <= 8)
-    tiles = N >= 48 * sms ? 4 : 1;
-  else
-    tiles = N >= 96 * sms ? 4 : (N >= 48 * sms ? 2 : 1);
+  int tiles = N >= 48 * sms ? 4 : 2;
+  if (forced == 1 || forced == 2 || forced == 4) tiles = forced;
   if (tiles == 4)
     launch_tiles<T, 4>(st, after_prepare, q, x, CB, SCB, s, bias_dtype, bias, m, N, K,
                        exact_max_count, out);

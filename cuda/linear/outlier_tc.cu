@@ -296,17 +296,10 @@ Status launch_gemm(cudaStream_t st, dim3 grid, const T* xg, const T* wg, int64_t
                    int64_t M, int64_t N, OutT* out) {
   constexpr size_t kSmem = TcShape<BK, STAGES>::kSmemBytes;
   auto kernel = outlier_gemm_epilogue_kernel<T, OutT, BK, STAGES>;
-  static std::atomic<uint64_t> allowed{0};  // bit d: set for device d (< 64)
-  int dev = 0;
-  LT8_CUDA_RETURN_IF_ERROR(cudaGetDevice(&dev), "cudaGetDevice");
-  const uint64_t bit = dev < 64 ? uint64_t{1} << dev : 0;
-  if (kSmem > 48 * 1024 && (bit == 0 || !(allowed.load(std::memory_order_relaxed) & bit))) {
-    LT8_CUDA_RETURN_IF_ERROR(
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             static_cast<int>(kSmem)),
-        "cudaFuncSetAttribute(outlier_gemm_epilogue_kernel)");
-    allowed.fetch_or(bit, std::memory_order_relaxed);
-  }
+  static std::atomic<uint64_t> allowed{0};
+  Status ok = allow_dynamic_smem(kernel, kSmem, allowed,
+                                 "cudaFuncSetAttribute(outlier_gemm_epilogue_kernel)");
+  if (!ok.ok()) return ok;
   kernel<<<grid, kTcThreads, kSmem, st>>>(xg, wg, Kcap, count, kOutlierTcMinCount, epi, SCB, M, N,
                                           out);
   LT8_CHECK_LAUNCH("outlier_gemm_epilogue_kernel");

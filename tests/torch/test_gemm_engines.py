@@ -124,11 +124,19 @@ def test_offset_pointers_still_exact(rng, offset):
         (9, 2080, 70, 0),
         (12, 512, 1000, 35),
         (16, 16 * 129, 40, 5),
-        # The streaming dp4a GEMV's largest K (M * K <= 32 KiB), M = 3 just under it, and the
-        # most outlier columns the exact epilogue takes (64; above, test_outlier_tensor_cores).
+        # The streaming dp4a GEMV's largest M * K (64 KiB) at M = 1 and 2, M = 3 just under it,
+        # and the most outlier columns the exact epilogue takes (64; above,
+        # test_outlier_tensor_cores).
         (1, 32768, 40, 2),
+        (2, 32768, 40, 2),
         (3, 10912, 66, 3),
+        (3, 21840, 66, 3),
         (1, 8208, 300, 64),
+        # The streaming GEMV splits K over 1, 2 or 4 warps per column group by N (on an H200;
+        # 8 for every N above).
+        (1, 2048, 6400, 3),
+        (2, 1024, 4000, 5),
+        (1, 4096, 2000, 2),
         # The preparation kernel's 3 and 4 steps of 8192 columns per thread block, all 16 rows.
         (2, 24576, 50, 7),
         (16, 28672, 24, 20),
