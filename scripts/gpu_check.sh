@@ -91,7 +91,7 @@ if [[ " $STAGES " == *" models "* ]]; then
 fi
 
 if [[ " $STAGES " == *" e2e "* ]]; then
-  $PY benchmarks/bench_e2e.py --out "$OUT" ${E2E_ARGS:-} 2>&1 | tee "$OUT/bench_e2e.log"
+  timeout ${E2E_TIMEOUT:-3600} $PY benchmarks/bench_e2e.py --out "$OUT" ${E2E_ARGS:-} 2>&1 | tee "$OUT/bench_e2e.log"
   note "bench_e2e: $(grep -c 'variant=' "$OUT/bench_e2e.log") variants"
 fi
 

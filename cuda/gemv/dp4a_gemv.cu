@@ -263,10 +263,14 @@ Status launch_gemv_rows(cudaStream_t st, bool after_prepare, const int8_t* q, co
     const int64_t groups = 8 / ksplit;
     const unsigned blocks = static_cast<unsigned>(ceil_div(col_warps, groups));
     const size_t smem = static_cast<size_t>(M) * static_cast<size_t>(K);
+    // Above 48 KiB the kernel opts in once per device, for the most it takes (only when a call
+    // needs it, so that small layers never make the call: it is not a stream operation).
     static std::atomic<uint64_t> allowed{0};
-    Status ok = allow_dynamic_smem(linear_gemv_stream_kernel<T, ROWS>, kStreamSmemBytes, allowed,
-                                   "cudaFuncSetAttribute(linear_gemv_stream_kernel)");
-    if (!ok.ok()) return ok;
+    if (smem > 48 * 1024) {
+      Status ok = allow_dynamic_smem(linear_gemv_stream_kernel<T, ROWS>, kStreamSmemBytes, allowed,
+                                     "cudaFuncSetAttribute(linear_gemv_stream_kernel)");
+      if (!ok.ok()) return ok;
+    }
     // Launch errors are read by the caller (cudaGetLastError).
     (void)launch_maybe_dependent(after_prepare, linear_gemv_stream_kernel<T, ROWS>, dim3(blocks),
                                  dim3(256), smem, st, q, x, CB, SCB, s.row_scale, s.outlier_idx,
