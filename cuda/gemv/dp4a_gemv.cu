@@ -263,10 +263,11 @@ Status launch_gemv_rows(cudaStream_t st, bool after_prepare, const int8_t* q, co
     const int64_t groups = 8 / ksplit;
     const unsigned blocks = static_cast<unsigned>(ceil_div(col_warps, groups));
     const size_t smem = static_cast<size_t>(M) * static_cast<size_t>(K);
-    // Above 48 KiB the kernel opts in once per device, for the most it takes (only when a call
-    // needs it, so that small layers never make the call: it is not a stream operation).
+    // Past 32 KiB (beside up to ~16 KiB of static shared memory, the default 48 KiB per block
+    // is spent) the kernel opts in once per device, for the most it takes; small layers never
+    // make that call.
     static std::atomic<uint64_t> allowed{0};
-    if (smem > 48 * 1024) {
+    if (smem > 32 * 1024) {
       Status ok = allow_dynamic_smem(linear_gemv_stream_kernel<T, ROWS>, kStreamSmemBytes, allowed,
                                      "cudaFuncSetAttribute(linear_gemv_stream_kernel)");
       if (!ok.ok()) return ok;
