@@ -311,8 +311,8 @@ Status launch_dp4a_gemv(cudaStream_t st, const int8_t* q, const T* x, const int8
     ok = launch_gemv_rows<T, 8>(st, after_prepare, q, x, CB, SCB, s, bias_dtype, bias, m, N, K,
                                 exact_max_count, out);
   else
-    ok = launch_gemv_rows<T, kSmallBatchRows>(st, after_prepare, q, x, CB, SCB, s, bias_dtype,
-                                              bias, m, N, K, exact_max_count, out);
+    ok = launch_gemv_rows<T, kSmallBatchRows>(st, after_prepare, q, x, CB, SCB, s, bias_dtype, bias,
+                                              m, N, K, exact_max_count, out);
   if (!ok.ok()) return ok;
   LT8_CHECK_LAUNCH("linear_gemv_kernel");
   return Status::Ok();
