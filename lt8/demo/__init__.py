@@ -123,17 +123,25 @@ def _ranking(r: DemoResult) -> None:
     r.ranking_preserved = r.separated_kept == r.separated_comparisons
 
 
-def _median_time(fn, repeats: int, sync=lambda: None, budget_s: float = 1.0) -> float:
-    """Median of up to ``repeats`` warm calls; stops after 3 once ``budget_s`` is spent."""
-    fn()
-    sync()
-    times = []
-    while len(times) < repeats and (len(times) < 3 or sum(times) < budget_s):
-        start = time.perf_counter()
+def _median_times(fns: dict, repeats: int, sync=lambda: None, budget_s: float = 2.0) -> dict:
+    """Median seconds of each warm ``fns`` entry, called in alternation (one call of each per
+    round), up to ``repeats`` rounds; stops after 3 once ``budget_s`` is spent. Alternating keeps
+    a slow phase of the machine (other load, a framework's threads still spinning after the
+    previous call) from landing on one variant only."""
+    for fn in fns.values():
         fn()
         sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    times: dict = {name: [] for name in fns}
+    spent, rounds = 0.0, 0
+    while rounds < repeats and (rounds < 3 or spent < budget_s):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            sync()
+            times[name].append(time.perf_counter() - start)
+            spent += times[name][-1]
+        rounds += 1
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def _torch_device(torch, device: str | None) -> str:
@@ -270,8 +278,16 @@ def compute(
         r.timing_batch = tbatch_np["input_ids"].shape
         sync = torch.cuda.synchronize if tdev.startswith("cuda") else (lambda: None)
         with torch.no_grad():
-            r.timings["torch fp32"] = _median_time(lambda: fp32.embed(**tbatch), repeats, sync)
-            r.timings["torch lt8 int8"] = _median_time(lambda: int8.embed(**tbatch), repeats, sync)
+            r.timings.update(
+                _median_times(
+                    {
+                        "torch fp32": lambda: fp32.embed(**tbatch),
+                        "torch lt8 int8": lambda: int8.embed(**tbatch),
+                    },
+                    repeats,
+                    sync,
+                )
+            )
 
     # --- JAX: the same int8 bytes -------------------------------------------------------------
     try:
@@ -320,13 +336,16 @@ def compute(
 
     if timing_sentences:
         tjb = put({k: jnp.asarray(v) for k, v in tbatch_np.items()})
-        r.timings["JAX fp32 (jit)"] = _median_time(
-            lambda: minilm_jax.embed(p32, **tjb, threshold=threshold, **kw).block_until_ready(),
-            repeats,
-        )
-        r.timings["JAX lt8 int8 (jit)"] = _median_time(
-            lambda: minilm_jax.embed(p8, **tjb, threshold=threshold, **kw).block_until_ready(),
-            repeats,
+
+        def jax_embed(params):
+            return lambda: minilm_jax.embed(
+                params, **tjb, threshold=threshold, **kw
+            ).block_until_ready()
+
+        r.timings.update(
+            _median_times(
+                {"JAX fp32 (jit)": jax_embed(p32), "JAX lt8 int8 (jit)": jax_embed(p8)}, repeats
+            )
         )
     return r
 
@@ -480,7 +499,10 @@ def report(r: DemoResult, out=None) -> None:
         p()
     if r.timings:
         B, S = r.timing_batch
-        p(f"Forward time for {B} sentences x {S} tokens (host clock, warm, median of 3-7 calls):")
+        p(
+            f"Forward time for {B} sentences x {S} tokens"
+            " (host clock, warm, median of 3-7 calls, fp32 and int8 alternating):"
+        )
         for name, t in r.timings.items():
             p(f"  {name:20s} {t * 1e3:9.2f} ms")
         if has_jax:
