@@ -1,8 +1,9 @@
 // Programmatic dependent launch (sm_90+): a kernel may start while the kernel before it in the
 // stream still runs, do work that does not read that kernel's results (address set-up, L2
 // prefetches of its constant operands), then wait for it. The decode path uses it to hide its
-// one-block preparation kernel (~4 us at decode sizes, with the GPU otherwise idle) behind the
-// start of the GEMV's weight stream (benchmarks/NOTES.md, v9). Without the launch attribute
+// preparation kernel (a block per row, a few us at decode sizes, with the GPU otherwise idle)
+// behind the start of the GEMV's weight stream, and the dense-outlier GEMV's launch behind the
+// GEMV (benchmarks/NOTES.md, v9, v10). Without the launch attribute
 // (older GPUs, LT8_PDL=0) the wait returns at once and the launch is an ordinary one.
 // Header-only; include from .cu files only.
 #pragma once
@@ -49,8 +50,9 @@ __device__ __forceinline__ void prefetch_l2_line(const void* p) {
   asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
 }
 
-// How much of each weight row a GEMV block prefetches before it waits: 2 KiB x 8192 rows is
-// 16 MiB, what the H200's HBM delivers in the preparation kernel's ~4 us, well inside its L2.
+// How much of each weight row a GEMV block brings in before it waits (into registers in the stream
+// and mma GEMVs, the mma one also asking L2 for the next 2 KiB; into L2 in the chunked one):
+// 2 KiB x 8192 rows is 16 MiB, what the H200's HBM delivers in the preparation's few microseconds.
 constexpr int64_t kPrefetchRowBytes = 2048;
 
 // True when dependent launches run: a device of sm_90+ and LT8_PDL not "0" (for comparisons).
