@@ -7,6 +7,9 @@
 #ifdef LT8_X86_SIMD
 #include <cpuid.h>
 #endif
+#if defined(LT8_ARM_SIMD) && defined(__linux__)
+#include <sys/auxv.h>
+#endif
 
 namespace lt8::cpu {
 namespace {
@@ -38,11 +41,26 @@ CpuIsa detect() {
   if (a1 & (1u << 4)) return CpuIsa::kAvxVnni;
   return CpuIsa::kAvx2;
 }
+#elif defined(LT8_ARM_SIMD)
+CpuIsa detect() {
+#if defined(__APPLE__)
+  return CpuIsa::kNeonDot;  // every Apple Arm CPU has the dot-product instructions
+#elif defined(__linux__)
+  constexpr unsigned long kHwcapAsimdDp = 1ul << 20;  // HWCAP_ASIMDDP (asm/hwcap.h)
+  return (getauxval(AT_HWCAP) & kHwcapAsimdDp) ? CpuIsa::kNeonDot : CpuIsa::kScalar;
+#else
+  return CpuIsa::kScalar;
+#endif
+}
 #else
 CpuIsa detect() {
   return CpuIsa::kScalar;
 }
 #endif
+
+bool is_x86(CpuIsa isa) {
+  return isa == CpuIsa::kAvx2 || isa == CpuIsa::kAvxVnni || isa == CpuIsa::kAvx512Vnni;
+}
 
 }  // namespace
 
@@ -57,14 +75,19 @@ CpuIsa active_cpu_isa() {
   if (env == nullptr || *env == '\0') return isa;
   CpuIsa want = isa;
   if (!std::strcmp(env, "scalar")) want = CpuIsa::kScalar;
+  if (!std::strcmp(env, "neondot")) want = CpuIsa::kNeonDot;
   if (!std::strcmp(env, "avx2")) want = CpuIsa::kAvx2;
   if (!std::strcmp(env, "avxvnni")) want = CpuIsa::kAvxVnni;
   if (!std::strcmp(env, "avx512vnni")) want = CpuIsa::kAvx512Vnni;
+  if (want == CpuIsa::kScalar) return want;
+  if (is_x86(want) != is_x86(isa)) return isa;  // the other family: ignored
   return static_cast<int>(want) < static_cast<int>(isa) ? want : isa;
 }
 
 const char* cpu_isa_name(CpuIsa isa) {
   switch (isa) {
+    case CpuIsa::kNeonDot:
+      return "neondot";
     case CpuIsa::kAvx2:
       return "avx2";
     case CpuIsa::kAvxVnni:

@@ -71,6 +71,7 @@ bool int8_gemm_cpu(const int8_t* A, const int8_t* B, int64_t M, int64_t N, int64
     a_bytes = static_cast<size_t>(M * round_up(K, 64));
     sum_bytes = static_cast<size_t>(M * 4);
   }
+  if (isa == CpuIsa::kNeonDot) a_bytes = static_cast<size_t>(M * round_up(K, 16));
   Scratch a_buf(Scratch::kGemmA, a_bytes), sum_buf(Scratch::kGemmRowSum, sum_bytes);
   if ((a_bytes && a_buf.get() == nullptr) || (sum_bytes && sum_buf.get() == nullptr)) return false;
   if (avx2_sign) {
@@ -106,6 +107,15 @@ bool int8_gemm_cpu(const int8_t* A, const int8_t* B, int64_t M, int64_t N, int64
     p.a = a8;
     p.a_rowsum = sums;
     block = isa == CpuIsa::kAvx512Vnni ? gemm_detail::block_avx512vnni : gemm_detail::block_avxvnni;
+  } else if (isa == CpuIsa::kNeonDot) {
+    p.lda = round_up(K, 16);
+    int8_t* a8 = static_cast<int8_t*>(a_buf.get());
+    for (int64_t m = 0; m < M; ++m) {
+      std::memcpy(a8 + m * p.lda, A + m * K, static_cast<size_t>(K));
+      std::memset(a8 + m * p.lda + K, 0, static_cast<size_t>(p.lda - K));
+    }
+    p.a = a8;
+    block = gemm_detail::block_neondot;
   } else {
     p.a = A;
     p.lda = K;

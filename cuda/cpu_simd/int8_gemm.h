@@ -7,7 +7,8 @@
 //     (lt8's quantized activations never do), which cannot saturate then; otherwise it widens
 //     both operands to int16 and uses vpmaddwd (s16 x s16 -> s32 pairs), exact for every value;
 //   * the VNNI variants use vpdpbusd, which multiplies u8 by s8: they feed B + 128 (a xor 0x80 as
-//     B is loaded) and subtract 128 * sum_k A[m, k] once per output, which A's row sums give.
+//     B is loaded) and subtract 128 * sum_k A[m, k] once per output, which A's row sums give;
+//   * on Arm, SDOT multiplies s8 by s8 directly (int8_gemm_neondot.cc).
 #pragma once
 
 #include <cstdint>
@@ -44,6 +45,7 @@ void block_avx2(const Problem& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1
 void block_avx2_sign(const Problem& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1);
 void block_avxvnni(const Problem& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1);
 void block_avx512vnni(const Problem& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1);
+void block_neondot(const Problem& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1);
 
 }  // namespace gemm_detail
 }  // namespace lt8::cpu

@@ -21,7 +21,7 @@ def _cpu_flags() -> set[str]:
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("flags"):
+                if line.startswith(("flags", "Features")):  # x86, Arm
                     return set(line.split(":", 1)[1].split())
     except OSError:
         pass
@@ -33,6 +33,7 @@ _FLAGS = _cpu_flags()
 # lower one, so such variants are skipped instead).
 VARIANTS = {
     "scalar": set(),
+    "neondot": {"asimddp"},
     "avx2": {"avx2", "fma", "f16c"},
     "avxvnni": {"avx2", "fma", "f16c", "avx_vnni"},
     "avx512vnni": {"avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni"},
