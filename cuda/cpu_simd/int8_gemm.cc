@@ -43,6 +43,16 @@ int64_t round_up(int64_t v, int64_t to) {
   return (v + to - 1) / to * to;
 }
 
+// A's rows copied to rows of lda >= K bytes, zero from K on (the int8 variants' layout).
+int8_t* copy_rows_padded(const int8_t* A, int64_t M, int64_t K, int64_t lda, void* buf) {
+  int8_t* a8 = static_cast<int8_t*>(buf);
+  for (int64_t m = 0; m < M; ++m) {
+    std::memcpy(a8 + m * lda, A + m * K, static_cast<size_t>(K));
+    std::memset(a8 + m * lda + K, 0, static_cast<size_t>(lda - K));
+  }
+  return a8;
+}
+
 }  // namespace
 
 bool int8_gemm_cpu(const int8_t* A, const int8_t* B, int64_t M, int64_t N, int64_t K, int32_t* C,
@@ -76,12 +86,7 @@ bool int8_gemm_cpu(const int8_t* A, const int8_t* B, int64_t M, int64_t N, int64
   if ((a_bytes && a_buf.get() == nullptr) || (sum_bytes && sum_buf.get() == nullptr)) return false;
   if (avx2_sign) {
     p.lda = round_up(K, 32);
-    int8_t* a8 = static_cast<int8_t*>(a_buf.get());
-    for (int64_t m = 0; m < M; ++m) {
-      std::memcpy(a8 + m * p.lda, A + m * K, static_cast<size_t>(K));
-      std::memset(a8 + m * p.lda + K, 0, static_cast<size_t>(p.lda - K));
-    }
-    p.a = a8;
+    p.a = copy_rows_padded(A, M, K, p.lda, a_buf.get());
     block = gemm_detail::block_avx2_sign;
   } else if (isa == CpuIsa::kAvx2) {
     // int16 copy of A, rows padded with zeros to a multiple of 16 elements.
@@ -95,26 +100,18 @@ bool int8_gemm_cpu(const int8_t* A, const int8_t* B, int64_t M, int64_t N, int64
     block = gemm_detail::block_avx2;
   } else if (isa == CpuIsa::kAvxVnni || isa == CpuIsa::kAvx512Vnni) {
     p.lda = round_up(K, 64);
-    int8_t* a8 = static_cast<int8_t*>(a_buf.get());
+    p.a = copy_rows_padded(A, M, K, p.lda, a_buf.get());
     int32_t* sums = static_cast<int32_t*>(sum_buf.get());
     for (int64_t m = 0; m < M; ++m) {
-      std::memcpy(a8 + m * p.lda, A + m * K, static_cast<size_t>(K));
-      std::memset(a8 + m * p.lda + K, 0, static_cast<size_t>(p.lda - K));
       int32_t s = 0;
       for (int64_t k = 0; k < K; ++k) s += A[m * K + k];
       sums[m] = s;
     }
-    p.a = a8;
     p.a_rowsum = sums;
     block = isa == CpuIsa::kAvx512Vnni ? gemm_detail::block_avx512vnni : gemm_detail::block_avxvnni;
   } else if (isa == CpuIsa::kNeonDot) {
     p.lda = round_up(K, 16);
-    int8_t* a8 = static_cast<int8_t*>(a_buf.get());
-    for (int64_t m = 0; m < M; ++m) {
-      std::memcpy(a8 + m * p.lda, A + m * K, static_cast<size_t>(K));
-      std::memset(a8 + m * p.lda + K, 0, static_cast<size_t>(p.lda - K));
-    }
-    p.a = a8;
+    p.a = copy_rows_padded(A, M, K, p.lda, a_buf.get());
     block = gemm_detail::block_neondot;
   } else {
     p.a = A;

@@ -11,7 +11,6 @@
 
 #include "common/cuda_check.cuh"
 #include "common/dependent_launch.cuh"
-#include "common/device_caps.cuh"
 #include "common/device_types.cuh"
 #include "common/launch_shape.cuh"
 #include "common/numerics.h"
@@ -254,30 +253,32 @@ Status launch_gemv_rows(cudaStream_t st, bool after_prepare, const int8_t* q, co
                         DType bias_dtype, const void* bias, int M, int64_t N, int64_t K,
                         int exact_max_count, T* out) {
   const int64_t col_warps = ceil_div(N, int64_t{kGemvCols});
-  const int64_t sms = current_device_sm_count() > 0 ? current_device_sm_count() : 132;
-  if (ROWS <= 4 && stream_gemv_fits(M, K)) {
-    // 8 warps per block; narrow layers split K over 2-8 of them so that at least ~12 warps per
-    // SM stream (4096 output columns alone give 8: 61% of the DRAM rate in ncu, v10).
-    int ksplit = 1;
-    while (ksplit < 8 && col_warps * ksplit < 12 * sms) ksplit *= 2;
-    const int64_t groups = 8 / ksplit;
-    const unsigned blocks = static_cast<unsigned>(ceil_div(col_warps, groups));
-    const size_t smem = static_cast<size_t>(M) * static_cast<size_t>(K);
-    // Past 32 KiB (beside up to ~16 KiB of static shared memory, the default 48 KiB per block
-    // is spent) the kernel opts in once per device, for the most it takes; small layers never
-    // make that call.
-    static std::atomic<uint64_t> allowed{0};
-    if (smem > 32 * 1024) {
-      Status ok = allow_dynamic_smem(linear_gemv_stream_kernel<T, ROWS>, kStreamSmemBytes, allowed,
-                                     "cudaFuncSetAttribute(linear_gemv_stream_kernel)");
-      if (!ok.ok()) return ok;
+  if constexpr (ROWS <= 4) {  // the stream kernel exists for up to 4 rows only
+    if (stream_gemv_fits(M, K)) {
+      const int64_t sms = gemv_sm_count();
+      // 8 warps per block; narrow layers split K over 2-8 of them so that at least ~12 warps per
+      // SM stream (4096 output columns alone give 8: 61% of the DRAM rate in ncu, v10).
+      int ksplit = 1;
+      while (ksplit < 8 && col_warps * ksplit < 12 * sms) ksplit *= 2;
+      const int64_t groups = 8 / ksplit;
+      const unsigned blocks = static_cast<unsigned>(ceil_div(col_warps, groups));
+      const size_t smem = static_cast<size_t>(M) * static_cast<size_t>(K);
+      // Past 32 KiB (beside up to ~16 KiB of static shared memory, the default 48 KiB per block
+      // is spent) the kernel opts in once per device, for the most it takes; small layers never
+      // make that call.
+      static std::atomic<uint64_t> allowed{0};
+      if (smem > 32 * 1024) {
+        Status ok = allow_dynamic_smem(linear_gemv_stream_kernel<T, ROWS>, kStreamSmemBytes,
+                                       allowed, "cudaFuncSetAttribute(linear_gemv_stream_kernel)");
+        if (!ok.ok()) return ok;
+      }
+      // Launch errors are read by the caller (cudaGetLastError).
+      (void)launch_maybe_dependent(after_prepare, linear_gemv_stream_kernel<T, ROWS>, dim3(blocks),
+                                   dim3(256), smem, st, q, x, CB, SCB, s.row_scale, s.outlier_idx,
+                                   s.outlier_count, bias_dtype, bias, M, N, K, ksplit,
+                                   exact_max_count, out);
+      return Status::Ok();
     }
-    // Launch errors are read by the caller (cudaGetLastError).
-    (void)launch_maybe_dependent(after_prepare, linear_gemv_stream_kernel<T, ROWS>, dim3(blocks),
-                                 dim3(256), smem, st, q, x, CB, SCB, s.row_scale, s.outlier_idx,
-                                 s.outlier_count, bias_dtype, bias, M, N, K, ksplit,
-                                 exact_max_count, out);
-    return Status::Ok();
   }
   // 8 warps per block when that still gives every SM of a large GPU a couple of blocks, else 4.
   const int warps = ceil_div(col_warps, int64_t{8}) >= 256 ? 8 : 4;

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 
+#include "common/device_caps.cuh"
 #include "internal.h"
 
 namespace lt8 {
@@ -61,6 +62,13 @@ template <typename T>
 Status launch_dense_outlier_gemv(cudaStream_t st, const int8_t* q, const T* x, const int8_t* CB,
                                  const float* SCB, const LinearScratch& s, DType bias_dtype,
                                  const void* bias, int64_t M, int64_t N, int64_t K, T* out);
+
+// The SM count that the GEMV rules below scale with (current device); an H200's 132, where the
+// rules were measured, when it cannot be read.
+inline int64_t gemv_sm_count() {
+  const int n = current_device_sm_count();
+  return n > 0 ? n : 132;
+}
 
 // From this many rows on, the tensor-core GEMV beats the dp4a one (H200, weights out of L2:
 // benchmarks/NOTES.md, v5 and v10); at exactly this many rows the streaming dp4a GEMV still wins

@@ -183,7 +183,7 @@ bool tensor_core_gemv(int64_t M, int64_t N, int64_t K) {
   }();
   if (mode == 0 || current_device_cc_major() < 8) return false;
   if (mode == 1) return true;
-  const int64_t sms = current_device_sm_count() > 0 ? current_device_sm_count() : 132;
+  const int64_t sms = gemv_sm_count();
   if (M == kGemvTcMinRows && N >= 96 * sms && stream_gemv_fits(M, K)) return false;
   return M >= kGemvTcMinRows;
 }
@@ -201,7 +201,7 @@ Status launch_mma_gemv(cudaStream_t st, const int8_t* q, const T* x, const int8_
     const char* v = std::getenv("LT8_GEMV_TILES");
     return v == nullptr ? 0 : std::atoi(v);
   }();
-  const int64_t sms = current_device_sm_count() > 0 ? current_device_sm_count() : 132;
+  const int64_t sms = gemv_sm_count();
   int tiles = N >= 48 * sms ? 4 : 2;
   if (forced == 1 || forced == 2 || forced == 4) tiles = forced;
   if (tiles == 4)
