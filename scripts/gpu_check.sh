@@ -2,7 +2,7 @@
 # Run on the GPU machine from the repo root: build with CUDA, run the whole test suite on the
 # GPU (CUDA tests may not skip: LT8_REQUIRE_CUDA=1), optionally the memory checkers and the
 # benchmark, and print a summary last. Logs go to $OUT when it is set.
-#   STAGES="build tests gemv outlier sanitizer bench models e2e jaxdecode ncu multi" (default: build tests)   PYTEST_ARGS="-k linear"
+#   STAGES="build tests gemv outlier sanitizer bench models e2e profile cpu jaxdecode ncu multi" (default: build tests)   PYTEST_ARGS="-k linear"
 #   TESTS="tests/torch/test_x.py ..." (default: tests)   PYTEST_JOBS=8 (pytest-xdist workers)
 #   MODELS_ARGS="--models llama3-8b --ms 16,2048"   E2E_ARGS="--variants fp16,lt8"
 #   MULTI_ARGS="--models 8b --variants fp16,lt8,fp16-static,lt8-static" (compiled TP: minutes)
@@ -93,6 +93,20 @@ fi
 if [[ " $STAGES " == *" e2e "* ]]; then
   timeout ${E2E_TIMEOUT:-3600} $PY benchmarks/bench_e2e.py --out "$OUT" ${E2E_ARGS:-} 2>&1 | tee "$OUT/bench_e2e.log"
   note "bench_e2e: $(grep -c 'variant=' "$OUT/bench_e2e.log") variants"
+fi
+
+if [[ " $STAGES " == *" profile "* ]]; then
+  # Host vs GPU time of one decoded token in bench_e2e's model (benchmarks/diag_e2e_profile.py).
+  timeout ${PROFILE_TIMEOUT:-400} $PY benchmarks/diag_e2e_profile.py ${PROFILE_ARGS:-} 2>&1 | tee "$OUT/diag_e2e_profile.log"
+  note "diag_e2e_profile: $(grep -c 'wall' "$OUT/diag_e2e_profile.log") cases"
+fi
+
+if [[ " $STAGES " == *" cpu "* ]]; then
+  # Issue 15's CPU grid on two cores of this host (its CPU has AVX-512 VNNI, the CI machine's
+  # kind), JAX on its CPU backend.
+  timeout ${CPU_TIMEOUT:-300} taskset -c ${CPU_CORES:-0,1} env JAX_PLATFORMS=cpu OMP_NUM_THREADS=2 \
+    $PY benchmarks/bench_cpu.py --out "$OUT" ${CPU_ARGS:-} 2>&1 | tee "$OUT/bench_cpu.log"
+  note "bench_cpu (cores ${CPU_CORES:-0,1}): $(grep -c ',' "$OUT"/bench_cpu-*.csv 2>/dev/null) csv lines"
 fi
 
 if [[ " $STAGES " == *" jaxdecode "* ]]; then
