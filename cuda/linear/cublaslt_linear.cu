@@ -141,13 +141,12 @@ __global__ void __launch_bounds__(kEpiThreads)
 
 }  // namespace
 
-template <typename T>
-bool launch_linear_tensor_core(cudaStream_t st, const T* x, const int8_t* CB, const float* SCB,
-                               const LinearScratch& s, float threshold, DType bias_dtype,
-                               const void* bias, int64_t M, int64_t N, int64_t K, T* out,
-                               Status* err) {
-  if (s.acc == nullptr || ceil_div(M, int64_t{kEpiRows}) > 65535) return false;
-  const bool tc = s.tc_x != nullptr && outlier_tc_supported(M);
+bool tensor_core_path_fits(const LinearScratch& s, int64_t M) {
+  return s.acc != nullptr && ceil_div(M, int64_t{kEpiRows}) <= 65535;
+}
+
+bool int8_gemm_stands_aside_when_all_outliers(const int8_t* CB, const LinearScratch& s, int64_t M,
+                                              int64_t N, int64_t K) {
   // On the Hopper many-outlier path with wide inputs (K >= kInt8Sm90MinK) the int8 GEMM is
   // CUTLASS's, which stands aside on the device when every column is an outlier column (an
   // MLP's down projection over a long prompt: benchmarks/NOTES.md v7). There it measured as fast
@@ -157,8 +156,20 @@ bool launch_linear_tensor_core(cudaStream_t st, const T* x, const int8_t* CB, co
     const char* v = std::getenv("LT8_INT8_GEMM_CUBLASLT");
     return v != nullptr && v[0] == '1';
   }();
-  if (tc && K >= kInt8Sm90MinK && cublaslt_enabled() && !force_cublaslt &&
-      outlier_tc_takes_sm90(s.tc_d, M, N) && int8_gemm_sm90_supported(s.q, CB, M, N, K)) {
+  const bool tc = s.tc_x != nullptr && outlier_tc_supported(M);
+  return tensor_core_path_fits(s, M) && tc && K >= kInt8Sm90MinK && cublaslt_enabled() &&
+         !force_cublaslt && outlier_tc_takes_sm90(s.tc_d, M, N) &&
+         int8_gemm_sm90_supported(s.q, CB, M, N, K);
+}
+
+template <typename T>
+bool launch_linear_tensor_core(cudaStream_t st, const T* x, const int8_t* CB, const float* SCB,
+                               const LinearScratch& s, float threshold, DType bias_dtype,
+                               const void* bias, int64_t M, int64_t N, int64_t K, T* out,
+                               Status* err) {
+  if (!tensor_core_path_fits(s, M)) return false;
+  const bool tc = s.tc_x != nullptr && outlier_tc_supported(M);
+  if (int8_gemm_stands_aside_when_all_outliers(CB, s, M, N, K)) {
     Status gs = launch_int8_gemm_sm90(st, s.q, CB, M, N, K, s.outlier_count, kOutlierTcMinCount,
                                       s.acc, s.tc_gemm_ws);
     if (!gs.ok()) {

@@ -11,6 +11,16 @@
 namespace lt8 {
 namespace gpu {
 
+// False when the tensor-core path cannot run at all (no int32 scratch, or too many rows for its
+// epilogue's grid): the caller takes its fallback GEMM.
+bool tensor_core_path_fits(const LinearScratch& s, int64_t M);
+
+// True when launch_linear_tensor_core will use CUTLASS's sm_90a int8 GEMM, which stands aside on
+// the device when every column is an outlier column, so that the quantized activations are then
+// never read.
+bool int8_gemm_stands_aside_when_all_outliers(const int8_t* CB, const LinearScratch& s, int64_t M,
+                                              int64_t N, int64_t K);
+
 // The tensor-core path: cuBLASLt GEMM, then the epilogue. Returns false (nothing enqueued) when
 // cuBLASLt cannot take the problem; *err reports a failure after which the caller must stop.
 template <typename T>

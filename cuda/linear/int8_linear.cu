@@ -1,6 +1,7 @@
 // gpu::int8_linear, the fused LLM.int8() linear op: picks the path for the batch size and runs
 // its stages. Decode sizes: gemv/ (one preparation launch, then a GEMV reading every weight byte
-// once). Larger batches: quantize/ (quantize + compaction), then cuBLASLt's int8 tensor cores with
+// once). Larger batches: quantize/ (quantize + compaction, one cooperative launch for 16-bit x
+// with outliers: prepare_large_batch.cu), then cuBLASLt's int8 tensor cores with
 // lt8's epilogue (cublaslt_linear.cu), or, where cuBLASLt declines, lt8's dp4a GEMM with the fused
 // epilogue (dp4a_linear_epilogue.cuh). Every path computes the CPU reference's values
 // (int8_linear_cpu.cc) in its order: dequant, outlier terms in ascending k, bias.
@@ -68,17 +69,24 @@ Status int8_linear(const Exec& ex, DType x_dtype, const void* x, const int8_t* C
                                    /*after_prepare=*/true, o);
     }
 
-    // (1) quantize x into the scratch.
-    Status qs = launch_quantize<T>(st, xt, M, K, threshold, s.q, s.row_scale, s.mask);
-    if (!qs.ok()) return qs;
-
-    // (2) compact the outlier columns (count stays on the device).
-    if (threshold > 0.0f) {
-      Status cs = launch_compact_outliers(st, s.mask, K, s.outlier_idx, s.outlier_count);
-      if (!cs.ok()) return cs;
-    } else {
-      LT8_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(s.outlier_count, 0, sizeof(int32_t), st),
-                               "cudaMemsetAsync(outlier_count)");
+    // (1) quantize x into the scratch and (2) compact the outlier columns (the count stays on
+    // the device): past the GEMV's sizes one cooperative launch where it applies.
+    Status ps;
+    const bool prepared =
+        !gemv && launch_prepare_large_batch<T>(
+                     st, xt, M, K, threshold,
+                     int8_gemm_stands_aside_when_all_outliers(CB, s, M, N, K), s, &ps);
+    if (!ps.ok()) return ps;
+    if (!prepared) {
+      Status qs = launch_quantize<T>(st, xt, M, K, threshold, s.q, s.row_scale, s.mask);
+      if (!qs.ok()) return qs;
+      if (threshold > 0.0f) {
+        Status cs = launch_compact_outliers(st, s.mask, K, s.outlier_idx, s.outlier_count);
+        if (!cs.ok()) return cs;
+      } else {
+        LT8_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(s.outlier_count, 0, sizeof(int32_t), st),
+                                 "cudaMemsetAsync(outlier_count)");
+      }
     }
 
     // (3a) decode sizes: a memory-bound GEMV that reads each weight byte once.

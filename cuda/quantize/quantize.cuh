@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "common/numerics.h"
+#include "internal.h"
 #include "lt8.h"
 
 namespace lt8 {
@@ -27,6 +28,17 @@ Status launch_quantize(cudaStream_t st, const T* x, int64_t M, int64_t K, float 
 // idx[0 .. *count) = the ascending k with mask[k] != 0; one block, the count stays on the device.
 Status launch_compact_outliers(cudaStream_t st, const uint8_t* mask, int64_t K, int32_t* idx,
                                int32_t* count);
+
+// launch_quantize + launch_compact_outliers in one cooperative launch (prepare_large_batch.cu)
+// for 16-bit x with K % 8 == 0, threshold > 0, on s.q, s.row_scale, s.outlier_idx and
+// s.outlier_count; s.mask holds the mask as K bits instead of K bytes. zero_when_all: when every
+// column is an outlier column, q is left unwritten (the caller's int8 GEMM stands aside then).
+// Returns false when it does not apply (nothing enqueued unless *err is set, which the caller
+// must return).
+template <typename T>
+bool launch_prepare_large_batch(cudaStream_t st, const T* x, int64_t M, int64_t K,
+                                float threshold, bool zero_when_all, const LinearScratch& s,
+                                Status* err);
 
 }  // namespace gpu
 }  // namespace lt8

@@ -57,6 +57,10 @@ def weight(rng, N, K):
         (257, 4096, 384, 4096),
         (300, 2048, 520, 1500),  # several tiles along M, N and k on every GEMM kernel
         (48, 96, 40, 70),
+        # wide inputs (K >= 12288): on Hopper CUTLASS's int8 GEMM, which stands aside (and the
+        # quantizer leaves the int8 operand unwritten) when every column is an outlier column
+        (40, 12288, 72, 12288),
+        (40, 12288, 72, 500),
         # M <= 16: the decode path's dense-outlier GEMV (K % 16 == 0) or, for odd K, the
         # large-batch path
         (1, 4096, 384, 4096),
