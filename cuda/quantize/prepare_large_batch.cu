@@ -36,13 +36,18 @@ namespace cg = cooperative_groups;
 
 constexpr int kPrepThreads = 512;
 constexpr int kPrepWarps = kPrepThreads / 32;
-constexpr int kChunksPerLane = 8;  // 16-byte pieces of a row per lane (32 registers)
+constexpr int kChunksPerLane = 4;  // 16-byte pieces of a row per lane (16 registers)
 constexpr int kMaskUnroll = 8;     // rows per step of the mask loop (loads in flight)
 // Rows up to kPrepWarps teams of warps x 32 lanes x kChunksPerLane x 8 elements.
 constexpr int64_t kPrepMaxK = int64_t{kPrepWarps} * 32 * kChunksPerLane * 8;
 
 __device__ __forceinline__ bool bit8(uint32_t byte_bits, int e) {
   return (byte_bits >> e) & 1u;
+}
+
+// Named barrier 1 + team over the team's warps (teams <= 8 when a team has >= 2 warps).
+__device__ __forceinline__ void team_barrier(int team, int team_warps) {
+  asm volatile("bar.sync %0, %1;" ::"r"(1 + team), "r"(team_warps * 32) : "memory");
 }
 
 template <typename T>
@@ -52,7 +57,7 @@ __device__ __forceinline__ float elem(const uint4& raw, int e) {
 }
 
 template <typename T>
-__global__ void __launch_bounds__(kPrepThreads, 1)
+__global__ void __launch_bounds__(kPrepThreads, 2)
     prepare_large_batch_kernel(const T* __restrict__ x, int64_t M, int64_t K, float threshold,
                                int team_warps, bool zero_when_all, uint32_t* __restrict__ maskbits,
                                int8_t* __restrict__ q, float* __restrict__ row_scale,
@@ -71,21 +76,17 @@ __global__ void __launch_bounds__(kPrepThreads, 1)
     const int64_t g = gtid % groups;
     const T* col = x + g * 8;
     uint32_t hit = 0;  // bit e: column 8 g + e
-    int64_t m = gtid / groups;
-    for (; m + (kMaskUnroll - 1) * slots < M; m += kMaskUnroll * slots) {
+    // Predicated, unrolled: kMaskUnroll independent loads in flight, no serial tail.
+    for (int64_t m = gtid / groups; m < M; m += kMaskUnroll * slots) {
       uint4 raw[kMaskUnroll];
 #pragma unroll
       for (int u = 0; u < kMaskUnroll; ++u)
-        raw[u] = *reinterpret_cast<const uint4*>(col + (m + u * slots) * K);
+        raw[u] = m + u * slots < M ? *reinterpret_cast<const uint4*>(col + (m + u * slots) * K)
+                                   : make_uint4(0, 0, 0, 0);  // zeros are no outliers
 #pragma unroll
       for (int u = 0; u < kMaskUnroll; ++u)
 #pragma unroll
         for (int e = 0; e < 8; ++e) hit |= is_outlier(elem<T>(raw[u], e), threshold) ? 1u << e : 0u;
-    }
-    for (; m < M; m += slots) {
-      const uint4 raw = *reinterpret_cast<const uint4*>(col + m * K);
-#pragma unroll
-      for (int e = 0; e < 8; ++e) hit |= is_outlier(elem<T>(raw, e), threshold) ? 1u << e : 0u;
     }
     if (hit) atomicOr(maskbits + g / 4, hit << (8 * (g % 4)));
   }
@@ -159,15 +160,15 @@ __global__ void __launch_bounds__(kPrepThreads, 1)
 #pragma unroll
     for (int off = 16; off > 0; off >>= 1)
       amax = absmax_combine(amax, __shfl_xor_sync(0xffffffffu, amax, off));
-    if (team_warps > 1) {
+    if (team_warps > 1 && team < teams) {
+      // The team's warps meet at their own named barrier (1 + team; 0 is __syncthreads'), so
+      // that teams of one block do not wait for each other.
       if (lane == 0) team_amax[warp] = amax;
-      __syncthreads();
-      if (team < teams) {
-        amax = team_amax[team * team_warps];
-        for (int w = 1; w < team_warps; ++w)
-          amax = absmax_combine(amax, team_amax[team * team_warps + w]);
-      }
-      __syncthreads();  // team_amax is rewritten by the next step
+      team_barrier(team, team_warps);
+      amax = team_amax[team * team_warps];
+      for (int w = 1; w < team_warps; ++w)
+        amax = absmax_combine(amax, team_amax[team * team_warps + w]);
+      team_barrier(team, team_warps);  // team_amax is rewritten by the next step
     }
     if (!live) continue;
     if (member == 0 && lane == 0) row_scale[m] = amax;

@@ -49,11 +49,11 @@ def cpu_and_cuda(x, CB, SCB, bias):
     [
         (17, 8, 24, 1),  # one 8-column group, first batch past the GEMV
         (40, 24, 16, 3),  # K % 32 != 0: a partial mask word
-        (300, 2048, 40, 8),  # one warp per row
-        (2048, 4096, 48, 8),  # two warps per row, Llama's q/k/v/gate/up input
-        (64, 14336, 16, 40),  # seven warps per row (two teams per block)
-        (33, 32768, 8, 64),  # the largest K of the one-launch kernel (16 warps per row)
-        (20, 32776, 8, 10),  # past it: the older path
+        (300, 1024, 40, 8),  # one warp per row
+        (2048, 4096, 48, 8),  # four warps per row, Llama's q/k/v/gate/up input
+        (64, 14336, 16, 40),  # fourteen warps per row (two of the block's warps idle)
+        (33, 16384, 8, 64),  # the largest K of the one-launch kernel (16 warps per row)
+        (20, 16392, 8, 10),  # past it: the older path
         (100, 4096, 32, 0),  # no outlier column at all
     ],
 )
