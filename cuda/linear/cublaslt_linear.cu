@@ -5,6 +5,7 @@
 // outlier columns (rare) are gathered from CB and x directly.
 #include "linear/cublaslt_linear.cuh"
 
+#include <algorithm>
 #include <climits>
 #include <cstdint>
 #include <cstdlib>
@@ -21,38 +22,39 @@ namespace lt8 {
 namespace gpu {
 namespace {
 
-constexpr int kEpiThreads = 256;          // one output column per thread
-constexpr int kEpiRows = 32;              // rows per block
+constexpr int kEpiThreads = 256;          // one or four output columns per thread
+constexpr int kEpiRows = 32;              // rows per block (per four with 4 columns a thread)
 constexpr int kEpiChunk = 8;              // outlier columns per shared-memory stage
 constexpr int64_t kInt8Sm90MinK = 12288;  // see launch_linear_tensor_core
 
-// One thread per (n, j): independent gathers instead of a chain of count dependent ones.
-__global__ void __launch_bounds__(kThreads)
-    stage_outlier_weights_kernel(const int8_t* __restrict__ CB, const float* __restrict__ SCB,
-                                 const int32_t* __restrict__ outlier_idx,
-                                 const int32_t* __restrict__ outlier_count, int64_t N, int64_t K,
-                                 int exact_max_count, float* __restrict__ Wo) {
-  const int64_t n = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  const int j = blockIdx.y;  // < kStagedOutliers
-  const int count = *outlier_count;
-  if (n >= N || j >= count || count > exact_max_count) return;  // (else: outlier_tc.cu's turn)
-  Wo[j * N + n] = weight_value(CB[n * K + outlier_idx[j]], SCB[n]);
-}
-
-// Xo[m, j] = x[m, idx[j]], one thread per (j, m) pair; rows of Xo are then read coalesced.
+// Stages the first min(count, kStagedOutliers) outlier columns, one launch for both operands:
+// Wo[j, n] = W[n, idx[j]] (dequantized) and Xo[m, j] = x[m, idx[j]], read coalesced by the
+// epilogue later. The count is read first and the grid strides over exactly the staged pairs,
+// so a call with few outlier columns (or none, or too many: outlier_tc.cu's turn) costs about
+// one launch (benchmarks/NOTES.md v11: two launches of up to 4096 blocks before).
+constexpr unsigned kStageMaxBlocks = 1024;
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
-    stage_outlier_activations_kernel(const T* __restrict__ x,
-                                     const int32_t* __restrict__ outlier_idx,
-                                     const int32_t* __restrict__ outlier_count, int64_t M,
-                                     int64_t K, int exact_max_count, float* __restrict__ Xo) {
-  if (*outlier_count > exact_max_count) return;  // outlier_tc.cu's turn
-  const int count = min(*outlier_count, kStagedOutliers);
-  const int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  const int64_t m = t / kStagedOutliers;
-  const int j = static_cast<int>(t % kStagedOutliers);
-  if (m >= M || j >= count) return;
-  Xo[m * kStagedOutliers + j] = to_float(x[m * K + outlier_idx[j]]);
+    stage_outliers_kernel(const T* __restrict__ x, const int8_t* __restrict__ CB,
+                          const float* __restrict__ SCB, const int32_t* __restrict__ outlier_idx,
+                          const int32_t* __restrict__ outlier_count, int64_t M, int64_t N,
+                          int64_t K, int exact_max_count, float* __restrict__ Wo,
+                          float* __restrict__ Xo) {
+  const int count = *outlier_count;
+  if (count > exact_max_count) return;
+  const int64_t c = min(count, kStagedOutliers);
+  const int64_t w_items = c * N, total = w_items + c * M;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; t < total;
+       t += stride) {
+    if (t < w_items) {  // one thread per (j, n): independent gathers, coalesced stores
+      const int64_t j = t / N, n = t - j * N;
+      Wo[j * N + n] = weight_value(CB[n * K + outlier_idx[j]], SCB[n]);
+    } else {
+      const int64_t p = t - w_items, m = p / c, j = p - m * c;
+      Xo[m * kStagedOutliers + j] = to_float(x[m * K + outlier_idx[j]]);
+    }
+  }
 }
 
 // v += sum_j x[j] * w[j] for j < len, in ascending j, as separate IEEE mul and add.
@@ -73,7 +75,10 @@ __device__ __forceinline__ void epi_row_terms(float& v, const float (&x)[CHUNK],
     if (j < len) v = __fadd_rn(v, __fmul_rn(xr[j], w[j]));
 }
 
-template <typename T>
+// VEC = 4: each thread finishes 4 adjacent columns of kEpiRows / 4 rows (16-byte int32 loads,
+// 8- or 16-byte stores; N % 4 == 0, SCB and out aligned), VEC = 1: one column of kEpiRows
+// rows. The arithmetic of each output is the same either way.
+template <typename T, int VEC>
 __global__ void __launch_bounds__(kEpiThreads)
     linear_epilogue_kernel(const int32_t* __restrict__ acc, const T* __restrict__ x,
                            const int8_t* __restrict__ CB, const float* __restrict__ SCB,
@@ -83,26 +88,43 @@ __global__ void __launch_bounds__(kEpiThreads)
                            const float* __restrict__ Xo, DType bias_dtype,
                            const void* __restrict__ bias, int64_t M, int64_t N, int64_t K,
                            int exact_max_count, T* __restrict__ out) {
+  static_assert(VEC == 1 || VEC == 4, "VEC is 1 or 4");
+  constexpr int kRows = kEpiRows / VEC;
   // More outlier columns than exact_max_count: the tensor-core path (outlier_tc.cu) writes out.
   if (*outlier_count > exact_max_count) return;
   // All threads read the same sx element at a time (broadcast): rows of kEpiChunk floats, read
   // as float4.
-  __shared__ __align__(16) float sx[kEpiRows][kEpiChunk];
-  const int64_t n = static_cast<int64_t>(blockIdx.x) * kEpiThreads + threadIdx.x;
-  const int64_t m0 = static_cast<int64_t>(blockIdx.y) * kEpiRows;
-  const int rows = static_cast<int>(M - m0 < kEpiRows ? M - m0 : kEpiRows);
-  const bool live = n < N;
-  const float cs = live ? SCB[n] : 0.0f;
-  float v[kEpiRows];
+  __shared__ __align__(16) float sx[kRows][kEpiChunk];
+  const int64_t n0 = (static_cast<int64_t>(blockIdx.x) * kEpiThreads + threadIdx.x) * VEC;
+  const int64_t m0 = static_cast<int64_t>(blockIdx.y) * kRows;
+  const int rows = static_cast<int>(M - m0 < kRows ? M - m0 : kRows);
+  const bool live = n0 < N;  // VEC = 4: N % 4 == 0, so all 4 columns are
+  float cs[VEC];
 #pragma unroll
-  for (int r = 0; r < kEpiRows; ++r)
-    v[r] = (live && r < rows) ? dequant(acc[(m0 + r) * N + n], row_scale[m0 + r], cs) : 0.0f;
+  for (int e = 0; e < VEC; ++e) cs[e] = live ? SCB[n0 + e] : 0.0f;
+  float v[kRows][VEC];
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) {
+    int32_t a[VEC] = {};
+    const bool in = live && r < rows;
+    if (in) {
+      if constexpr (VEC == 4) {
+        const int4 a4 = *reinterpret_cast<const int4*>(acc + (m0 + r) * N + n0);
+        a[0] = a4.x, a[1] = a4.y, a[2] = a4.z, a[3] = a4.w;
+      } else {
+        a[0] = acc[(m0 + r) * N + n0];
+      }
+    }
+    const float rs = in ? row_scale[m0 + r] : 0.0f;
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) v[r][e] = in ? dequant(a[e], rs, cs[e]) : 0.0f;
+  }
 
   const int count = *outlier_count;
   for (int j0 = 0; j0 < count; j0 += kEpiChunk) {
     const int len = count - j0 < kEpiChunk ? count - j0 : kEpiChunk;
     __syncthreads();
-    for (int e = threadIdx.x; e < kEpiRows * kEpiChunk; e += kEpiThreads) {
+    for (int e = threadIdx.x; e < kRows * kEpiChunk; e += kEpiThreads) {
       const int r = e / kEpiChunk, j = e % kEpiChunk, jj = j0 + j;
       float xv = 0.0f;
       if (r < rows && j < len)
@@ -112,31 +134,57 @@ __global__ void __launch_bounds__(kEpiThreads)
     }
     __syncthreads();
     if (!live) continue;
-    float w[kEpiChunk];
+    float w[VEC][kEpiChunk];  // w[e][j]: column n0 + e, outlier column j0 + j
 #pragma unroll
     for (int j = 0; j < kEpiChunk; ++j) {
       const int jj = j0 + j;
-      w[j] = j >= len               ? 0.0f
-             : jj < kStagedOutliers ? Wo[jj * N + n]
-                                    : weight_value(CB[n * K + outlier_idx[jj]], cs);
+      if (j >= len) {
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) w[e][j] = 0.0f;
+      } else if (jj < kStagedOutliers) {
+        if constexpr (VEC == 4) {
+          const float4 w4 = *reinterpret_cast<const float4*>(Wo + jj * N + n0);
+          w[0][j] = w4.x, w[1][j] = w4.y, w[2][j] = w4.z, w[3][j] = w4.w;
+        } else {
+          w[0][j] = Wo[jj * N + n0];
+        }
+      } else {
+#pragma unroll
+        for (int e = 0; e < VEC; ++e)
+          w[e][j] = weight_value(CB[(n0 + e) * K + outlier_idx[jj]], cs[e]);
+      }
     }
     // Padding terms are exact zeros (x = w = 0), but adding +0 would turn a -0 result into +0,
     // so partial chunks and tiles keep their guards; full ones (the common case) skip them.
-    if (len == kEpiChunk && rows == kEpiRows) {
+    if (len == kEpiChunk && rows == kRows) {
 #pragma unroll
-      for (int r = 0; r < kEpiRows; ++r) epi_row_terms<kEpiChunk>(v[r], sx[r], w, kEpiChunk);
+      for (int r = 0; r < kRows; ++r)
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) epi_row_terms<kEpiChunk>(v[r][e], sx[r], w[e], kEpiChunk);
     } else {
 #pragma unroll
-      for (int r = 0; r < kEpiRows; ++r)
-        if (r < rows) epi_row_terms<kEpiChunk>(v[r], sx[r], w, len);
+      for (int r = 0; r < kRows; ++r)
+        if (r < rows)
+#pragma unroll
+          for (int e = 0; e < VEC; ++e) epi_row_terms<kEpiChunk>(v[r][e], sx[r], w[e], len);
     }
   }
   if (!live) return;
-  const float b = bias != nullptr ? load_float_any(bias_dtype, bias, n) : 0.0f;
+  float b[VEC];
 #pragma unroll
-  for (int r = 0; r < kEpiRows; ++r)
-    if (r < rows)
-      out[(m0 + r) * N + n] = from_float<T>(bias != nullptr ? __fadd_rn(v[r], b) : v[r]);
+  for (int e = 0; e < VEC; ++e) b[e] = bias != nullptr ? load_float_any(bias_dtype, bias, n0 + e) : 0.0f;
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) {
+    if (r >= rows) continue;
+    float f[VEC];
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) f[e] = bias != nullptr ? __fadd_rn(v[r][e], b[e]) : v[r][e];
+    if constexpr (VEC == 4) {
+      store4(out + (m0 + r) * N + n0, f);
+    } else {
+      out[(m0 + r) * N + n0] = from_float<T>(f[0]);
+    }
+  }
 }
 
 }  // namespace
@@ -192,23 +240,37 @@ bool launch_linear_tensor_core(cudaStream_t st, const T* x, const int8_t* CB, co
     exact_max_count = kOutlierTcMinCount;
   }
   if (threshold > 0.0f) {
-    const dim3 grid(static_cast<unsigned>(ceil_div(N, int64_t{kThreads})), kStagedOutliers);
-    stage_outlier_weights_kernel<<<grid, kThreads, 0, st>>>(CB, SCB, s.outlier_idx, s.outlier_count,
-                                                            N, K, exact_max_count, s.outlier_w);
-    const int64_t pairs = M * kStagedOutliers;
-    stage_outlier_activations_kernel<T>
-        <<<static_cast<unsigned>(ceil_div(pairs, int64_t{kThreads})), kThreads, 0, st>>>(
-            x, s.outlier_idx, s.outlier_count, M, K, exact_max_count, s.outlier_x);
+    const unsigned blocks = std::min(
+        elementwise_blocks(int64_t{kStagedOutliers} * (N + M)), kStageMaxBlocks);
+    stage_outliers_kernel<T><<<blocks, kThreads, 0, st>>>(x, CB, SCB, s.outlier_idx,
+                                                          s.outlier_count, M, N, K,
+                                                          exact_max_count, s.outlier_w,
+                                                          s.outlier_x);
     if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) {
-      *err = cuda_error(e, "stage_outlier_kernels");
+      *err = cuda_error(e, "stage_outliers_kernel");
       return false;
     }
   }
-  const dim3 grid(static_cast<unsigned>(ceil_div(N, int64_t{kEpiThreads})),
-                  static_cast<unsigned>(ceil_div(M, int64_t{kEpiRows})));
-  linear_epilogue_kernel<T><<<grid, kEpiThreads, 0, st>>>(
-      s.acc, x, CB, SCB, s.row_scale, s.outlier_idx, s.outlier_count, s.outlier_w, s.outlier_x,
-      bias_dtype, bias, M, N, K, exact_max_count, out);
+  // LT8_EPILOGUE_VEC=0: one column per thread everywhere (a benchmark knob).
+  static const bool vec_off = [] {
+    const char* v = std::getenv("LT8_EPILOGUE_VEC");
+    return v != nullptr && v[0] == '0';
+  }();
+  const bool vec = !vec_off && N % 4 == 0 && is_aligned(SCB, 16) &&
+                   is_aligned(out, 4 * sizeof(T)) && ceil_div(M, int64_t{kEpiRows / 4}) <= 65535;
+  if (vec) {
+    const dim3 grid(static_cast<unsigned>(ceil_div(N, int64_t{kEpiThreads} * 4)),
+                    static_cast<unsigned>(ceil_div(M, int64_t{kEpiRows / 4})));
+    linear_epilogue_kernel<T, 4><<<grid, kEpiThreads, 0, st>>>(
+        s.acc, x, CB, SCB, s.row_scale, s.outlier_idx, s.outlier_count, s.outlier_w, s.outlier_x,
+        bias_dtype, bias, M, N, K, exact_max_count, out);
+  } else {
+    const dim3 grid(static_cast<unsigned>(ceil_div(N, int64_t{kEpiThreads})),
+                    static_cast<unsigned>(ceil_div(M, int64_t{kEpiRows})));
+    linear_epilogue_kernel<T, 1><<<grid, kEpiThreads, 0, st>>>(
+        s.acc, x, CB, SCB, s.row_scale, s.outlier_idx, s.outlier_count, s.outlier_w, s.outlier_x,
+        bias_dtype, bias, M, N, K, exact_max_count, out);
+  }
   if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) {
     *err = cuda_error(e, "linear_epilogue_kernel");
     return false;

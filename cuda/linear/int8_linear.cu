@@ -1,10 +1,9 @@
 // gpu::int8_linear, the fused LLM.int8() linear op: picks the path for the batch size and runs
 // its stages. Decode sizes: gemv/ (one preparation launch, then a GEMV reading every weight byte
-// once). Larger batches: quantize/ (quantize + compaction, one cooperative launch for 16-bit x
-// with outliers: prepare_large_batch.cu), then cuBLASLt's int8 tensor cores with
-// lt8's epilogue (cublaslt_linear.cu), or, where cuBLASLt declines, lt8's dp4a GEMM with the fused
-// epilogue (dp4a_linear_epilogue.cuh). Every path computes the CPU reference's values
-// (int8_linear_cpu.cc) in its order: dequant, outlier terms in ascending k, bias.
+// once). Larger batches: quantize/ (mask, compaction, quantization), then cuBLASLt's int8 tensor
+// cores with lt8's epilogue (cublaslt_linear.cu), or, where cuBLASLt declines, lt8's dp4a GEMM
+// with the fused epilogue (dp4a_linear_epilogue.cuh). Every path computes the CPU reference's
+// values (int8_linear_cpu.cc) in its order: dequant, outlier terms in ascending k, bias.
 #include <cstdint>
 
 #include "common/cuda_check.cuh"
@@ -69,25 +68,25 @@ Status int8_linear(const Exec& ex, DType x_dtype, const void* x, const int8_t* C
                                    /*after_prepare=*/true, o);
     }
 
-    // (1) quantize x into the scratch and (2) compact the outlier columns (the count stays on
-    // the device): past the GEMV's sizes one cooperative launch where it applies.
-    Status ps;
-    const bool prepared =
-        !gemv && launch_prepare_large_batch<T>(
-                     st, xt, M, K, threshold,
-                     int8_gemm_stands_aside_when_all_outliers(CB, s, M, N, K), s, &ps);
-    if (!ps.ok()) return ps;
-    if (!prepared) {
-      Status qs = launch_quantize<T>(st, xt, M, K, threshold, s.q, s.row_scale, s.mask);
-      if (!qs.ok()) return qs;
-      if (threshold > 0.0f) {
-        Status cs = launch_compact_outliers(st, s.mask, K, s.outlier_idx, s.outlier_count);
-        if (!cs.ok()) return cs;
-      } else {
-        LT8_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(s.outlier_count, 0, sizeof(int32_t), st),
-                                 "cudaMemsetAsync(outlier_count)");
-      }
+    // (1) the outlier mask, (2) the outlier columns compacted (the count stays on the device),
+    // (3) x quantized into the scratch. Past the GEMV's sizes, where every column being an
+    // outlier column makes the int8 GEMM stand aside (an MLP's down projection over a long
+    // prompt), the quantizer reads the count and then skips x (benchmarks/NOTES.md v11).
+    Status ms = launch_outlier_mask<T>(st, xt, M, K, threshold, s.mask);
+    if (!ms.ok()) return ms;
+    if (threshold > 0.0f) {
+      Status cs = launch_compact_outliers(st, s.mask, K, s.outlier_idx, s.outlier_count);
+      if (!cs.ok()) return cs;
+    } else {
+      LT8_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(s.outlier_count, 0, sizeof(int32_t), st),
+                               "cudaMemsetAsync(outlier_count)");
     }
+    const bool skip_when_all =
+        !gemv && threshold > 0.0f && int8_gemm_stands_aside_when_all_outliers(CB, s, M, N, K);
+    Status qs = launch_quantize_rows<T>(st, xt, M, K, s.mask,
+                                        skip_when_all ? s.outlier_count : nullptr, s.q,
+                                        s.row_scale);
+    if (!qs.ok()) return qs;
 
     // (3a) decode sizes: a memory-bound GEMV that reads each weight byte once.
     if (gemv)

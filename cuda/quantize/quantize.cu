@@ -91,6 +91,20 @@ __global__ void __launch_bounds__(kThreads)
     if (hit & (1u << e)) mask[k0 + e] = 1;
 }
 
+// The fused op's all-outlier shortcut: when skip_count is given and every one of the K columns
+// is an outlier column, the quantized row would be all zeros with absmax 0 over no column; the
+// caller's int8 GEMM then stands aside and never reads q (int8_gemm_stands_aside_when_all_outliers
+// in linear/cublaslt_linear.cuh), so only the scales are written and x is not read. The grid
+// has at least M threads.
+__device__ __forceinline__ bool all_columns_outliers(const int32_t* skip_count, int64_t M,
+                                                     int64_t K, float* __restrict__ row_scale) {
+  if (skip_count == nullptr || *skip_count != K) return false;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t m = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; m < M; m += stride)
+    row_scale[m] = 0.0f;
+  return true;
+}
+
 // Row quantization for 16-bit x with K % 8 == 0, x 16-byte aligned and K <= kThreads * 8 *
 // CHUNKS: a block per row (grid-stride), each thread keeps its CHUNKS 8-element pieces of the
 // row in registers between the absmax and the rounding, so x is read from memory once, with
@@ -99,9 +113,10 @@ __global__ void __launch_bounds__(kThreads)
 template <typename T, int CHUNKS>
 __global__ void __launch_bounds__(kThreads)
     quantize_rows_reg_kernel(const T* __restrict__ x, int64_t M, int64_t K,
-                             const uint8_t* __restrict__ mask, int8_t* __restrict__ q,
-                             float* __restrict__ row_scale) {
+                             const uint8_t* __restrict__ mask, const int32_t* __restrict__ skip_count,
+                             int8_t* __restrict__ q, float* __restrict__ row_scale) {
   __shared__ float warp_amax[kThreads / 32];
+  if (all_columns_outliers(skip_count, M, K, row_scale)) return;
   for (int64_t m = blockIdx.x; m < M; m += gridDim.x) {
     const T* row = x + m * K;
     uint4 raw[CHUNKS];
@@ -152,9 +167,10 @@ __global__ void __launch_bounds__(kThreads)
 template <typename T, int TPR, bool VEC>
 __global__ void __launch_bounds__(kThreads)
     quantize_rows_kernel(const T* __restrict__ x, int64_t M, int64_t K,
-                         const uint8_t* __restrict__ mask, int8_t* __restrict__ q,
-                         float* __restrict__ row_scale) {
+                         const uint8_t* __restrict__ mask, const int32_t* __restrict__ skip_count,
+                         int8_t* __restrict__ q, float* __restrict__ row_scale) {
   static_assert(TPR == 32 || TPR == kThreads, "TPR must be a warp or the block");
+  if (all_columns_outliers(skip_count, M, K, row_scale)) return;
   constexpr int kRowsPerBlock = kThreads / TPR;
   __shared__ float warp_amax[kThreads / 32];
   const int lane = threadIdx.x % TPR;
@@ -279,26 +295,32 @@ __global__ void __launch_bounds__(kThreads)
 }  // namespace
 
 template <typename T>
-Status launch_quantize(cudaStream_t st, const T* x, int64_t M, int64_t K, float threshold,
-                       int8_t* q, float* row_scale, uint8_t* mask) {
-  if (K > 0) {
-    LT8_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(mask, 0, static_cast<size_t>(K), st),
-                             "cudaMemsetAsync(outlier_mask)");
-    const bool vec16 = sizeof(T) == 2 && K % 8 == 0 && is_aligned(x, 16);
-    if (threshold > 0.0f && M > 0 && vec16) {
-      const int64_t chunks = ceil_div(M, int64_t{kMaskVecRows});
-      dim3 grid(static_cast<unsigned>(ceil_div(K / 8, kThreads)),
-                static_cast<unsigned>(std::min(chunks, kMaxGridYZ)));
-      outlier_mask_vec_kernel<T><<<grid, kThreads, 0, st>>>(x, M, K, threshold, mask);
-      LT8_CHECK_LAUNCH("outlier_mask_vec_kernel");
-    } else if (threshold > 0.0f && M > 0) {
-      const int64_t chunks = ceil_div(M, kMaskRowsPerChunk);
-      dim3 grid(static_cast<unsigned>(ceil_div(K, kThreads)),
-                static_cast<unsigned>(std::min(chunks, kMaxGridYZ)));
-      outlier_mask_kernel<T><<<grid, kThreads, 0, st>>>(x, M, K, threshold, mask);
-      LT8_CHECK_LAUNCH("outlier_mask_kernel");
-    }
+Status launch_outlier_mask(cudaStream_t st, const T* x, int64_t M, int64_t K, float threshold,
+                           uint8_t* mask) {
+  if (K == 0) return Status::Ok();
+  LT8_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(mask, 0, static_cast<size_t>(K), st),
+                           "cudaMemsetAsync(outlier_mask)");
+  const bool vec16 = sizeof(T) == 2 && K % 8 == 0 && is_aligned(x, 16);
+  if (threshold > 0.0f && M > 0 && vec16) {
+    const int64_t chunks = ceil_div(M, int64_t{kMaskVecRows});
+    dim3 grid(static_cast<unsigned>(ceil_div(K / 8, kThreads)),
+              static_cast<unsigned>(std::min(chunks, kMaxGridYZ)));
+    outlier_mask_vec_kernel<T><<<grid, kThreads, 0, st>>>(x, M, K, threshold, mask);
+    LT8_CHECK_LAUNCH("outlier_mask_vec_kernel");
+  } else if (threshold > 0.0f && M > 0) {
+    const int64_t chunks = ceil_div(M, kMaskRowsPerChunk);
+    dim3 grid(static_cast<unsigned>(ceil_div(K, kThreads)),
+              static_cast<unsigned>(std::min(chunks, kMaxGridYZ)));
+    outlier_mask_kernel<T><<<grid, kThreads, 0, st>>>(x, M, K, threshold, mask);
+    LT8_CHECK_LAUNCH("outlier_mask_kernel");
   }
+  return Status::Ok();
+}
+
+template <typename T>
+Status launch_quantize_rows(cudaStream_t st, const T* x, int64_t M, int64_t K,
+                            const uint8_t* mask, const int32_t* skip_count, int8_t* q,
+                            float* row_scale) {
   if (M == 0) return Status::Ok();
   // 16-bit rows of 1K-16K elements: the one-read register kernel.
   if constexpr (sizeof(T) == 2) {
@@ -306,9 +328,11 @@ Status launch_quantize(cudaStream_t st, const T* x, int64_t M, int64_t K, float 
         K <= int64_t{kThreads} * 8 * 8) {
       const unsigned blocks = static_cast<unsigned>(std::min(M, int64_t{1} << 24));
       if (K <= int64_t{kThreads} * 8 * 2)
-        quantize_rows_reg_kernel<T, 2><<<blocks, kThreads, 0, st>>>(x, M, K, mask, q, row_scale);
+        quantize_rows_reg_kernel<T, 2>
+            <<<blocks, kThreads, 0, st>>>(x, M, K, mask, skip_count, q, row_scale);
       else
-        quantize_rows_reg_kernel<T, 8><<<blocks, kThreads, 0, st>>>(x, M, K, mask, q, row_scale);
+        quantize_rows_reg_kernel<T, 8>
+            <<<blocks, kThreads, 0, st>>>(x, M, K, mask, skip_count, q, row_scale);
       LT8_CHECK_LAUNCH("quantize_rows_reg_kernel");
       return Status::Ok();
     }
@@ -321,24 +345,38 @@ Status launch_quantize(cudaStream_t st, const T* x, int64_t M, int64_t K, float 
       static_cast<unsigned>(std::min(ceil_div(M, rows_per_block), int64_t{1} << 24));
   if (warp_per_row) {
     if (vec)
-      quantize_rows_kernel<T, 32, true><<<blocks, kThreads, 0, st>>>(x, M, K, mask, q, row_scale);
+      quantize_rows_kernel<T, 32, true>
+          <<<blocks, kThreads, 0, st>>>(x, M, K, mask, skip_count, q, row_scale);
     else
-      quantize_rows_kernel<T, 32, false><<<blocks, kThreads, 0, st>>>(x, M, K, mask, q, row_scale);
+      quantize_rows_kernel<T, 32, false>
+          <<<blocks, kThreads, 0, st>>>(x, M, K, mask, skip_count, q, row_scale);
   } else {
     if (vec)
       quantize_rows_kernel<T, kThreads, true>
-          <<<blocks, kThreads, 0, st>>>(x, M, K, mask, q, row_scale);
+          <<<blocks, kThreads, 0, st>>>(x, M, K, mask, skip_count, q, row_scale);
     else
       quantize_rows_kernel<T, kThreads, false>
-          <<<blocks, kThreads, 0, st>>>(x, M, K, mask, q, row_scale);
+          <<<blocks, kThreads, 0, st>>>(x, M, K, mask, skip_count, q, row_scale);
   }
   LT8_CHECK_LAUNCH("quantize_rows_kernel");
   return Status::Ok();
 }
 
+template <typename T>
+Status launch_quantize(cudaStream_t st, const T* x, int64_t M, int64_t K, float threshold,
+                       int8_t* q, float* row_scale, uint8_t* mask) {
+  Status ms = launch_outlier_mask<T>(st, x, M, K, threshold, mask);
+  if (!ms.ok()) return ms;
+  return launch_quantize_rows<T>(st, x, M, K, mask, nullptr, q, row_scale);
+}
+
 #define LT8_INSTANTIATE(T)                                                                     \
   template Status launch_quantize<T>(cudaStream_t, const T*, int64_t, int64_t, float, int8_t*, \
-                                     float*, uint8_t*);
+                                     float*, uint8_t*);                                        \
+  template Status launch_outlier_mask<T>(cudaStream_t, const T*, int64_t, int64_t, float,      \
+                                         uint8_t*);                                            \
+  template Status launch_quantize_rows<T>(cudaStream_t, const T*, int64_t, int64_t,            \
+                                          const uint8_t*, const int32_t*, int8_t*, float*);
 LT8_FOR_EACH_FLOAT_TYPE(LT8_INSTANTIATE)
 #undef LT8_INSTANTIATE
 

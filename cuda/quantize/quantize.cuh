@@ -7,7 +7,6 @@
 #include <cstdint>
 
 #include "common/numerics.h"
-#include "internal.h"
 #include "lt8.h"
 
 namespace lt8 {
@@ -25,20 +24,21 @@ template <typename T>
 Status launch_quantize(cudaStream_t st, const T* x, int64_t M, int64_t K, float threshold,
                        int8_t* q, float* row_scale, uint8_t* mask);
 
+// The two halves of launch_quantize. launch_outlier_mask: zeroes mask, then sets mask[k] for the
+// outlier columns (threshold > 0). launch_quantize_rows: row_scale and q from x and mask; with
+// skip_count (the device-side outlier count) and *skip_count == K, only row_scale (all 0) is
+// written: for callers whose int8 GEMM then stands aside and never reads q.
+template <typename T>
+Status launch_outlier_mask(cudaStream_t st, const T* x, int64_t M, int64_t K, float threshold,
+                           uint8_t* mask);
+template <typename T>
+Status launch_quantize_rows(cudaStream_t st, const T* x, int64_t M, int64_t K,
+                            const uint8_t* mask, const int32_t* skip_count, int8_t* q,
+                            float* row_scale);
+
 // idx[0 .. *count) = the ascending k with mask[k] != 0; one block, the count stays on the device.
 Status launch_compact_outliers(cudaStream_t st, const uint8_t* mask, int64_t K, int32_t* idx,
                                int32_t* count);
-
-// launch_quantize + launch_compact_outliers in one cooperative launch (prepare_large_batch.cu)
-// for 16-bit x with K % 8 == 0, threshold > 0, on s.q, s.row_scale, s.outlier_idx and
-// s.outlier_count; s.mask holds the mask as K bits instead of K bytes. zero_when_all: when every
-// column is an outlier column, q is left unwritten (the caller's int8 GEMM stands aside then).
-// Returns false when it does not apply (nothing enqueued unless *err is set, which the caller
-// must return).
-template <typename T>
-bool launch_prepare_large_batch(cudaStream_t st, const T* x, int64_t M, int64_t K,
-                                float threshold, bool zero_when_all, const LinearScratch& s,
-                                Status* err);
 
 }  // namespace gpu
 }  // namespace lt8

@@ -1,9 +1,9 @@
-"""The fused op's quantization stage past the GEMV's batch sizes on CUDA (one cooperative launch
-for 16-bit x with outliers: cuda/quantize/prepare_large_batch.cu) gives the CPU's bits: the
-whole op is compared with the CPU kernel (an independent implementation of the same rules) up
-to 64 outlier columns, where every GPU epilogue is exact. Shapes cover the kernel's row teams
-(1 to 16 warps per row), K not a multiple of 32, the largest K it takes and the first it leaves
-to the older path, and rows holding NaN, inf and values exactly at the threshold."""
+"""The fused op's quantization stage past the GEMV's batch sizes on CUDA (outlier mask,
+compaction, row quantization: cuda/quantize/quantize.cu) gives the CPU's bits: the whole op is
+compared with the CPU kernel (an independent implementation of the same rules) up to 64 outlier
+columns, where every GPU epilogue is exact. Shapes cover K not a multiple of 32, every row
+quantizer (warp per row, register rows, block per row past 16384) and rows holding NaN, inf and
+values exactly at the threshold; a CUDA graph replays the stage with new activations."""
 
 from __future__ import annotations
 
@@ -48,12 +48,12 @@ def cpu_and_cuda(x, CB, SCB, bias):
     "M,K,N,n_out",
     [
         (17, 8, 24, 1),  # one 8-column group, first batch past the GEMV
-        (40, 24, 16, 3),  # K % 32 != 0: a partial mask word
-        (300, 1024, 40, 8),  # one warp per row
-        (2048, 4096, 48, 8),  # four warps per row, Llama's q/k/v/gate/up input
-        (64, 14336, 16, 40),  # fourteen warps per row (two of the block's warps idle)
-        (33, 16384, 8, 64),  # the largest K of the one-launch kernel (16 warps per row)
-        (20, 16392, 8, 10),  # past it: the older path
+        (40, 24, 16, 3),  # K % 32 != 0
+        (300, 1024, 40, 8),  # a warp per row
+        (2048, 4096, 48, 8),  # Llama's q/k/v/gate/up input, rows in registers
+        (64, 14336, 16, 40),  # Llama's down projection input
+        (33, 16384, 8, 64),  # the largest K of the register kernel
+        (20, 16392, 8, 10),  # past it: a block per row
         (100, 4096, 32, 0),  # no outlier column at all
     ],
 )
