@@ -172,7 +172,8 @@ __global__ void __launch_bounds__(kEpiThreads)
   if (!live) return;
   float b[VEC];
 #pragma unroll
-  for (int e = 0; e < VEC; ++e) b[e] = bias != nullptr ? load_float_any(bias_dtype, bias, n0 + e) : 0.0f;
+  for (int e = 0; e < VEC; ++e)
+    b[e] = bias != nullptr ? load_float_any(bias_dtype, bias, n0 + e) : 0.0f;
 #pragma unroll
   for (int r = 0; r < kRows; ++r) {
     if (r >= rows) continue;
@@ -240,12 +241,11 @@ bool launch_linear_tensor_core(cudaStream_t st, const T* x, const int8_t* CB, co
     exact_max_count = kOutlierTcMinCount;
   }
   if (threshold > 0.0f) {
-    const unsigned blocks = std::min(
-        elementwise_blocks(int64_t{kStagedOutliers} * (N + M)), kStageMaxBlocks);
+    const unsigned blocks =
+        std::min(elementwise_blocks(int64_t{kStagedOutliers} * (N + M)), kStageMaxBlocks);
     stage_outliers_kernel<T><<<blocks, kThreads, 0, st>>>(x, CB, SCB, s.outlier_idx,
-                                                          s.outlier_count, M, N, K,
-                                                          exact_max_count, s.outlier_w,
-                                                          s.outlier_x);
+                                                          s.outlier_count, M, N, K, exact_max_count,
+                                                          s.outlier_w, s.outlier_x);
     if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) {
       *err = cuda_error(e, "stage_outliers_kernel");
       return false;

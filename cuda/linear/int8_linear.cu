@@ -83,9 +83,8 @@ Status int8_linear(const Exec& ex, DType x_dtype, const void* x, const int8_t* C
     }
     const bool skip_when_all =
         !gemv && threshold > 0.0f && int8_gemm_stands_aside_when_all_outliers(CB, s, M, N, K);
-    Status qs = launch_quantize_rows<T>(st, xt, M, K, s.mask,
-                                        skip_when_all ? s.outlier_count : nullptr, s.q,
-                                        s.row_scale);
+    Status qs = launch_quantize_rows<T>(
+        st, xt, M, K, s.mask, skip_when_all ? s.outlier_count : nullptr, s.q, s.row_scale);
     if (!qs.ok()) return qs;
 
     // (3a) decode sizes: a memory-bound GEMV that reads each weight byte once.

@@ -124,8 +124,9 @@ __device__ __forceinline__ bool all_columns_outliers(const int32_t* skip_count, 
 template <typename T, int THREADS, int CHUNKS>
 __global__ void __launch_bounds__(THREADS)
     quantize_rows_reg_kernel(const T* __restrict__ x, int64_t M, int64_t K,
-                             const uint8_t* __restrict__ mask, const int32_t* __restrict__ skip_count,
-                             int8_t* __restrict__ q, float* __restrict__ row_scale) {
+                             const uint8_t* __restrict__ mask,
+                             const int32_t* __restrict__ skip_count, int8_t* __restrict__ q,
+                             float* __restrict__ row_scale) {
   __shared__ float warp_amax[THREADS / 32];
   if (all_columns_outliers(skip_count, M, K, row_scale)) return;
   for (int64_t m = blockIdx.x; m < M; m += gridDim.x) {
@@ -332,9 +333,8 @@ Status launch_outlier_mask(cudaStream_t st, const T* x, int64_t M, int64_t K, fl
 }
 
 template <typename T>
-Status launch_quantize_rows(cudaStream_t st, const T* x, int64_t M, int64_t K,
-                            const uint8_t* mask, const int32_t* skip_count, int8_t* q,
-                            float* row_scale) {
+Status launch_quantize_rows(cudaStream_t st, const T* x, int64_t M, int64_t K, const uint8_t* mask,
+                            const int32_t* skip_count, int8_t* q, float* row_scale) {
   if (M == 0) return Status::Ok();
   // 16-bit rows of 1K-16K elements: the one-read register kernel.
   if constexpr (sizeof(T) == 2) {

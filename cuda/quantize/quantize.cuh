@@ -32,9 +32,8 @@ template <typename T>
 Status launch_outlier_mask(cudaStream_t st, const T* x, int64_t M, int64_t K, float threshold,
                            uint8_t* mask);
 template <typename T>
-Status launch_quantize_rows(cudaStream_t st, const T* x, int64_t M, int64_t K,
-                            const uint8_t* mask, const int32_t* skip_count, int8_t* q,
-                            float* row_scale);
+Status launch_quantize_rows(cudaStream_t st, const T* x, int64_t M, int64_t K, const uint8_t* mask,
+                            const int32_t* skip_count, int8_t* q, float* row_scale);
 
 // idx[0 .. *count) = the ascending k with mask[k] != 0; one block, the count stays on the device.
 Status launch_compact_outliers(cudaStream_t st, const uint8_t* mask, int64_t K, int32_t* idx,
