@@ -2,7 +2,7 @@
 # Run on the GPU machine from the repo root: build with CUDA, run the whole test suite on the
 # GPU (CUDA tests may not skip: LT8_REQUIRE_CUDA=1), optionally the memory checkers and the
 # benchmark, and print a summary last. Logs go to $OUT when it is set.
-#   STAGES="build tests gemv outlier sanitizer bench models e2e profile cpu jaxdecode ncu multi" (default: build tests)   PYTEST_ARGS="-k linear"
+#   STAGES="build tests gemv outlier sanitizer bench models e2e profile kernels cpu jaxdecode ncu multi" (default: build tests)   PYTEST_ARGS="-k linear"
 #   TESTS="tests/torch/test_x.py ..." (default: tests)   PYTEST_JOBS=8 (pytest-xdist workers)
 #   MODELS_ARGS="--models llama3-8b --ms 16,2048"   E2E_ARGS="--variants fp16,lt8"
 #   MULTI_ARGS="--models 8b --variants fp16,lt8,fp16-static,lt8-static" (compiled TP: minutes)
@@ -99,6 +99,16 @@ if [[ " $STAGES " == *" profile "* ]]; then
   # Host vs GPU time of one decoded token in bench_e2e's model (benchmarks/diag_e2e_profile.py).
   timeout ${PROFILE_TIMEOUT:-400} $PY benchmarks/diag_e2e_profile.py ${PROFILE_ARGS:-} 2>&1 | tee "$OUT/diag_e2e_profile.log"
   note "diag_e2e_profile: $(grep -c 'wall' "$OUT/diag_e2e_profile.log") cases"
+fi
+
+if [[ " $STAGES " == *" kernels "* ]]; then
+  # GPU time per kernel of one linear call at prefill sizes (benchmarks/diag_kernels.py), under
+  # each setting of KERNELS_VARIANTS (e.g. "LT8_EPILOGUE_VEC=0 LT8_EPILOGUE_VEC=1").
+  for v in ${KERNELS_VARIANTS:-LT8_DEFAULT=1}; do
+    echo "== kernels [$v]" | tee -a "$OUT/diag_kernels.log"
+    env $v timeout ${KERNELS_TIMEOUT:-120} $PY benchmarks/diag_kernels.py ${KERNELS_ARGS:-} 2>&1 | tee -a "$OUT/diag_kernels.log"
+  done
+  note "diag_kernels: $(grep -c '^==.*M=' "$OUT/diag_kernels.log") cases"
 fi
 
 if [[ " $STAGES " == *" cpu "* ]]; then
