@@ -23,7 +23,7 @@ namespace gpu {
 namespace {
 
 constexpr int kEpiThreads = 256;          // one or four output columns per thread
-constexpr int kEpiRows = 32;              // rows per block (per four with 4 columns a thread)
+constexpr int kEpiRows = 32;              // rows per block (a quarter with 4 columns a thread)
 constexpr int kEpiChunk = 8;              // outlier columns per shared-memory stage
 constexpr int64_t kInt8Sm90MinK = 12288;  // see launch_linear_tensor_core
 
