@@ -87,19 +87,19 @@ Status int8_linear(const Exec& ex, DType x_dtype, const void* x, const int8_t* C
         st, xt, M, K, s.mask, skip_when_all ? s.outlier_count : nullptr, s.q, s.row_scale);
     if (!qs.ok()) return qs;
 
-    // (3a) decode sizes: a memory-bound GEMV that reads each weight byte once.
+    // (4a) decode sizes: a memory-bound GEMV that reads each weight byte once.
     if (gemv)
       return launch_linear_gemv<T>(st, s.q, xt, CB, SCB, s, bias_dtype, bias, M, N, K, threshold,
                                    /*after_prepare=*/false, o);
 
-    // (3b) larger batches: int8 tensor cores (cuBLASLt) into int32 scratch, then the epilogue.
+    // (4b) larger batches: int8 tensor cores (cuBLASLt) into int32 scratch, then the epilogue.
     Status err;
     if (launch_linear_tensor_core<T>(st, xt, CB, SCB, s, threshold, bias_dtype, bias, M, N, K, o,
                                      &err))
       return Status::Ok();
     if (!err.ok()) return err;
 
-    // (3c) fallback: lt8's dp4a GEMM with the fused dequant + outlier + bias epilogue.
+    // (4c) fallback: lt8's dp4a GEMM with the fused dequant + outlier + bias epilogue.
     LinearEpilogue<T> epi{xt,
                           CB,
                           SCB,
