@@ -128,7 +128,7 @@ if [[ " $STAGES " == *" demo "* ]]; then
     timeout ${DEMO_TIMEOUT:-200} taskset -c ${CPU_CORES:-0,1} env JAX_PLATFORMS=cpu OMP_NUM_THREADS=2 CUDA_VISIBLE_DEVICES= \
       $PY -m lt8 demo --model ${DEMO_MODEL:-.demo_model} --device cpu 2>&1 | tail -7 | tee -a "$OUT/demo.log"
   done
-  note "demo (cores ${CPU_CORES:-0,1}): $(grep -E 'int8' "$OUT/demo.log" | grep -o '[0-9.]* ms' | tr '\n' ' ')"
+  note "demo (cores ${CPU_CORES:-0,1}): $(grep -E '(fp32|int8).* ms$' "$OUT/demo.log" | sed 's/  */ /g' | tr '\n' ';')"
 fi
 
 if [[ " $STAGES " == *" jaxdecode "* ]]; then
