@@ -16,7 +16,6 @@ from pathlib import Path
 
 
 def main(out: str) -> None:
-    import torch
     from safetensors.torch import load_file, save_file
 
     from lt8.demo.model_files import resolve
