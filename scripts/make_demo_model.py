@@ -23,7 +23,9 @@ def main(out: str) -> None:
     src = resolve(None).path  # the embedded default model's folder
     dst = Path(out)
     # Every small file (config, tokenizer, sentence-transformers' pooling settings) as it is.
-    shutil.copytree(src, dst, dirs_exist_ok=True, ignore=shutil.ignore_patterns("model.safetensors"))
+    shutil.copytree(
+        src, dst, dirs_exist_ok=True, ignore=shutil.ignore_patterns("model.safetensors")
+    )
     tensors = load_file(str(src / "model.safetensors"))
     half = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in tensors.items()}
     save_file(half, str(dst / "model.safetensors"))
