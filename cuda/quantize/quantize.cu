@@ -69,8 +69,8 @@ __device__ __forceinline__ float block_absmax(float amax, float* warp_amax) {
 // The same mask for 16-bit x with K % 8 == 0 and x 16-byte aligned: each thread tests 8 adjacent
 // columns with one 16-byte load per row (the scalar kernel's 2-byte loads left it at a quarter of
 // the memory bandwidth), blockIdx.y (grid-stride) = chunk of kMaskVecRows rows, whose loads are
-// all issued before any test (a loop that tested each row before loading the next kept one load
-// in flight per thread: 6-8 us at M = 2048, K = 4096 on an H200, NOTES v11).
+// all issued before any test (5-10% faster at K = 4096 than testing row by row; at ~2.9 TB/s it
+// is close to bound by memory either way: benchmarks/NOTES.md v11).
 constexpr int kMaskVecRows = 8;
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
