@@ -93,6 +93,8 @@ def main() -> None:
     p.add_argument("--prefill", type=int, default=0, help="profile a forward of this many tokens")
     p.add_argument("--top", type=int, default=30)
     args = p.parse_args()
+    if any(v.startswith("bnb") for v in args.variants):
+        p.error("bitsandbytes loads from a saved checkpoint: profile it with bench_e2e.py's setup")
 
     fp16_model = build_fp16_model(args.layers)
     g = torch.Generator().manual_seed(2)
