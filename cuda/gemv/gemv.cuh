@@ -20,7 +20,8 @@ constexpr int64_t kPrepMaxK = 32768;
 // Quantizes x (M <= kSmallBatchRows rows) into s.q / s.row_scale and writes the outlier columns,
 // compacted, to s.outlier_idx / s.outlier_count, in one launch. Needs K % 8 == 0,
 // K <= kPrepMaxK, x 4 * sizeof(T) aligned and s.q 8-byte aligned. Same values as
-// launch_quantize + launch_compact_outliers. T: float, __half or __nv_bfloat16.
+// launch_outlier_mask + launch_compact_outliers + launch_quantize_rows. T: float, __half or
+// __nv_bfloat16.
 template <typename T>
 Status launch_prepare_small_batch(cudaStream_t st, const T* x, int64_t M, int64_t K,
                                   float threshold, const LinearScratch& s);

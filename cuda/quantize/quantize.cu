@@ -378,20 +378,10 @@ Status launch_quantize_rows(cudaStream_t st, const T* x, int64_t M, int64_t K, c
   return Status::Ok();
 }
 
-template <typename T>
-Status launch_quantize(cudaStream_t st, const T* x, int64_t M, int64_t K, float threshold,
-                       int8_t* q, float* row_scale, uint8_t* mask) {
-  Status ms = launch_outlier_mask<T>(st, x, M, K, threshold, mask);
-  if (!ms.ok()) return ms;
-  return launch_quantize_rows<T>(st, x, M, K, mask, nullptr, q, row_scale);
-}
-
-#define LT8_INSTANTIATE(T)                                                                     \
-  template Status launch_quantize<T>(cudaStream_t, const T*, int64_t, int64_t, float, int8_t*, \
-                                     float*, uint8_t*);                                        \
-  template Status launch_outlier_mask<T>(cudaStream_t, const T*, int64_t, int64_t, float,      \
-                                         uint8_t*);                                            \
-  template Status launch_quantize_rows<T>(cudaStream_t, const T*, int64_t, int64_t,            \
+#define LT8_INSTANTIATE(T)                                                                \
+  template Status launch_outlier_mask<T>(cudaStream_t, const T*, int64_t, int64_t, float, \
+                                         uint8_t*);                                       \
+  template Status launch_quantize_rows<T>(cudaStream_t, const T*, int64_t, int64_t,       \
                                           const uint8_t*, const int32_t*, int8_t*, float*);
 LT8_FOR_EACH_FLOAT_TYPE(LT8_INSTANTIATE)
 #undef LT8_INSTANTIATE
@@ -413,8 +403,10 @@ Status quantize_rows(const Exec& ex, DType x_dtype, const void* x, int64_t M, in
     if (M == 0 && K == 0) return Status::Ok();
     DeviceGuard guard(ex);
     if (!guard.ok()) return guard.status();
-    return launch_quantize<T>(stream_of(ex), static_cast<const T*>(x), M, K, threshold, q,
-                              row_scale, outlier_mask);
+    const T* xt = static_cast<const T*>(x);
+    Status ms = launch_outlier_mask<T>(stream_of(ex), xt, M, K, threshold, outlier_mask);
+    if (!ms.ok()) return ms;
+    return launch_quantize_rows<T>(stream_of(ex), xt, M, K, outlier_mask, nullptr, q, row_scale);
   });
 }
 

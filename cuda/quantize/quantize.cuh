@@ -1,5 +1,5 @@
 // Row quantization stage of the CUDA kernels, as the fused linear op (linear/int8_linear.cu)
-// runs it: outlier mask + row quantization, then outlier compaction. Defined in quantize.cu.
+// runs it: outlier mask, outlier compaction, row quantization. Defined in quantize.cu.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -17,17 +17,11 @@ __device__ __forceinline__ float absmax_combine(float a, float b) {
   return absmax_step(a, b);
 }
 
-// Zeroes mask, sets mask[k] for the outlier columns (threshold > 0), then writes row_scale (the
-// absmax over the other columns) and q (outlier columns zeroed). T: float, __half or
-// __nv_bfloat16.
-template <typename T>
-Status launch_quantize(cudaStream_t st, const T* x, int64_t M, int64_t K, float threshold,
-                       int8_t* q, float* row_scale, uint8_t* mask);
-
-// The two halves of launch_quantize. launch_outlier_mask: zeroes mask, then sets mask[k] for the
-// outlier columns (threshold > 0). launch_quantize_rows: row_scale and q from x and mask; with
-// skip_count (the device-side outlier count) and *skip_count == K, only row_scale (all 0) is
-// written: for callers whose int8 GEMM then stands aside and never reads q.
+// Row quantization in two launches. launch_outlier_mask: zeroes mask, then sets mask[k] for the
+// outlier columns (threshold > 0). launch_quantize_rows: row_scale (the absmax over the other
+// columns) and q (outlier columns zeroed) from x and mask; with skip_count (the device-side
+// outlier count) and *skip_count == K, only row_scale (all 0) is written: for callers whose int8
+// GEMM then stands aside and never reads q. T: float, __half or __nv_bfloat16.
 template <typename T>
 Status launch_outlier_mask(cudaStream_t st, const T* x, int64_t M, int64_t K, float threshold,
                            uint8_t* mask);
