@@ -194,8 +194,8 @@ bool tensor_core_path_fits(const LinearScratch& s, int64_t M) {
   return s.acc != nullptr && ceil_div(M, int64_t{kEpiRows}) <= 65535;
 }
 
-bool int8_gemm_stands_aside_when_all_outliers(const int8_t* CB, const LinearScratch& s, int64_t M,
-                                              int64_t N, int64_t K) {
+bool takes_int8_gemm_sm90(const int8_t* CB, const LinearScratch& s, int64_t M, int64_t N,
+                          int64_t K) {
   // On the Hopper many-outlier path with wide inputs (K >= kInt8Sm90MinK) the int8 GEMM is
   // CUTLASS's, which stands aside on the device when every column is an outlier column (an
   // MLP's down projection over a long prompt: benchmarks/NOTES.md v7). There it measured as fast
@@ -214,11 +214,11 @@ bool int8_gemm_stands_aside_when_all_outliers(const int8_t* CB, const LinearScra
 template <typename T>
 bool launch_linear_tensor_core(cudaStream_t st, const T* x, const int8_t* CB, const float* SCB,
                                const LinearScratch& s, float threshold, DType bias_dtype,
-                               const void* bias, int64_t M, int64_t N, int64_t K, T* out,
-                               Status* err) {
+                               const void* bias, int64_t M, int64_t N, int64_t K, bool int8_sm90,
+                               T* out, Status* err) {
   if (!tensor_core_path_fits(s, M)) return false;
   const bool tc = s.tc_x != nullptr && outlier_tc_supported(M);
-  if (int8_gemm_stands_aside_when_all_outliers(CB, s, M, N, K)) {
+  if (int8_sm90) {
     Status gs = launch_int8_gemm_sm90(st, s.q, CB, M, N, K, s.outlier_count, kOutlierTcMinCount,
                                       s.acc, s.tc_gemm_ws);
     if (!gs.ok()) {
@@ -281,7 +281,7 @@ bool launch_linear_tensor_core(cudaStream_t st, const T* x, const int8_t* CB, co
 #define LT8_INSTANTIATE(T)                                                                        \
   template bool launch_linear_tensor_core<T>(cudaStream_t, const T*, const int8_t*, const float*, \
                                              const LinearScratch&, float, DType, const void*,     \
-                                             int64_t, int64_t, int64_t, T*, Status*);
+                                             int64_t, int64_t, int64_t, bool, T*, Status*);
 LT8_FOR_EACH_FLOAT_TYPE(LT8_INSTANTIATE)
 #undef LT8_INSTANTIATE
 

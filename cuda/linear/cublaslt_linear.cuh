@@ -15,19 +15,20 @@ namespace gpu {
 // epilogue's grid): the caller takes its fallback GEMM.
 bool tensor_core_path_fits(const LinearScratch& s, int64_t M);
 
-// True when launch_linear_tensor_core will use CUTLASS's sm_90a int8 GEMM, which stands aside on
-// the device when every column is an outlier column, so that the quantized activations are then
-// never read.
-bool int8_gemm_stands_aside_when_all_outliers(const int8_t* CB, const LinearScratch& s, int64_t M,
-                                              int64_t N, int64_t K);
+// True when the tensor-core path is to use CUTLASS's sm_90a int8 GEMM (the caller passes it to
+// launch_linear_tensor_core), which stands aside on the device when every column is an outlier
+// column, so that the quantized activations are then never read.
+bool takes_int8_gemm_sm90(const int8_t* CB, const LinearScratch& s, int64_t M, int64_t N,
+                          int64_t K);
 
-// The tensor-core path: cuBLASLt GEMM, then the epilogue. Returns false (nothing enqueued) when
-// cuBLASLt cannot take the problem; *err reports a failure after which the caller must stop.
+// The tensor-core path: the int8 GEMM (CUTLASS's when int8_sm90, from takes_int8_gemm_sm90,
+// else cuBLASLt's), then the epilogue. Returns false (nothing enqueued) when cuBLASLt cannot take
+// the problem; *err reports a failure after which the caller must stop.
 template <typename T>
 bool launch_linear_tensor_core(cudaStream_t st, const T* x, const int8_t* CB, const float* SCB,
                                const LinearScratch& s, float threshold, DType bias_dtype,
-                               const void* bias, int64_t M, int64_t N, int64_t K, T* out,
-                               Status* err);
+                               const void* bias, int64_t M, int64_t N, int64_t K, bool int8_sm90,
+                               T* out, Status* err);
 
 }  // namespace gpu
 }  // namespace lt8

@@ -81,10 +81,10 @@ Status int8_linear(const Exec& ex, DType x_dtype, const void* x, const int8_t* C
       LT8_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(s.outlier_count, 0, sizeof(int32_t), st),
                                "cudaMemsetAsync(outlier_count)");
     }
-    const bool skip_when_all =
-        !gemv && threshold > 0.0f && int8_gemm_stands_aside_when_all_outliers(CB, s, M, N, K);
-    Status qs = launch_quantize_rows<T>(
-        st, xt, M, K, s.mask, skip_when_all ? s.outlier_count : nullptr, s.q, s.row_scale);
+    const bool int8_sm90 = !gemv && takes_int8_gemm_sm90(CB, s, M, N, K);
+    Status qs = launch_quantize_rows<T>(st, xt, M, K, s.mask,
+                                        int8_sm90 && threshold > 0.0f ? s.outlier_count : nullptr,
+                                        s.q, s.row_scale);
     if (!qs.ok()) return qs;
 
     // (4a) decode sizes: a memory-bound GEMV that reads each weight byte once.
@@ -94,8 +94,8 @@ Status int8_linear(const Exec& ex, DType x_dtype, const void* x, const int8_t* C
 
     // (4b) larger batches: int8 tensor cores (cuBLASLt) into int32 scratch, then the epilogue.
     Status err;
-    if (launch_linear_tensor_core<T>(st, xt, CB, SCB, s, threshold, bias_dtype, bias, M, N, K, o,
-                                     &err))
+    if (launch_linear_tensor_core<T>(st, xt, CB, SCB, s, threshold, bias_dtype, bias, M, N, K,
+                                     int8_sm90, o, &err))
       return Status::Ok();
     if (!err.ok()) return err;
 

@@ -104,7 +104,7 @@ __global__ void __launch_bounds__(kThreads)
 
 // The fused op's all-outlier shortcut: when skip_count is given and every one of the K columns
 // is an outlier column, the quantized row would be all zeros with absmax 0 over no column; the
-// caller's int8 GEMM then stands aside and never reads q (int8_gemm_stands_aside_when_all_outliers
+// caller's int8 GEMM then stands aside and never reads q (takes_int8_gemm_sm90
 // in linear/cublaslt_linear.cuh), so only the scales are written and x is not read. The grid
 // has at least M threads.
 __device__ __forceinline__ bool all_columns_outliers(const int32_t* skip_count, int64_t M,
