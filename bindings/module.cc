@@ -145,6 +145,10 @@ NB_MODULE(_C, m) {
         "Threads of the CPU kernels: n > 0 uses n; n <= 0 restores the default (OMP_NUM_THREADS, "
         "else the process's CPU affinity).");
   m.def("cpu_threads", &lt8::cpu_threads, "Threads the next CPU kernel call will use.");
+  m.def(
+      "cpu_isa", [] { return std::string(lt8::cpu_isa()); },
+      "Instruction set of the CPU kernels now: scalar, neondot, avx2, avxvnni, avx512vnni or amx "
+      "(detected, lowered by LT8_CPU_ISA).");
   m.def("has_ffi", [] {
 #ifdef LT8_WITH_FFI
     return true;

@@ -3,6 +3,7 @@
 #include <cstdlib>
 #include <string>
 
+#include "cpu_simd/cpu_isa.h"
 #include "cpu_simd/thread_pool.h"
 #include "internal.h"
 
@@ -16,6 +17,9 @@ int cpu_threads() {
 }
 bool use_openmp_threads(bool on) {
   return cpu::set_openmp_threads(on);
+}
+const char* cpu_isa() {
+  return cpu::cpu_isa_name(cpu::active_cpu_isa());
 }
 
 bool cutlass_sm90_built() {

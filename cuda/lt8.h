@@ -121,6 +121,9 @@ int cpu_threads();
 // (the torch frontend asks for it); false: lt8's own pool. Returns whether OpenMP is now used
 // (never on builds without OpenMP).
 bool use_openmp_threads(bool on);
+// The instruction set the CPU kernels use now ("scalar", "neondot", "avx2", "avxvnni",
+// "avx512vnni", "amx"): detected once, lowered by the environment variable LT8_CPU_ISA.
+const char* cpu_isa();
 
 // A framework's own intra-op thread pool, lent to lt8's kernels for one call (the XLA FFI
 // handlers lend XLA's when LT8_XLA_THREAD_POOL=1: xla_ffi/handlers_cpu.cc). While a

@@ -39,6 +39,7 @@ def info() -> int:
         sm90 = _native.C.cutlass_sm90_built()
         print(f"  Hopper outlier GEMM (CUTLASS, sm_90a): {'yes' if sm90 else 'no'}")
     print(f"  XLA FFI handlers built: {'yes' if _native.has_ffi() else 'no'}")
+    print(f"  CPU kernels: {_native.C.cpu_isa()}, {_native.C.cpu_threads()} threads")
     for name in ("numpy", "torch", "jax", "jaxlib", "flax", "safetensors"):
         print(f"  {name}: {_version_of(name) or 'not installed'}")
     torch_v = _version_of("torch")

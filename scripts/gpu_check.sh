@@ -2,6 +2,7 @@
 # Run on the GPU machine from the repo root: build with CUDA, run the whole test suite on the
 # GPU (CUDA tests may not skip: LT8_REQUIRE_CUDA=1), optionally the memory checkers and the
 # benchmark, and print a summary last. Logs go to $OUT when it is set.
+#   LT8_CUDA=OFF (build the CPU kernels only, for the cpu and demo stages)
 #   STAGES="build tests gemv outlier sanitizer bench models e2e profile kernels cpu demo jaxdecode ncu multi" (default: build tests)   PYTEST_ARGS="-k linear"
 #   TESTS="tests/torch/test_x.py ..." (default: tests)   PYTEST_JOBS=8 (pytest-xdist workers)
 #   MODELS_ARGS="--models llama3-8b --ms 16,2048"   E2E_ARGS="--variants fp16,lt8"
@@ -9,7 +10,9 @@
 # Wheels in .whl/ (bitsandbytes, torchao; carried) are installed first; with bitsandbytes there,
 # its interop tests may not skip (LT8_REQUIRE_BNB=1).
 set -uo pipefail
-export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false LT8_REQUIRE_CUDA=1
+export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
+# A CPU-only build (LT8_CUDA=OFF) lets CUDA tests skip.
+export LT8_REQUIRE_CUDA=$([ "${LT8_CUDA:-ON}" = OFF ] && echo 0 || echo 1)
 # One GPU unless the machine has more: tests that need two GPUs fail rather than skip when
 # LT8_GPUS says there are two.
 export LT8_GPUS=${LT8_GPUS:-$(nvidia-smi -L | wc -l)}
@@ -27,12 +30,13 @@ fi
 
 if [[ " $STAGES " == *" build "* ]]; then
   start=$SECONDS
-  if LT8_CUDA=ON LT8_CUDA_ARCHS=${LT8_CUDA_ARCHS:-90} $PY -m pip install -q --no-build-isolation --no-deps -e . >"$OUT/build.log" 2>&1; then
+  if LT8_CUDA=${LT8_CUDA:-ON} LT8_CUDA_ARCHS=${LT8_CUDA_ARCHS:-90} $PY -m pip install -q --no-build-isolation --no-deps -e . >"$OUT/build.log" 2>&1; then
     note "build: ok ($((SECONDS - start)) s)"
   else
     tail -40 "$OUT/build.log"; note "build: FAILED"; printf '%s\n' "${summary[@]}"; exit 1
   fi
   $PY -m lt8 info | tee "$OUT/info.txt"
+  { lscpu; grep -m1 flags /proc/cpuinfo; } >"$OUT/cpu.txt" 2>&1
 fi
 
 if [[ " $STAGES " == *" tests "* ]]; then

@@ -17,6 +17,9 @@ using gemm_detail::Problem;
 
 constexpr int64_t kBlockCols = 32;        // columns of C (rows of B) per task: B block in L2
 constexpr double kMinParallelMacs = 4e6;  // below this, waking threads costs more than it saves
+// AMX multiplies 16-row tiles: below 16 rows of A most of each tile product is padding, and the
+// call is bound by reading B anyway, so AVX-512 VNNI (which AMX CPUs have) takes it.
+constexpr int64_t kAmxMinRows = 16;
 
 // Wrapping int32 dot product (unsigned arithmetic: overflow is defined and equals int32 wrap).
 void block_scalar(const Problem& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
@@ -63,7 +66,8 @@ bool int8_gemm_cpu(const int8_t* A, const int8_t* B, int64_t M, int64_t N, int64
     if (on_block != nullptr) (*on_block)(0, M, 0, N);
     return true;
   }
-  const CpuIsa isa = active_cpu_isa();
+  CpuIsa isa = active_cpu_isa();
+  if (isa == CpuIsa::kAmx && M < kAmxMinRows) isa = CpuIsa::kAvx512Vnni;
   Problem p;
   p.B = B;
   p.N = N;
@@ -82,6 +86,7 @@ bool int8_gemm_cpu(const int8_t* A, const int8_t* B, int64_t M, int64_t N, int64
     sum_bytes = static_cast<size_t>(M * 4);
   }
   if (isa == CpuIsa::kNeonDot) a_bytes = static_cast<size_t>(M * round_up(K, 16));
+  if (isa == CpuIsa::kAmx) a_bytes = static_cast<size_t>(round_up(M, 16) * round_up(K, 64));
   Scratch a_buf(Scratch::kGemmA, a_bytes), sum_buf(Scratch::kGemmRowSum, sum_bytes);
   if ((a_bytes && a_buf.get() == nullptr) || (sum_bytes && sum_buf.get() == nullptr)) return false;
   if (avx2_sign) {
@@ -109,6 +114,10 @@ bool int8_gemm_cpu(const int8_t* A, const int8_t* B, int64_t M, int64_t N, int64
     }
     p.a_rowsum = sums;
     block = isa == CpuIsa::kAvx512Vnni ? gemm_detail::block_avx512vnni : gemm_detail::block_avxvnni;
+  } else if (isa == CpuIsa::kAmx) {
+    gemm_detail::pack_a_amx(A, M, K, static_cast<int8_t*>(a_buf.get()));
+    p.a = a_buf.get();
+    block = gemm_detail::block_amx;
   } else if (isa == CpuIsa::kNeonDot) {
     p.lda = round_up(K, 16);
     p.a = copy_rows_padded(A, M, K, p.lda, a_buf.get());
@@ -124,7 +133,10 @@ bool int8_gemm_cpu(const int8_t* A, const int8_t* B, int64_t M, int64_t N, int64
   const int64_t col_blocks = (N + kBlockCols - 1) / kBlockCols;
   int64_t row_chunks = 1;
   if (col_blocks < 4 * threads) row_chunks = std::min<int64_t>(M, (4 * threads) / col_blocks + 1);
-  const int64_t rows_per = round_up((M + row_chunks - 1) / row_chunks, 4);
+  // Row chunks start at multiples of 4 rows (of 32 for AMX, whose packed A comes in 16-row
+  // blocks and whose register tiles cover 32 rows).
+  const int64_t rows_per =
+      round_up((M + row_chunks - 1) / row_chunks, isa == CpuIsa::kAmx ? 32 : 4);
   row_chunks = (M + rows_per - 1) / rows_per;
   parallel_for(col_blocks * row_chunks, threads, [&](int64_t t) {
     const int64_t m0 = (t / col_blocks) * rows_per, m1 = std::min(M, m0 + rows_per);

@@ -8,7 +8,9 @@
 //     both operands to int16 and uses vpmaddwd (s16 x s16 -> s32 pairs), exact for every value;
 //   * the VNNI variants use vpdpbusd, which multiplies u8 by s8: they feed B + 128 (a xor 0x80 as
 //     B is loaded) and subtract 128 * sum_k A[m, k] once per output, which A's row sums give;
-//   * on Arm, SDOT multiplies s8 by s8 directly (int8_gemm_neondot.cc).
+//   * on Arm, SDOT multiplies s8 by s8 directly (int8_gemm_neondot.cc);
+//   * AMX's TDPBSSD multiplies s8 by s8 on 16x16 tiles, B read in place, A packed once per call
+//     (int8_gemm_amx.cc); calls with fewer than 16 rows take AVX-512 VNNI.
 #pragma once
 
 #include <cstdint>
@@ -30,7 +32,8 @@ bool int8_gemm_cpu(const int8_t* A, const int8_t* B, int64_t M, int64_t N, int64
 namespace gemm_detail {
 
 // A as a variant wants it: `a` rows of `lda` elements (int16 for block_avx2, int8 for the
-// others), zero beyond K; `a_rowsum` = sum_k A[m, k] (VNNI only).
+// others), zero beyond K; `a_rowsum` = sum_k A[m, k] (VNNI only); for AMX, pack_a_amx's chunks
+// (lda unused).
 struct Problem {
   const void* a = nullptr;
   int64_t lda = 0;
@@ -46,6 +49,13 @@ void block_avx2_sign(const Problem& p, int64_t m0, int64_t m1, int64_t n0, int64
 void block_avxvnni(const Problem& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1);
 void block_avx512vnni(const Problem& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1);
 void block_neondot(const Problem& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1);
+// AMX: m0 must be a multiple of 16 (the driver's row chunks are).
+void block_amx(const Problem& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1);
+
+// A (M, K) as block_amx reads it: per 16-row block, ceil(K / 64) chunks of 1 KiB in k order;
+// chunk row r holds k = 64 c + 4 r .. + 3 of each of the block's 16 rows (4 bytes per row), zero
+// past M and K. `out` holds round_up(M, 16) * round_up(K, 64) bytes.
+void pack_a_amx(const int8_t* A, int64_t M, int64_t K, int8_t* out);
 
 }  // namespace gemm_detail
 }  // namespace lt8::cpu

@@ -37,6 +37,8 @@ VARIANTS = {
     "avx2": {"avx2", "fma", "f16c"},
     "avxvnni": {"avx2", "fma", "f16c", "avx_vnni"},
     "avx512vnni": {"avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni"},
+    "amx": {"avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "amx_tile"}
+    | {"amx_int8"},
 }
 
 
@@ -45,6 +47,9 @@ def isa(request, monkeypatch):
     if not VARIANTS[request.param] <= _FLAGS:
         pytest.skip(f"this CPU has no {request.param}")
     monkeypatch.setenv("LT8_CPU_ISA", request.param)
+    if request.param == "amx" and C.cpu_isa() != "amx":
+        # The CPU has AMX but the OS refused this process its tile state (arch_prctl).
+        pytest.skip(f"AMX present but not usable here (lt8 runs {C.cpu_isa()})")
     return request.param
 
 
@@ -96,6 +101,18 @@ def test_gemm_exact_at_extreme_values(isa, rng, a, b, K):
     B = np.full((5, K), b, np.int8)
     A[1] = rng.integers(-128, 128, K, dtype=np.int8)
     B[2, ::2] = -B[2, ::2] if b != -128 else 127
+    np.testing.assert_array_equal(gemm(A, B), reference(A, B))
+
+
+@pytest.mark.parametrize("a,b", [(-128, -128), (127, -128), (-128, 127)])
+@pytest.mark.parametrize("M,N,K", [(16, 16, 64), (33, 47, 5003), (64, 96, 4096), (70, 33, 129)])
+def test_gemm_exact_at_extreme_values_many_rows(isa, rng, a, b, M, N, K):
+    # At least 16 rows, so that the AMX variant runs (fewer take AVX-512 VNNI), with rows and
+    # columns past its 16 x 16 tiles and 32-row groups and K past its 64-byte steps.
+    A = np.full((M, K), a, np.int8)
+    B = np.full((N, K), b, np.int8)
+    A[M // 2] = rng.integers(-128, 128, K, dtype=np.int8)
+    B[N - 1] = rng.integers(-128, 128, K, dtype=np.int8)
     np.testing.assert_array_equal(gemm(A, B), reference(A, B))
 
 
@@ -152,7 +169,7 @@ def test_gemm_empty_k_writes_zeros(isa):
 
 @pytest.mark.parametrize("threads", ["1", "2", "3", "8"])
 def test_gemm_independent_of_thread_count(isa, rng, monkeypatch, threads):
-    A = rng.integers(-128, 128, (45, 600), dtype=np.int8)
+    A = rng.integers(-128, 128, (77, 600), dtype=np.int8)
     B = rng.integers(-128, 128, (131, 600), dtype=np.int8)
     monkeypatch.setenv("OMP_NUM_THREADS", threads)
     C.set_cpu_threads(0)  # the environment decides (torch's frontend may have pinned a count)
