@@ -21,12 +21,15 @@ import argparse
 import csv
 import os
 import platform
+import re
 import statistics
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from lt8 import _native
 
 SHAPES = [(4096, 4096), (4096, 11008), (1024, 4096)]  # (in, out)
 MS = [1, 16, 128, 256, 512]
@@ -186,15 +189,16 @@ def main() -> None:
         import jax  # noqa: F401 - loaded up front: both frameworks' thread pools are present
 
     model = cpu_model()
-    isa = os.environ.get("LT8_CPU_ISA", "auto")
+    # The level the CPU kernels run (detected, lowered by LT8_CPU_ISA), e.g. "amx".
+    isa = _native.C.cpu_isa()
     print(
         f"{model}; {os.cpu_count()} CPUs, affinity {len(os.sched_getaffinity(0))}, "
-        f"torch threads {torch.get_num_threads()}, LT8_CPU_ISA={isa}, "
+        f"torch threads {torch.get_num_threads()}, lt8 CPU kernels: {isa}, "
         f"bitsandbytes {'yes' if bnb else 'not installed'}"
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"bench_cpu-{model.replace(' ', '_')}.csv"
+    path = out / f"bench_cpu-{re.sub(r'[^A-Za-z0-9_.-]+', '_', model)}.csv"
     rows = []
     for K, N in shapes:
         for M in ms:

@@ -29,8 +29,8 @@
 namespace lt8::cpu::gemm_detail {
 namespace {
 
-constexpr int kT = 16;           // rows of a tile (C^T rows = columns of C; A rows)
-constexpr int kKB = 64;          // k per tile step (bytes of a B tile row)
+constexpr int kT = 16;            // rows of a tile (C^T rows = columns of C; A rows)
+constexpr int kKB = 64;           // k per tile step (bytes of a B tile row)
 constexpr int kChunk = kT * kKB;  // bytes of one packed A chunk
 
 // LDTILECFG's 64-byte operand (palette 1): every tile 16 rows x 64 bytes.
@@ -152,10 +152,14 @@ void block_amx(const Problem& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1)
     const bool two_m = m1 - m > kT;
     for (int64_t n = n0; n < n1; n += 2 * kT) {
       const bool two_n = n1 - n > kT;
-      if (two_n && two_m) group<2, 2>(p, m, m1, n, n1);
-      else if (two_n) group<2, 1>(p, m, m1, n, n1);
-      else if (two_m) group<1, 2>(p, m, m1, n, n1);
-      else group<1, 1>(p, m, m1, n, n1);
+      if (two_n && two_m)
+        group<2, 2>(p, m, m1, n, n1);
+      else if (two_n)
+        group<2, 1>(p, m, m1, n, n1);
+      else if (two_m)
+        group<1, 2>(p, m, m1, n, n1);
+      else
+        group<1, 1>(p, m, m1, n, n1);
     }
   }
   _tile_release();
