@@ -383,3 +383,15 @@ print("ok")
 """
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "ok", (r.returncode, r.stderr[-2000:])
+
+
+def test_cpu_isa_names_the_level_in_use(monkeypatch):
+    monkeypatch.delenv("LT8_CPU_ISA", raising=False)
+    detected = C.cpu_isa()
+    assert detected in VARIANTS
+    # Only levels this CPU's flags allow (AMX may still be refused by the OS: one level down).
+    assert VARIANTS[detected] <= _FLAGS
+    monkeypatch.setenv("LT8_CPU_ISA", "scalar")
+    assert C.cpu_isa() == "scalar"
+    monkeypatch.setenv("LT8_CPU_ISA", "amx")  # a request above the CPU's gives what it has
+    assert C.cpu_isa() == detected

@@ -22,6 +22,7 @@ SOURCES = [
     "int8_gemm_avx2.cc",
     "int8_gemm_avxvnni.cc",
     "int8_gemm_avx512vnni.cc",
+    "int8_gemm_amx.cc",
     "scratch.cc",
     "thread_pool.cc",
 ]
