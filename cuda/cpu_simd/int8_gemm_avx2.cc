@@ -8,7 +8,9 @@
 //     (no VNNI exposed) about 1.9x the int16 variant's rate; ~50 GMAC/s per core against a
 //     float32 FMA peak of 42.5 and this instruction mix's own peak of 60 (benchmarks/NOTES.md,
 //     "CPU: the vpsignb/vpmaddubsw GEMM" and "CPU: the demo's bound").
-//     3x2 tiles (see kMRSign).
+//     3x2 tiles (see kMRSign) for tasks of few rows; from 32 rows on, the same products as
+//     outer products on B packed in 8-column panels (run_panels), which needs no horizontal
+//     sums.
 //   * block_avx2: int16 operands, vpmaddwd, 3x4 tiles; exact for every int8 value, the fallback
 //     when A holds a -128.
 #include "cpu_simd/cpu_isa.h"
@@ -21,6 +23,7 @@
 #include <cstring>
 
 #include "cpu_simd/int8_gemm.h"
+#include "cpu_simd/scratch.h"
 
 #ifdef LT8_X86_SIMD
 #pragma GCC push_options
@@ -173,9 +176,160 @@ void run_tiles(const Problem& p, const Tile* const (&tiles)[MR], int64_t m0, int
   }
 }
 
+// --- int8 operands, B in 8-column panels: outer products, vpsignb + vpmaddubsw -------------
+// The same products and pair sums as tile_sign, arranged so that an accumulator holds 8 columns
+// of C in its int32 lanes: per group of 4 k, A's 4 bytes of a row are broadcast and multiplied
+// with a panel vector holding those 4 k of 8 columns of B. No horizontal sums, so short K (the
+// 384-wide layers of small models) loses nothing per tile; the price is packing each task's
+// columns of B (and |B|) once per K block.
+constexpr int kPanel = 8;    // columns of B per panel (int32 lanes of a ymm)
+constexpr int kMRPanel = 3;  // rows of A per register tile (4 x 2 spilled accumulators in GCC 12)
+constexpr int kNRPanel = 2;  // panels per register tile (16 columns)
+constexpr int64_t kKCPanel = 2048;     // K block: a task's 32 columns of B and |B| take 128 KiB
+constexpr int64_t kPanelMinRows = 32;  // fewer rows in a task: the dot-product tiles
+
+// Panels of B rows [n0, n1) over k [kb, kb + klen): panel j,
+// quad q holds B[n0 + 8 j + c][kb + 4 q + i] at byte 32 q + 4 c + i (zero past n1 and past K),
+// panel j starting at j * quads * 32; `babs` gets |B| in the same layout.
+void pack_panels(const Problem& p, int64_t n0, int64_t n1, int64_t kb, int64_t klen, int64_t quads,
+                 int8_t* bp, int8_t* babs) {
+  const int64_t panels = (n1 - n0 + kPanel - 1) / kPanel;
+  std::memset(bp, 0, static_cast<size_t>(panels * quads * 32));
+  const int64_t full = klen / 4;
+  for (int64_t j = 0; j < panels; ++j) {
+    const int64_t nj = n0 + j * kPanel, cols = std::min<int64_t>(kPanel, n1 - nj);
+    int8_t* panel = bp + j * quads * 32;
+    int64_t q0 = 0;  // quads done by the vector transposes
+    if (cols == kPanel) {
+      // 8 columns x 32 bytes of k at a time: an 8 x 8 transpose of 4-byte groups.
+      const int8_t* src = p.B + nj * p.K + kb;
+      for (; q0 + 8 <= full; q0 += 8) {
+        __m256i r[8];
+        for (int c = 0; c < 8; ++c)
+          r[c] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + c * p.K + 4 * q0));
+        __m256i t[8], u[8];
+        for (int c = 0; c < 8; c += 2) {
+          t[c] = _mm256_unpacklo_epi32(r[c], r[c + 1]);
+          t[c + 1] = _mm256_unpackhi_epi32(r[c], r[c + 1]);
+        }
+        for (int h = 0; h < 8; h += 4) {
+          u[h] = _mm256_unpacklo_epi64(t[h], t[h + 2]);
+          u[h + 1] = _mm256_unpackhi_epi64(t[h], t[h + 2]);
+          u[h + 2] = _mm256_unpacklo_epi64(t[h + 1], t[h + 3]);
+          u[h + 3] = _mm256_unpackhi_epi64(t[h + 1], t[h + 3]);
+        }
+        // u[i] (rows 0-3) and u[4 + i] (rows 4-7) hold quads i and 4 + i in their halves.
+        for (int i = 0; i < 4; ++i) {
+          _mm256_store_si256(reinterpret_cast<__m256i*>(panel + 32 * (q0 + i)),
+                             _mm256_permute2x128_si256(u[i], u[4 + i], 0x20));
+          _mm256_store_si256(reinterpret_cast<__m256i*>(panel + 32 * (q0 + 4 + i)),
+                             _mm256_permute2x128_si256(u[i], u[4 + i], 0x31));
+        }
+      }
+    }
+    for (int64_t c = 0; c < cols; ++c) {
+      const int8_t* src = p.B + (nj + c) * p.K + kb;
+      int8_t* dst = panel + 4 * c;
+      for (int64_t q = q0; q < full; ++q) std::memcpy(dst + 32 * q, src + 4 * q, 4);
+      if (full < quads)
+        std::memcpy(dst + 32 * full, src + 4 * full, static_cast<size_t>(klen - 4 * full));
+    }
+  }
+  for (int64_t i = 0; i < panels * quads * 32; i += 32) {
+    const __m256i v = _mm256_load_si256(reinterpret_cast<const __m256i*>(bp + i));
+    _mm256_store_si256(reinterpret_cast<__m256i*>(babs + i), _mm256_abs_epi8(v));
+  }
+}
+
+// C[0:R, 0:cols] (+)= A[0:R, 0:4 quads] . panels; cols <= 8 S. A has no -128 and is zero past K.
+template <int R, int S>
+void tile_panels(const int8_t* a, int64_t lda, const int8_t* bp, const int8_t* babs, int64_t quads,
+                 int32_t* c, int64_t ldc, int cols, bool accumulate) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256i acc[R][S];
+  for (int r = 0; r < R; ++r)
+    for (int s = 0; s < S; ++s) acc[r][s] = _mm256_setzero_si256();
+  const int64_t stride = quads * 32;  // bytes from one panel to the next
+  for (int64_t q = 0; q < quads; ++q) {
+    __m256i ub[S];
+    for (int s = 0; s < S; ++s)
+      ub[s] = _mm256_load_si256(reinterpret_cast<const __m256i*>(babs + s * stride + 32 * q));
+    for (int r = 0; r < R; ++r) {
+      int32_t quad;
+      std::memcpy(&quad, a + r * lda + 4 * q, 4);
+      const __m256i av = _mm256_set1_epi32(quad);
+      for (int s = 0; s < S; ++s) {
+        const __m256i bv =
+            _mm256_load_si256(reinterpret_cast<const __m256i*>(bp + s * stride + 32 * q));
+        const __m256i pairs = _mm256_maddubs_epi16(ub[s], _mm256_sign_epi8(av, bv));
+        acc[r][s] = _mm256_add_epi32(acc[r][s], _mm256_madd_epi16(pairs, ones));
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    for (int s = 0; s < S; ++s) {
+      int32_t* out = c + r * ldc + s * kPanel;
+      const int n = std::min(kPanel, cols - s * kPanel);
+      if (n <= 0) break;
+      __m256i v = acc[r][s];
+      if (n == kPanel) {
+        if (accumulate)
+          v = _mm256_add_epi32(v, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(out)));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), v);
+      } else {
+        alignas(32) uint32_t lanes[kPanel];
+        _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), v);
+        uint32_t* o = reinterpret_cast<uint32_t*>(out);
+        for (int i = 0; i < n; ++i) o[i] = accumulate ? o[i] + lanes[i] : lanes[i];
+      }
+    }
+  }
+}
+
+using TilePanelFn = void (*)(const int8_t*, int64_t, const int8_t*, const int8_t*, int64_t,
+                             int32_t*, int64_t, int, bool);
+template <int R>
+constexpr TilePanelFn kPanelRow[kNRPanel] = {tile_panels<R, 1>, tile_panels<R, 2>};
+constexpr const TilePanelFn* kPanelTiles[kMRPanel] = {kPanelRow<1>, kPanelRow<2>, kPanelRow<3>};
+
+void run_panels(const Problem& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+  const int8_t* A = static_cast<const int8_t*>(p.a);
+  const int64_t kc = std::min(kKCPanel, p.K);
+  const int64_t max_quads = (kc + 3) / 4, panels = (n1 - n0 + kPanel - 1) / kPanel;
+  const size_t bytes = static_cast<size_t>(panels * max_quads * 32);
+  Scratch buf(Scratch::kGemmBPanels, 2 * bytes);
+  int8_t* bp = static_cast<int8_t*>(buf.get());
+  if (bp == nullptr) {  // no memory for the panels: the dot-product tiles need none
+    run_tiles<kMRSign, kNRSign, kKCSign, int8_t>(p, kSignTiles, m0, m1, n0, n1);
+    return;
+  }
+  int8_t* babs = bp + bytes;
+  for (int64_t kb = 0; kb < p.K; kb += kc) {
+    const int64_t klen = std::min(kc, p.K - kb), quads = (klen + 3) / 4;
+    pack_panels(p, n0, n1, kb, klen, quads, bp, babs);
+    for (int64_t m = m0; m < m1; m += kMRPanel) {
+      const int rows = static_cast<int>(std::min<int64_t>(kMRPanel, m1 - m));
+      for (int64_t n = n0; n < n1; n += kNRPanel * kPanel) {
+        const int cols = static_cast<int>(std::min<int64_t>(kNRPanel * kPanel, n1 - n));
+        const int64_t j = (n - n0) / kPanel;
+        kPanelTiles[rows - 1][(cols + kPanel - 1) / kPanel - 1](
+            A + m * p.lda + kb, p.lda, bp + j * quads * 32, babs + j * quads * 32, quads,
+            p.C + m * p.N + n, p.N, cols, kb > 0);
+      }
+    }
+  }
+}
+
 }  // namespace
 
 void block_avx2_sign(const Problem& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+  // Packing a task's columns of B pays for itself from ~32 rows on (benchmarks/NOTES.md, "CPU:
+  // B in panels"); LT8_AVX2_PANELS=0 keeps the dot-product tiles everywhere (tests, A/B runs).
+  const char* env = std::getenv("LT8_AVX2_PANELS");
+  if (m1 - m0 >= kPanelMinRows && !(env != nullptr && env[0] == '0')) {
+    run_panels(p, m0, m1, n0, n1);
+    return;
+  }
   run_tiles<kMRSign, kNRSign, kKCSign, int8_t>(p, kSignTiles, m0, m1, n0, n1);
 }
 

@@ -13,7 +13,7 @@ namespace lt8::cpu {
 class Scratch {
  public:
   static constexpr size_t kKeepBytes = size_t{64} << 20;
-  enum Slot { kGemmA = 0, kGemmRowSum = 1, kLinearAcc = 2, kSlots = 3 };
+  enum Slot { kGemmA = 0, kGemmRowSum = 1, kLinearAcc = 2, kGemmBPanels = 3, kSlots = 4 };
 
   Scratch(Slot slot, size_t bytes);
   ~Scratch();

@@ -119,7 +119,7 @@ def test_gemm_exact_at_extreme_values_many_rows(isa, rng, a, b, M, N, K):
 # lt8's quantized activations lie in [-127, 127]: for such an A the AVX2 variant multiplies with
 # vpmaddubsw (|B| times A carrying B's sign), for an A holding a -128 with vpmaddwd on int16.
 # (The last two: K a multiple of 32, the second across the AVX2 variant's 4096-wide K blocks.)
-@pytest.mark.parametrize("M,N,K", SHAPES + [(9, 70, 384), (5, 33, 8192)])
+@pytest.mark.parametrize("M,N,K", SHAPES + [(9, 70, 384), (5, 33, 8192), (40, 33, 4099)])
 def test_gemm_exact_with_quantized_range_a(isa, rng, M, N, K):
     A = rng.integers(-127, 128, (M, K), dtype=np.int8)
     B = rng.integers(-128, 128, (N, K), dtype=np.int8)
@@ -395,3 +395,20 @@ def test_cpu_isa_names_the_level_in_use(monkeypatch):
     assert C.cpu_isa() == "scalar"
     monkeypatch.setenv("LT8_CPU_ISA", "amx")  # a request above the CPU's gives what it has
     assert C.cpu_isa() == detected
+
+
+@pytest.mark.parametrize("panels", ["0", "1"])
+@pytest.mark.parametrize("M,N,K", [(32, 128, 4), (45, 131, 131), (96, 130, 2050), (64, 256, 384)])
+def test_avx2_panels_and_dot_tiles_agree(monkeypatch, rng, panels, M, N, K):
+    # AVX2 with quantized-range A: tasks of >= 32 rows take B packed in panels unless
+    # LT8_AVX2_PANELS=0; both must give the exact sums (K blocks of 2048, tails of N and K).
+    # One thread and >= 4 blocks of 32 columns, so that no task is cut to fewer rows.
+    if not VARIANTS["avx2"] <= _FLAGS:
+        pytest.skip("this CPU has no avx2")
+    monkeypatch.setenv("LT8_CPU_ISA", "avx2")
+    monkeypatch.setenv("LT8_AVX2_PANELS", panels)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    C.set_cpu_threads(0)  # the environment decides
+    A = rng.integers(-127, 128, (M, K), dtype=np.int8)
+    B = rng.integers(-128, 128, (N, K), dtype=np.int8)
+    np.testing.assert_array_equal(gemm(A, B), reference(A, B))
