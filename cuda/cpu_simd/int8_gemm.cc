@@ -91,6 +91,8 @@ bool int8_gemm_cpu(const int8_t* A, const int8_t* B, int64_t M, int64_t N, int64
   Scratch a_buf(Scratch::kGemmA, a_bytes), sum_buf(Scratch::kGemmRowSum, sum_bytes);
   if ((a_bytes && a_buf.get() == nullptr) || (sum_bytes && sum_buf.get() == nullptr)) return false;
   if (avx2_sign) {
+    const char* panels = std::getenv("LT8_AVX2_PANELS");  // read per call: a test and A/B hook
+    p.avx2_panels = !(panels != nullptr && panels[0] == '0');
     p.lda = round_up(K, 32);
     p.a = copy_rows_padded(A, M, K, p.lda, a_buf.get());
     block = gemm_detail::block_avx2_sign;

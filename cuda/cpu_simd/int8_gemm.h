@@ -41,6 +41,7 @@ struct Problem {
   const int8_t* B = nullptr;
   int64_t N = 0, K = 0;
   int32_t* C = nullptr;
+  bool avx2_panels = true;  // block_avx2_sign may pack B (LT8_AVX2_PANELS=0: never)
 };
 
 // Each computes C[m0:m1, n0:n1] over the whole K.

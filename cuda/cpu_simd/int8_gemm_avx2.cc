@@ -189,16 +189,17 @@ constexpr int64_t kKCPanel = 2048;     // K block: a task's 32 columns of B and 
 constexpr int64_t kPanelMinRows = 32;  // fewer rows in a task: the dot-product tiles
 
 // Panels of B rows [n0, n1) over k [kb, kb + klen): panel j,
-// quad q holds B[n0 + 8 j + c][kb + 4 q + i] at byte 32 q + 4 c + i (zero past n1 and past K),
+// quad q holds B[n0 + 8 j + c][kb + 4 q + i] at byte 32 q + 4 c + i (undefined past n1 and past K),
 // panel j starting at j * quads * 32; `babs` gets |B| in the same layout.
 void pack_panels(const Problem& p, int64_t n0, int64_t n1, int64_t kb, int64_t klen, int64_t quads,
                  int8_t* bp, int8_t* babs) {
   const int64_t panels = (n1 - n0 + kPanel - 1) / kPanel;
-  std::memset(bp, 0, static_cast<size_t>(panels * quads * 32));
   const int64_t full = klen / 4;
   for (int64_t j = 0; j < panels; ++j) {
     const int64_t nj = n0 + j * kPanel, cols = std::min<int64_t>(kPanel, n1 - nj);
     int8_t* panel = bp + j * quads * 32;
+    // Bytes no B lands on (a partial panel's missing columns, the K tail) stay as they are:
+    // the K tail meets A's zero padding, and missing columns' lanes are never stored.
     int64_t q0 = 0;  // quads done by the vector transposes
     if (cols == kPanel) {
       // 8 columns x 32 bytes of k at a time: an 8 x 8 transpose of 4-byte groups.
@@ -325,8 +326,7 @@ void run_panels(const Problem& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1
 void block_avx2_sign(const Problem& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
   // Packing a task's columns of B pays for itself from ~32 rows on (benchmarks/NOTES.md, "CPU:
   // B in panels"); LT8_AVX2_PANELS=0 keeps the dot-product tiles everywhere (tests, A/B runs).
-  const char* env = std::getenv("LT8_AVX2_PANELS");
-  if (m1 - m0 >= kPanelMinRows && !(env != nullptr && env[0] == '0')) {
+  if (p.avx2_panels && m1 - m0 >= kPanelMinRows) {
     run_panels(p, m0, m1, n0, n1);
     return;
   }
